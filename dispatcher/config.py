@@ -1,0 +1,237 @@
+"""Settings: every ``DISPATCHER_*`` variable, validated once, in one object.
+
+This is the only module that reads the environment. Everything else receives a
+``Settings`` (or the small config object it needs) as an argument, so tests and
+embedded uses can build their own without touching ``os.environ``.
+
+A settings file (``dispatcher.env`` in the working directory, or the file named
+by ``DISPATCHER_SETTINGS_FILE``) may add values in ``KEY=value`` form; real
+environment variables win over it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from dispatcher.errors import ConfigurationError
+
+ENV_PREFIX = "DISPATCHER_"
+DEFAULT_SETTINGS_FILE = "dispatcher.env"
+DEFAULT_GATEWAY_URL = "https://www.intellisoftware.co.uk/smsgateway"
+DEFAULT_GATEWAY_BACKUP_URL = "https://www.intellisoftware2.co.uk/smsgateway"
+DEFAULT_DATA_DIR = "dispatcher-data"
+
+# Margin on top of two full HTTP exchanges (one per host when failing over) before the
+# sweeper may conclude a `submitting` batch was abandoned by a dead worker.
+SUBMITTING_TIMEOUT_MARGIN_S = 10.0
+
+# Celery queue names, stable because workers and producers on different hosts and
+# versions must agree on them.
+QUEUE_DISPATCH = "dispatcher.dispatch"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    """What the gateway client needs, and nothing more."""
+
+    url: str
+    backup_url: str | None
+    username: str
+    password: str
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 30.0
+    pool_idle_s: float = 2.0
+    pool_maxsize: int = 32
+
+    def __repr__(self) -> str:
+        # The password must never surface through a repr in a traceback or a log line.
+        return (
+            f"GatewayConfig(url={self.url!r}, backup_url={self.backup_url!r}, "
+            f"username={self.username!r}, password='***', "
+            f"connect_timeout_s={self.connect_timeout_s}, read_timeout_s={self.read_timeout_s})"
+        )
+
+
+class Settings(BaseSettings):
+    """Every DISPATCHER_* setting, with its default and its checks."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="ignore",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    data_dir: Path = Field(
+        default=Path(DEFAULT_DATA_DIR),
+        description="Where the embedded defaults keep their SQLite file and broker folder.",
+    )
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: a SQLite file in data_dir."
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description="Celery broker URL; default: kombu's filesystem transport in data_dir.",
+    )
+
+    gateway_url: str = DEFAULT_GATEWAY_URL
+    gateway_backup_url: str | None = DEFAULT_GATEWAY_BACKUP_URL
+    gateway_username: str | None = None
+    gateway_password: SecretStr | None = None
+    gateway_allow_http: bool = False
+    gateway_connect_timeout_s: float = Field(default=5.0, gt=0)
+    gateway_read_timeout_s: float = Field(default=30.0, gt=0)
+    gateway_pool_idle_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="Pooled connections idle longer than this are closed before reuse.",
+    )
+
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    retry_backoff_s: float = Field(default=10.0, gt=0)
+    retry_backoff_max_s: float = Field(default=3600.0, gt=0)
+    submitting_timeout_s: float = Field(default=120.0, gt=0)
+    sweep_interval_s: float = Field(default=5.0, gt=0)
+
+    default_region: str = Field(
+        default="GB", description="Region assumed for numbers written without +country."
+    )
+    worker_concurrency: int = Field(
+        default=16, ge=1, le=1024, description="Threads per worker process (I/O-bound work)."
+    )
+    wake_fanout: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="Most wake-up messages sent for one job; each woken task keeps "
+        "claiming due batches until none is left, so more would only queue up.",
+    )
+
+    @field_validator("gateway_backup_url", "gateway_username", "gateway_password", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("gateway_url", "gateway_backup_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @field_validator("default_region")
+    @classmethod
+    def _region_code(cls, value: str) -> str:
+        value = value.strip().upper()
+        if len(value) != 2 or not value.isalpha():
+            raise ValueError("must be a two-letter region code such as GB")
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        for name, url in (
+            ("DISPATCHER_GATEWAY_URL", self.gateway_url),
+            ("DISPATCHER_GATEWAY_BACKUP_URL", self.gateway_backup_url),
+        ):
+            if url is None:
+                continue
+            parts = urlsplit(url)
+            if parts.username or parts.password or parts.query:
+                # Credentials go in the POST body only; a URL is logged by every proxy.
+                raise ValueError(f"{name} must not carry credentials or a query string")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                # The URL is not echoed: a malformed one may still hold a password.
+                raise ValueError(f"{name} must be an http(s) URL with a host")
+            if parts.scheme == "http" and not self.gateway_allow_http:
+                raise ValueError(
+                    f"{name} is plain http://; the gateway password would cross the network "
+                    "in clear. Use https://, or set DISPATCHER_GATEWAY_ALLOW_HTTP=true for a "
+                    "local simulator"
+                )
+        floor_s = (
+            2 * (self.gateway_connect_timeout_s + self.gateway_read_timeout_s)
+            + SUBMITTING_TIMEOUT_MARGIN_S
+        )
+        if self.submitting_timeout_s <= floor_s:
+            raise ValueError(
+                f"DISPATCHER_SUBMITTING_TIMEOUT_S={self.submitting_timeout_s:g} must exceed "
+                f"2 x (connect + read timeout) + {SUBMITTING_TIMEOUT_MARGIN_S:g} = {floor_s:g} s, "
+                "or the sweeper could mark a batch unknown while its HTTP call is still running"
+            )
+        if self.retry_backoff_max_s < self.retry_backoff_s:
+            raise ValueError("DISPATCHER_RETRY_BACKOFF_MAX_S must be >= DISPATCHER_RETRY_BACKOFF_S")
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in force: the configured one, or the embedded SQLite file."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'dispatcher.sqlite3').resolve()}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        """The broker URL in force: the configured one, or the embedded filesystem broker."""
+        # kombu wants a host in every URL, even for a transport that has none.
+        return self.broker_url or "filesystem://localhost/"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Folder of the embedded filesystem broker (used only when broker_url is unset)."""
+        return (self.data_dir / "broker").resolve()
+
+    def gateway_config(self) -> GatewayConfig:
+        """The gateway client's configuration; refuses to build one without credentials."""
+        if not self.gateway_username or self.gateway_password is None:
+            raise ConfigurationError(
+                "DISPATCHER_GATEWAY_USERNAME and DISPATCHER_GATEWAY_PASSWORD must be set "
+                "to talk to the gateway"
+            )
+        return GatewayConfig(
+            url=self.gateway_url,
+            backup_url=self.gateway_backup_url,
+            username=self.gateway_username,
+            password=self.gateway_password.get_secret_value(),
+            connect_timeout_s=self.gateway_connect_timeout_s,
+            read_timeout_s=self.gateway_read_timeout_s,
+            pool_idle_s=self.gateway_pool_idle_s,
+            pool_maxsize=max(self.worker_concurrency, 1),
+        )
+
+    def secrets(self) -> list[str]:
+        """Values that must be redacted wherever text leaves the process."""
+        return [self.gateway_password.get_secret_value()] if self.gateway_password else []
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings from the environment and the settings file, plus explicit overrides.
+
+    Raises ConfigurationError with one readable line per problem, naming the variable.
+    """
+    env_file = os.environ.get(f"{ENV_PREFIX}SETTINGS_FILE", DEFAULT_SETTINGS_FILE)
+    kwargs: dict[str, Any] = dict(overrides)
+    if Path(env_file).is_file():
+        kwargs["_env_file"] = env_file
+    try:
+        return Settings(**kwargs)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(p) for p in error["loc"])
+            label = f"{ENV_PREFIX}{where.upper()}: " if where else ""
+            problems.append(f"{label}{error['msg'].removeprefix('Value error, ')}")
+        raise ConfigurationError("; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once (tests call ``get_settings.cache_clear()``)."""
+    return load_settings()

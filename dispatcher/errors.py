@@ -1,0 +1,92 @@
+"""The exceptions sms-dispatcher raises, one root for all of them.
+
+DispatcherError
+├── ConfigurationError          settings that are missing, unsafe or inconsistent
+├── ValidationError             a send request refused before anything is written
+│   ├── InvalidNumberError        a number that cannot be a phone number
+│   ├── NoRecipientsError         no acceptable recipient left
+│   ├── InvalidTextError          empty text, or more parts than maxconcat allows
+│   ├── InvalidSenderError        neither 11 alphanumerics nor 15 digits
+│   └── InvalidOptionError        maxconcat, kind or another option out of range
+├── NotFoundError               no job (or other record) with that id
+└── GatewayError                the gateway could not be asked, or its answer says no
+    ├── TransientGatewayError     nothing was sent; retrying is safe
+    │   └── GatewayConnectError     the connection was never made (failover is safe)
+    ├── AmbiguousGatewayError     the request went out; the gateway may have sent it
+    └── PermanentGatewayError     the gateway refused; retrying cannot help
+
+The gateway branch is raised by ``dispatcher.gateway.client`` after it has
+translated ``requests`` exceptions, so nothing above the gateway package needs to
+know which HTTP library is in use.
+"""
+
+from __future__ import annotations
+
+
+class DispatcherError(Exception):
+    """Root of every exception sms-dispatcher raises on purpose."""
+
+
+class ConfigurationError(DispatcherError):
+    """Settings are missing, unsafe or contradict each other."""
+
+
+class ValidationError(DispatcherError, ValueError):
+    """A send request was refused before anything was written."""
+
+
+class InvalidNumberError(ValidationError):
+    """A recipient number cannot be a phone number."""
+
+    def __init__(self, number: str, reason: str) -> None:
+        super().__init__(f"invalid number {number!r}: {reason}")
+        self.number = number
+        self.reason = reason
+
+
+class NoRecipientsError(ValidationError):
+    """No acceptable recipient remains after validation."""
+
+
+class InvalidTextError(ValidationError):
+    """The text is empty or needs more parts than maxconcat allows."""
+
+
+class InvalidSenderError(ValidationError):
+    """The sender is neither up to 11 alphanumerics nor up to 15 digits."""
+
+
+class InvalidOptionError(ValidationError):
+    """An option such as maxconcat or kind is out of range."""
+
+
+class NotFoundError(DispatcherError, LookupError):
+    """No record exists with the given id."""
+
+
+class GatewayError(DispatcherError):
+    """The gateway could not be asked, or refused."""
+
+    def __init__(self, message: str, *, host: str | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+
+
+class TransientGatewayError(GatewayError):
+    """Nothing was sent; the same request may be retried later."""
+
+
+class GatewayConnectError(TransientGatewayError):
+    """No connection was made, so no byte of the request reached the gateway."""
+
+
+class AmbiguousGatewayError(GatewayError):
+    """The request went out and no readable answer came back: it may have been sent."""
+
+
+class PermanentGatewayError(GatewayError):
+    """The gateway refused in a way that retrying cannot change."""
+
+    def __init__(self, message: str, *, code: str, host: str | None = None) -> None:
+        super().__init__(message, host=host)
+        self.code = code

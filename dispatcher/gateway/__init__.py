@@ -1,0 +1,1 @@
+"""Everything that speaks the gateway protocol; nothing here touches the database."""

@@ -1,0 +1,278 @@
+"""The gateway client: pooled HTTPS POSTs, failover, and translated exceptions.
+
+Everything ``requests`` can raise is translated here, with ``raise ... from``, into
+the ``dispatcher.errors.GatewayError`` tree, sorted by the one question that
+matters for an SMS: could the gateway have received the request?
+
+- the connection was never made (refused, DNS, connect timeout, TLS handshake):
+  ``GatewayConnectError``; nothing was sent, so the backup host may be tried;
+- the request went out and no complete reply came back (read timeout, reset,
+  truncated body): ``AmbiguousGatewayError``; never retried here.
+
+``submit`` does not raise for gateway conditions: it returns a ``Submission``
+holding the host, HTTP status, raw reply (secrets masked), latency and one
+classified outcome per recipient, so the caller can audit every attempt the same
+way whatever happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+
+from dispatcher import redaction
+from dispatcher.config import GatewayConfig
+from dispatcher.errors import (
+    AmbiguousGatewayError,
+    GatewayConnectError,
+    GatewayError,
+    PermanentGatewayError,
+    TransientGatewayError,
+)
+from dispatcher.gateway import protocol
+from dispatcher.gateway.protocol import Outcome, RecipientOutcome
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "sms-dispatcher"
+# Replies are a line per recipient; anything far larger is not a gateway reply.
+MAX_REPLY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """What one submission carries besides its numbers."""
+
+    text: str
+    sender: str | None = None
+    maxconcat: int = 1
+    message_type: int = protocol.TYPE_TEXT
+    usercontext: str | None = None
+
+
+@dataclass(slots=True)
+class Submission:
+    """The record of one HTTP submission, whatever came of it."""
+
+    host: str
+    numbers: list[str]
+    outcomes: list[RecipientOutcome]
+    http_status: int | None = None
+    raw_reply: str | None = None
+    latency_ms: float = 0.0
+    error: str | None = None
+    hosts_tried: list[str] = field(default_factory=list)
+
+    @property
+    def gateway_message_id(self) -> str | None:
+        """The submission's message ID, when any recipient was accepted."""
+        return next((o.gateway_message_id for o in self.outcomes if o.gateway_message_id), None)
+
+
+def _host_of(url: str) -> str:
+    return urllib3.util.parse_url(url).host or url
+
+
+def _caused_by_connect(exc: requests.ConnectionError) -> bool:
+    """True when a ConnectionError happened before any byte of the request was sent."""
+    reason: BaseException | None = exc.args[0] if exc.args else None
+    if isinstance(reason, urllib3.exceptions.MaxRetryError):
+        reason = reason.reason
+    return isinstance(
+        reason,
+        urllib3.exceptions.NewConnectionError | urllib3.exceptions.NameResolutionError,
+    )
+
+
+class GatewayClient:
+    """A thread-safe client for one gateway account, with a primary and a backup host."""
+
+    def __init__(self, config: GatewayConfig, *, session: requests.Session | None = None) -> None:
+        self.config = config
+        redaction.register_secret(config.password)
+        self._session = session or requests.Session()
+        self._session.headers["User-Agent"] = USER_AGENT
+        self._session.trust_env = False
+        # No urllib3 retries: a retried POST could send the SMS twice, and the
+        # ambiguity must reach the outcome policy, not be hidden here.
+        self._adapter = HTTPAdapter(
+            pool_connections=2, pool_maxsize=config.pool_maxsize, max_retries=0
+        )
+        self._session.mount("https://", self._adapter)
+        self._session.mount("http://", self._adapter)
+        self._lock = threading.Lock()
+        self._last_used = time.monotonic()
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._session.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"GatewayClient({self.config!r})"
+
+    @property
+    def hosts(self) -> list[str]:
+        """Base URLs in the order they are tried."""
+        return [u for u in (self.config.url, self.config.backup_url) if u]
+
+    def _evict_idle_connections(self) -> None:
+        # A server closes keep-alive connections it has not seen for a while; reusing
+        # one races with that close and fails as a reset that looks exactly like
+        # "request sent, reply lost", a spurious `unknown`. Dropping connections idle
+        # longer than a few seconds removes the race for everything but a busy pool.
+        now = time.monotonic()
+        with self._lock:
+            idle_s = now - self._last_used
+            self._last_used = now
+        if idle_s > self.config.pool_idle_s:
+            self._adapter.poolmanager.clear()
+
+    def _post(self, base_url: str, path: str, form: dict[str, str]) -> requests.Response:
+        """POST once to one host; translate every transport failure."""
+        host = _host_of(base_url)
+        self._evict_idle_connections()
+        try:
+            response = self._session.post(
+                base_url + path,
+                data=form,
+                timeout=(self.config.connect_timeout_s, self.config.read_timeout_s),
+                allow_redirects=False,
+                verify=True,
+                stream=True,
+            )
+            try:
+                body = response.raw.read(MAX_REPLY_BYTES + 1, decode_content=True)
+                if len(body) > MAX_REPLY_BYTES:
+                    raise AmbiguousGatewayError(
+                        f"reply from {host} exceeds {MAX_REPLY_BYTES} bytes", host=host
+                    )
+                # Reading past the declared length surfaces a truncated body now.
+                response.raw.read(decode_content=True)
+                response._content = body
+            finally:
+                response.close()
+        except requests.exceptions.ConnectTimeout as exc:
+            raise GatewayConnectError(f"connect timeout to {host}", host=host) from exc
+        except requests.exceptions.SSLError as exc:
+            raise GatewayConnectError(f"TLS handshake with {host} failed", host=host) from exc
+        except requests.exceptions.ConnectionError as exc:
+            if _caused_by_connect(exc):
+                raise GatewayConnectError(f"cannot connect to {host}", host=host) from exc
+            raise AmbiguousGatewayError(
+                f"connection to {host} broke after the request was sent", host=host
+            ) from exc
+        except requests.exceptions.ReadTimeout as exc:
+            raise AmbiguousGatewayError(
+                f"no reply from {host} within {self.config.read_timeout_s:g} s", host=host
+            ) from exc
+        except (
+            requests.exceptions.ChunkedEncodingError,
+            requests.exceptions.ContentDecodingError,
+            urllib3.exceptions.HTTPError,
+        ) as exc:
+            raise AmbiguousGatewayError(f"incomplete reply from {host}", host=host) from exc
+        except requests.exceptions.RequestException as exc:
+            # Anything else requests raises happened while preparing or sending: the
+            # request cannot be assumed unsent.
+            raise AmbiguousGatewayError(
+                f"request to {host} failed: {type(exc).__name__}", host=host
+            ) from exc
+        return response
+
+    def _post_with_failover(
+        self, path: str, form: dict[str, str]
+    ) -> tuple[str, requests.Response | None, GatewayError | None, list[str], float]:
+        tried: list[str] = []
+        error: GatewayError | None = None
+        started = time.perf_counter()
+        for base_url in self.hosts:
+            host = _host_of(base_url)
+            tried.append(host)
+            started = time.perf_counter()
+            try:
+                response = self._post(base_url, path, form)
+            except GatewayConnectError as exc:
+                # Nothing reached this host, so the next one may be tried safely.
+                log.warning("gateway %s unreachable: %s", host, exc)
+                error = exc
+                continue
+            except GatewayError as exc:
+                return host, None, exc, tried, (time.perf_counter() - started) * 1000
+            return host, response, None, tried, (time.perf_counter() - started) * 1000
+        assert error is not None
+        return tried[-1], None, error, tried, (time.perf_counter() - started) * 1000
+
+    def submit(self, numbers: Sequence[str], message: Message) -> Submission:
+        """Send one submission (at most 100 numbers) and classify what came back."""
+        form = protocol.build_send_form(
+            username=self.config.username,
+            password=self.config.password,
+            numbers=numbers,
+            text=message.text,
+            sender=message.sender,
+            maxconcat=message.maxconcat,
+            message_type=message.message_type,
+            usercontext=message.usercontext,
+        )
+        host, response, error, tried, latency_ms = self._post_with_failover(
+            protocol.SEND_PATH, form
+        )
+        numbers = list(numbers)
+        if error is not None:
+            outcome = (
+                Outcome.TRANSIENT if isinstance(error, TransientGatewayError) else Outcome.AMBIGUOUS
+            )
+            code = "CONNECT_FAILED" if outcome is Outcome.TRANSIENT else "NO_REPLY"
+            return Submission(
+                host=host,
+                numbers=numbers,
+                outcomes=[RecipientOutcome(n, outcome, error_code=code) for n in numbers],
+                latency_ms=latency_ms,
+                error=redaction.redact(str(error), [self.config.password]),
+                hosts_tried=tried,
+            )
+        assert response is not None
+        body = response.content
+        return Submission(
+            host=host,
+            numbers=numbers,
+            outcomes=protocol.classify_reply(numbers, response.status_code, body),
+            http_status=response.status_code,
+            raw_reply=redaction.redact(protocol.decode_body(body), [self.config.password]),
+            latency_ms=latency_ms,
+            hosts_tried=tried,
+        )
+
+    def balance(self) -> float:
+        """The account's credit balance.
+
+        Raises TransientGatewayError or AmbiguousGatewayError when no answer came,
+        PermanentGatewayError with the code when the gateway refused.
+        """
+        form = {"username": self.config.username, "password": self.config.password}
+        host, response, error, _, _ = self._post_with_failover(protocol.BALANCE_PATH, form)
+        if error is not None:
+            raise error
+        assert response is not None
+        reply = protocol.parse_balance(response.status_code, response.content)
+        if reply.balance is not None:
+            return reply.balance
+        code = reply.error_code or protocol.CODE_UNREADABLE_REPLY
+        if code in protocol.TRANSIENT_CODES or code.startswith("HTTP_5"):
+            raise TransientGatewayError(f"balance check on {host} failed: {code}", host=host)
+        raise PermanentGatewayError(
+            f"balance check on {host} refused: {code}", code=code, host=host
+        )

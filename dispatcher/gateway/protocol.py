@@ -1,0 +1,283 @@
+"""The gateway's HTTP protocol as pure functions: build a request, classify a reply.
+
+No I/O happens here. ``classify_reply`` takes the HTTP status and the raw body bytes
+of one submission and returns exactly one ``RecipientOutcome`` per submitted number,
+in submission order, following the outcome policy of SPEC section 2. It never
+raises on any input, so it can be fuzzed.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+SEND_PATH = "/sendmsg.aspx"
+BALANCE_PATH = "/getbalance.aspx"
+MAX_RECIPIENTS_PER_SUBMISSION = 100
+REDACTED = "***"
+
+TYPE_TEXT = 1
+TYPE_VOICE = 6
+
+TRANSIENT_CODES = frozenset({"GATEWAY_ERROR", "INTERNAL_ERROR"})
+# 408: the server gave up waiting for our request before it was complete.
+TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 503})
+REQUEST_ERROR_CODES = frozenset({"INVALID_REQUEST"})  # plus every NO_<PARAM>
+
+# Pseudo error codes for outcomes the gateway did not name itself.
+CODE_MISSING_FROM_REPLY = "MISSING_FROM_REPLY"
+CODE_UNREADABLE_REPLY = "UNREADABLE_REPLY"
+
+
+class Outcome(enum.StrEnum):
+    """What one recipient's submission came to, per the outcome policy."""
+
+    ACCEPTED = "accepted"
+    """The gateway took it and gave a message ID: recipient `sent`."""
+    TRANSIENT = "transient"
+    """Nothing was sent and a later try may work: retry with backoff."""
+    REJECTED = "rejected"
+    """This recipient cannot be routed (INVALID_NUMBER): `failed`, never retried."""
+    LOGIN_INVALID = "login_invalid"
+    """Credentials refused: `failed`, and dispatch pauses."""
+    REQUEST_INVALID = "request_invalid"
+    """Our request was wrong (NO_*, INVALID_REQUEST, unknown code): `failed`, alert."""
+    NO_CREDIT = "no_credit"
+    """Account empty: nothing fails; dispatch pauses and the work waits."""
+    AMBIGUOUS = "ambiguous"
+    """The gateway may have sent it: `unknown`, never resubmitted automatically."""
+
+    @property
+    def pauses_dispatch(self) -> bool:
+        """True for outcomes that mean every other submission would fail the same way."""
+        return self in (Outcome.LOGIN_INVALID, Outcome.NO_CREDIT)
+
+    @property
+    def is_final_failure(self) -> bool:
+        """True for outcomes that fail the recipient at once."""
+        return self in (Outcome.REJECTED, Outcome.LOGIN_INVALID, Outcome.REQUEST_INVALID)
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientOutcome:
+    """One submitted recipient's classified outcome."""
+
+    number: str
+    outcome: Outcome
+    gateway_message_id: str | None = None
+    error_code: str | None = None
+    reply_number: str | None = None
+
+
+def classify_code(code: str) -> Outcome:
+    """Map an ``ERR:<CODE>`` code to its outcome; unknown codes are request errors."""
+    if code in TRANSIENT_CODES:
+        return Outcome.TRANSIENT
+    if code == "INVALID_NUMBER":
+        return Outcome.REJECTED
+    if code == "LOGIN_INVALID":
+        return Outcome.LOGIN_INVALID
+    if code == "INSUFFICIENT_CREDIT":
+        return Outcome.NO_CREDIT
+    return Outcome.REQUEST_INVALID
+
+
+def build_send_form(
+    *,
+    username: str,
+    password: str,
+    numbers: Sequence[str],
+    text: str,
+    sender: str | None = None,
+    maxconcat: int = 1,
+    message_type: int = TYPE_TEXT,
+    usercontext: str | None = None,
+) -> dict[str, str]:
+    """The POST form of one ``sendmsg.aspx`` submission."""
+    if not numbers:
+        raise ValueError("a submission needs at least one number")
+    if len(numbers) > MAX_RECIPIENTS_PER_SUBMISSION:
+        raise ValueError(
+            f"a submission takes at most {MAX_RECIPIENTS_PER_SUBMISSION} numbers, "
+            f"got {len(numbers)}"
+        )
+    form = {
+        "username": username,
+        "password": password,
+        "to": ",".join(numbers),
+        "text": text,
+    }
+    if sender:
+        form["from"] = sender
+    if maxconcat != 1:
+        form["maxconcat"] = str(maxconcat)
+    if message_type != TYPE_TEXT:
+        form["type"] = str(message_type)
+    if usercontext:
+        form["usercontext"] = usercontext
+    return form
+
+
+def redact_form(form: Mapping[str, str]) -> dict[str, str]:
+    """A copy of a request form that is safe to log or store: the password masked."""
+    return {k: (REDACTED if k == "password" else v) for k, v in form.items()}
+
+
+_LINE = re.compile(
+    r"""^(?:(?P<number>\+?[0-9]{1,20})\s*,\s*)?
+        (?:ID:(?P<id>[^\s,]+)|ERR:(?P<code>[^\s,]+))$""",
+    re.VERBOSE,
+)
+_BALANCE = re.compile(r"^BALANCE:\s*(?P<n>-?[0-9]+(?:\.[0-9]+)?)$")
+_ERR = re.compile(r"^ERR:(?P<code>[^\s,]+)$")
+
+
+@dataclass(frozen=True, slots=True)
+class _Line:
+    number: str | None
+    message_id: str | None
+    code: str | None
+
+
+def decode_body(body: bytes) -> str:
+    """Decode a reply body for parsing or storage; never raises."""
+    return body.decode("utf-8", errors="replace").removeprefix("\ufeff")
+
+
+def _parse_lines(text: str) -> list[_Line] | None:
+    """Every non-blank line parsed, or None if any line breaks the grammar."""
+    parsed: list[_Line] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line:
+            continue
+        match = _LINE.match(line)
+        if match is None:
+            return None
+        number = match["number"]
+        parsed.append(
+            _Line(
+                number=number.lstrip("+") if number else None,
+                message_id=match["id"],
+                code=match["code"],
+            )
+        )
+    return parsed
+
+
+def _line_outcome(number: str, line: _Line) -> RecipientOutcome:
+    if line.message_id is not None:
+        return RecipientOutcome(
+            number, Outcome.ACCEPTED, gateway_message_id=line.message_id, reply_number=line.number
+        )
+    code = line.code or CODE_UNREADABLE_REPLY
+    return RecipientOutcome(number, classify_code(code), error_code=code, reply_number=line.number)
+
+
+def _all(numbers: Sequence[str], outcome: Outcome, code: str | None) -> list[RecipientOutcome]:
+    return [RecipientOutcome(n, outcome, error_code=code) for n in numbers]
+
+
+def _digits(number: str) -> str:
+    return "".join(ch for ch in number if ch.isdigit())
+
+
+def _match_key_candidates(digits: str) -> list[str]:
+    """Ways the gateway may have rewritten a number we sent, most exact first.
+
+    We send international digits, but a caller may have sent national ones; the
+    gateway replies in international format (``07700900123`` becomes
+    ``447700900123``). The trailing national significant digits identify a number
+    across both forms.
+    """
+    candidates = [digits]
+    if digits.startswith("00"):
+        candidates.append(digits[2:])
+    if digits.startswith("0"):
+        candidates.append(digits.lstrip("0"))
+    return candidates
+
+
+def _assign(numbers: Sequence[str], lines: list[_Line]) -> list[RecipientOutcome]:
+    by_number: dict[str, _Line] = {}
+    for line in lines:
+        if line.number is not None:
+            # The first line for a number wins; the gateway removes duplicates, so a
+            # second one would be a malformed reply, not a second outcome.
+            by_number.setdefault(line.number, line)
+    reply_numbers = list(by_number)
+    outcomes: list[RecipientOutcome] = []
+    for number in numbers:
+        digits = _digits(number)
+        found: _Line | None = None
+        for candidate in _match_key_candidates(digits):
+            if candidate in by_number:
+                found = by_number[candidate]
+                break
+        national = number.lstrip().startswith("0") and not number.lstrip().startswith("00")
+        if found is None and national and len(digits) >= 7:
+            # National form sent, international form replied: match on the tail,
+            # but only when exactly one reply number ends that way. A number sent in
+            # international form must match exactly, or a missing recipient could
+            # borrow the line of another whose number ends in its digits.
+            tail = digits.lstrip("0")
+            ends = [r for r in reply_numbers if r.endswith(tail)]
+            if len(ends) == 1:
+                found = by_number[ends[0]]
+        if found is None:
+            outcomes.append(
+                RecipientOutcome(number, Outcome.AMBIGUOUS, error_code=CODE_MISSING_FROM_REPLY)
+            )
+        else:
+            outcomes.append(_line_outcome(number, found))
+    return outcomes
+
+
+def classify_reply(numbers: Sequence[str], http_status: int, body: bytes) -> list[RecipientOutcome]:
+    """Classify one submission's reply into one outcome per submitted number.
+
+    ``numbers`` are the numbers as submitted, in order; the result has the same
+    length and order. Duplicated numbers each get the outcome of their one reply line.
+    """
+    if http_status in TRANSIENT_HTTP_STATUSES:
+        return _all(numbers, Outcome.TRANSIENT, f"HTTP_{http_status}")
+    if http_status >= 500:
+        # The gateway failed somewhere after reading the request: it may have sent.
+        return _all(numbers, Outcome.AMBIGUOUS, f"HTTP_{http_status}")
+    if http_status != 200:
+        # A redirect we do not follow, or a 4xx: our request did not reach the send
+        # logic, and the same request would get the same answer.
+        return _all(numbers, Outcome.REQUEST_INVALID, f"HTTP_{http_status}")
+
+    lines = _parse_lines(decode_body(body))
+    if not lines:
+        return _all(numbers, Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)
+    if len(lines) == 1 and lines[0].number is None:
+        # The single-line form: one recipient, or the whole submission's fate.
+        return [_line_outcome(n, lines[0]) for n in numbers]
+    if any(line.number is None for line in lines):
+        # Bare lines among per-number lines are outside the grammar.
+        return _all(numbers, Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)
+    return _assign(numbers, lines)
+
+
+@dataclass(frozen=True, slots=True)
+class BalanceReply:
+    """A parsed ``getbalance.aspx`` reply: a balance, or an error code."""
+
+    balance: float | None
+    error_code: str | None
+
+
+def parse_balance(http_status: int, body: bytes) -> BalanceReply:
+    """Parse a balance reply; an unreadable one comes back as UNREADABLE_REPLY."""
+    if http_status != 200:
+        return BalanceReply(None, f"HTTP_{http_status}")
+    text = decode_body(body).strip()
+    if (match := _BALANCE.match(text)) is not None:
+        return BalanceReply(float(match["n"]), None)
+    if (match := _ERR.match(text)) is not None:
+        return BalanceReply(None, match["code"])
+    return BalanceReply(None, CODE_UNREADABLE_REPLY)

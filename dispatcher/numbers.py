@@ -1,0 +1,99 @@
+"""Recipient numbers: normalise to international digits, dedupe, chunk.
+
+Only what ``phonenumbers.is_possible_number`` refuses is refused here. Validity is
+the gateway's call (its ``INVALID_NUMBER``): ``is_valid_number`` rejects real
+ranges such as the 07700 900xxx drama range and any range newer than the
+library's data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import phonenumbers
+
+from dispatcher.errors import InvalidNumberError
+
+T = TypeVar("T")
+
+_REASONS = {
+    phonenumbers.ValidationResult.INVALID_COUNTRY_CODE: "unknown country code",
+    phonenumbers.ValidationResult.TOO_SHORT: "too short",
+    phonenumbers.ValidationResult.TOO_LONG: "too long",
+    phonenumbers.ValidationResult.INVALID_LENGTH: "impossible length for its country",
+}
+
+
+def normalise(raw: object, default_region: str = "GB") -> str:
+    """International digits (``447700900123``) for a number in any common format.
+
+    Raises InvalidNumberError with the reason when the input cannot be a number.
+    """
+    if not isinstance(raw, str):
+        raise InvalidNumberError(repr(raw), f"must be a string, not {type(raw).__name__}")
+    text = raw.strip()
+    if not text:
+        raise InvalidNumberError(raw, "empty")
+    if text.startswith("00"):
+        # phonenumbers reads 00 as an international prefix only for some regions.
+        text = "+" + text[2:]
+    try:
+        parsed = phonenumbers.parse(text, default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidNumberError(raw, str(exc.args[0] if exc.args else exc).rstrip(".")) from None
+    if parsed.extension:
+        raise InvalidNumberError(raw, "extensions cannot receive SMS")
+    result = phonenumbers.is_possible_number_with_reason(parsed)
+    if result not in (
+        phonenumbers.ValidationResult.IS_POSSIBLE,
+        phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY,
+    ):
+        raise InvalidNumberError(raw, _REASONS.get(result, "not a possible phone number"))
+    if result == phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY:
+        raise InvalidNumberError(raw, "a local number without its area code")
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164).lstrip("+")
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A number refused at enqueue, with the input as given and why."""
+
+    raw: str
+    reason: str
+
+
+@dataclass(slots=True)
+class RecipientList:
+    """The outcome of preparing a job's recipients."""
+
+    accepted: list[str] = field(default_factory=list)
+    refused: list[Refused] = field(default_factory=list)
+    duplicates: int = 0
+
+
+def prepare(raw_numbers: Iterable[object], default_region: str = "GB") -> RecipientList:
+    """Normalise every number, keep the first of each duplicate, collect refusals."""
+    result = RecipientList()
+    seen: set[str] = set()
+    for raw in raw_numbers:
+        try:
+            number = normalise(raw, default_region)
+        except InvalidNumberError as exc:
+            result.refused.append(Refused(raw if isinstance(raw, str) else repr(raw), exc.reason))
+            continue
+        if number in seen:
+            result.duplicates += 1
+            continue
+        seen.add(number)
+        result.accepted.append(number)
+    return result
+
+
+def chunk(items: Sequence[T], size: int = 100) -> Iterator[Sequence[T]]:
+    """Consecutive slices of at most ``size`` items (the gateway takes 100 per request)."""
+    if size < 1:
+        raise ValueError("chunk size must be at least 1")
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
