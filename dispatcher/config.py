@@ -50,6 +50,7 @@ class GatewayConfig:
     read_timeout_s: float = 30.0
     pool_idle_s: float = 2.0
     pool_maxsize: int = 32
+    ca_bundle: str | None = None
 
     def __repr__(self) -> str:
         # The password must never surface through a repr in a traceback or a log line.
@@ -87,6 +88,11 @@ class Settings(BaseSettings):
     gateway_username: str | None = None
     gateway_password: SecretStr | None = None
     gateway_allow_http: bool = False
+    gateway_ca_bundle: Path | None = Field(
+        default=None,
+        description="PEM file of CAs to trust for the gateway instead of the system's "
+        "(for a TLS-intercepting proxy or a private test gateway); verification stays on.",
+    )
     gateway_connect_timeout_s: float = Field(default=5.0, gt=0)
     gateway_read_timeout_s: float = Field(default=30.0, gt=0)
     gateway_pool_idle_s: float = Field(
@@ -120,6 +126,15 @@ class Settings(BaseSettings):
     def _blank_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("gateway_ca_bundle", mode="before")
+    @classmethod
+    def _ca_bundle_exists(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        if value is not None and not Path(value).is_file():
+            raise ValueError(f"no such file: {value}")
         return value
 
     @field_validator("gateway_url", "gateway_backup_url")
@@ -204,6 +219,7 @@ class Settings(BaseSettings):
             read_timeout_s=self.gateway_read_timeout_s,
             pool_idle_s=self.gateway_pool_idle_s,
             pool_maxsize=max(self.worker_concurrency, 1),
+            ca_bundle=str(self.gateway_ca_bundle) if self.gateway_ca_bundle else None,
         )
 
     def secrets(self) -> list[str]:

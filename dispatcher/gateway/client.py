@@ -18,14 +18,17 @@ way whatever happened.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPSConnection
+from urllib3.connectionpool import HTTPSConnectionPool
 
 from dispatcher import redaction
 from dispatcher.config import GatewayConfig
@@ -77,7 +80,41 @@ class Submission:
 
 
 def _host_of(url: str) -> str:
-    return urllib3.util.parse_url(url).host or url
+    # host:port, so two gateways on one host name stay apart in the audit.
+    return urllib3.util.parse_url(url).netloc or url
+
+
+class TlsHandshakeError(urllib3.exceptions.NewConnectionError):
+    """The TLS handshake failed: the connection never carried a byte of the request."""
+
+
+class _GatewayHTTPSConnection(HTTPSConnection):
+    """An HTTPS connection whose handshake failures read as connection failures.
+
+    urllib3 reports a stalled handshake as a *read* timeout and a refused
+    certificate as an SSLError indistinguishable from one raised while reading a
+    reply. Both happen before the request is sent, and that difference decides
+    between failing over (safe) and `unknown` (the SMS may have gone out), so the
+    handshake's failures are marked here, where the phase is still known.
+    """
+
+    def connect(self) -> None:
+        try:
+            super().connect()
+        except (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError):
+            raise
+        except TimeoutError as exc:
+            raise urllib3.exceptions.ConnectTimeoutError(
+                self, f"TLS handshake with {self.host} timed out"
+            ) from exc
+        except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
+            raise TlsHandshakeError(
+                self, f"TLS handshake with {self.host} failed: {type(exc).__name__}"
+            ) from exc
+
+
+class _GatewayHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _GatewayHTTPSConnection
 
 
 def _caused_by_connect(exc: requests.ConnectionError) -> bool:
@@ -89,6 +126,13 @@ def _caused_by_connect(exc: requests.ConnectionError) -> bool:
         reason,
         urllib3.exceptions.NewConnectionError | urllib3.exceptions.NameResolutionError,
     )
+
+
+def _is_handshake(exc: requests.ConnectionError) -> bool:
+    reason: BaseException | None = exc.args[0] if exc.args else None
+    if isinstance(reason, urllib3.exceptions.MaxRetryError):
+        reason = reason.reason
+    return isinstance(reason, TlsHandshakeError)
 
 
 class GatewayClient:
@@ -105,6 +149,11 @@ class GatewayClient:
         self._adapter = HTTPAdapter(
             pool_connections=2, pool_maxsize=config.pool_maxsize, max_retries=0
         )
+        self._adapter.poolmanager.pool_classes_by_scheme = {
+            **self._adapter.poolmanager.pool_classes_by_scheme,
+            "https": _GatewayHTTPSConnectionPool,
+        }
+        self._verify: bool | str = config.ca_bundle or True
         self._session.mount("https://", self._adapter)
         self._session.mount("http://", self._adapter)
         self._lock = threading.Lock()
@@ -150,27 +199,36 @@ class GatewayClient:
                 data=form,
                 timeout=(self.config.connect_timeout_s, self.config.read_timeout_s),
                 allow_redirects=False,
-                verify=True,
+                verify=self._verify,
                 stream=True,
             )
             try:
                 body = response.raw.read(MAX_REPLY_BYTES + 1, decode_content=True)
                 if len(body) > MAX_REPLY_BYTES:
-                    raise AmbiguousGatewayError(
-                        f"reply from {host} exceeds {MAX_REPLY_BYTES} bytes", host=host
-                    )
-                # Reading past the declared length surfaces a truncated body now.
-                response.raw.read(decode_content=True)
+                    if response.status_code == 200:
+                        raise AmbiguousGatewayError(
+                            f"reply from {host} exceeds {MAX_REPLY_BYTES} bytes", host=host
+                        )
+                    # An error page: its status decides, its size does not matter.
+                    body = body[:MAX_REPLY_BYTES]
+                else:
+                    # Reading past the declared length surfaces a truncated body now.
+                    response.raw.read(decode_content=True)
                 response._content = body
             finally:
                 response.close()
         except requests.exceptions.ConnectTimeout as exc:
             raise GatewayConnectError(f"connect timeout to {host}", host=host) from exc
         except requests.exceptions.SSLError as exc:
-            raise GatewayConnectError(f"TLS handshake with {host} failed", host=host) from exc
+            # Handshake failures are TlsHandshakeError (a ConnectionError); an SSLError
+            # here broke an established connection, after the request may have gone.
+            raise AmbiguousGatewayError(
+                f"TLS error from {host} after the request was sent", host=host
+            ) from exc
         except requests.exceptions.ConnectionError as exc:
             if _caused_by_connect(exc):
-                raise GatewayConnectError(f"cannot connect to {host}", host=host) from exc
+                what = "TLS handshake failed with" if _is_handshake(exc) else "cannot connect to"
+                raise GatewayConnectError(f"{what} {host}", host=host) from exc
             raise AmbiguousGatewayError(
                 f"connection to {host} broke after the request was sent", host=host
             ) from exc
@@ -246,10 +304,17 @@ class GatewayClient:
             )
         assert response is not None
         body = response.content
+        outcomes = [
+            # Codes are kept verbatim, except a secret the gateway might echo.
+            replace(o, error_code=redaction.redact(o.error_code, [self.config.password]))
+            if o.error_code
+            else o
+            for o in protocol.classify_reply(numbers, response.status_code, body)
+        ]
         return Submission(
             host=host,
             numbers=numbers,
-            outcomes=protocol.classify_reply(numbers, response.status_code, body),
+            outcomes=outcomes,
             http_status=response.status_code,
             raw_reply=redaction.redact(protocol.decode_body(body), [self.config.password]),
             latency_ms=latency_ms,
@@ -259,8 +324,9 @@ class GatewayClient:
     def balance(self) -> float:
         """The account's credit balance.
 
-        Raises TransientGatewayError or AmbiguousGatewayError when no answer came,
-        PermanentGatewayError with the code when the gateway refused.
+        Raises TransientGatewayError or AmbiguousGatewayError when no usable answer
+        came (a balance check sends nothing, so both only mean "ask again later"),
+        PermanentGatewayError with the code when the gateway refused the account.
         """
         form = {"username": self.config.username, "password": self.config.password}
         host, response, error, _, _ = self._post_with_failover(protocol.BALANCE_PATH, form)
@@ -271,7 +337,11 @@ class GatewayClient:
         if reply.balance is not None:
             return reply.balance
         code = reply.error_code or protocol.CODE_UNREADABLE_REPLY
-        if code in protocol.TRANSIENT_CODES or code.startswith("HTTP_5"):
+        if (
+            code in protocol.TRANSIENT_CODES
+            or code == protocol.CODE_UNREADABLE_REPLY
+            or code.startswith(("HTTP_5", "HTTP_4"))
+        ):
             raise TransientGatewayError(f"balance check on {host} failed: {code}", host=host)
         raise PermanentGatewayError(
             f"balance check on {host} refused: {code}", code=code, host=host

@@ -73,6 +73,9 @@ logger = logging.getLogger("dispatcher.gateway.simulator")
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PREFIX: Final = "/smsgateway"
+# `dispatcher gateway-sim` listens here unless told otherwise, so a developer's
+# DISPATCHER_GATEWAY_URL can stay put between runs.
+DEFAULT_CLI_PORT: Final = 8099
 CONTROL_PREFIX: Final = "/_sim"
 
 FIRST_MESSAGE_ID: Final = 10011000000000000001
