@@ -1,0 +1,81 @@
+"""The Celery application: broker, queue, reliability settings.
+
+Tasks only wake workers; the database holds the schedule. So the settings here
+favour "never lose a wake-up silently" over throughput of messages:
+``task_acks_late`` with ``task_reject_on_worker_lost`` so a killed worker's
+message is redelivered, prefetch 1 so one busy thread does not hoard messages,
+and a thread pool because a worker spends its time waiting on HTTP and the
+database, not on the CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from dispatcher.config import QUEUE_DISPATCH, Settings, get_settings
+
+TASK_DISPATCH = "dispatcher.dispatch"
+TASK_SWEEP = "dispatcher.sweep"
+
+# A wake-up is worth nothing after a while: the sweeper sends fresh ones for work
+# still due, so stale messages left in a broker during an outage can be dropped.
+WAKE_EXPIRES_S = 600
+
+
+def broker_options(settings: Settings) -> dict[str, Any]:
+    """Transport options for the configured broker."""
+    url = settings.effective_broker_url
+    if url.startswith("filesystem://"):
+        folder = settings.broker_folder
+        for sub in ("queue", "processed", "control"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "processed_folder": str(folder / "processed"),
+            "control_folder": str(folder / "control"),
+            "store_processed": False,
+        }
+    if url.startswith(("redis://", "rediss://")):
+        # Longer than any task runs (dispatch_due stops at its time budget), so a
+        # slow task's message is not handed to a second worker while it runs.
+        return {"visibility_timeout": 3600}
+    return {}
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings``."""
+    app = Celery("dispatcher", broker=settings.effective_broker_url, include=["dispatcher.tasks"])
+    app.conf.update(
+        broker_transport_options=broker_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_default_queue=QUEUE_DISPATCH,
+        task_routes={
+            TASK_DISPATCH: {"queue": QUEUE_DISPATCH},
+            TASK_SWEEP: {"queue": QUEUE_DISPATCH},
+        },
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        worker_prefetch_multiplier=1,
+        worker_pool="threads",
+        worker_concurrency=settings.worker_concurrency,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+        enable_utc=True,
+    )
+    return app
+
+
+app = make_celery(get_settings())
+
+
+def wake(count: int) -> None:
+    """Send ``count`` wake-up messages to the dispatch queue."""
+    for _ in range(count):
+        app.send_task(TASK_DISPATCH, queue=QUEUE_DISPATCH, expires=WAKE_EXPIRES_S)

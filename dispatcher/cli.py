@@ -1,0 +1,301 @@
+"""The ``dispatcher`` command.
+
+Every command prints one clear line and exits non-zero on a problem the user can
+fix (exit 2: bad input or configuration; exit 1: the operation failed), never a
+traceback. ``--json`` prints machine-readable output where a script reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from dispatcher import __version__, redaction
+from dispatcher.errors import ConfigurationError, DispatcherError, NotFoundError, ValidationError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    redaction.install()
+
+
+def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn the project's exceptions into one line on stderr and an exit code."""
+
+    @wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except (ValidationError, ConfigurationError) as exc:
+            click.echo(f"error: {redaction.redact(str(exc))}", err=True)
+            sys.exit(EXIT_USAGE)
+        except NotFoundError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_FAILED)
+        except DispatcherError as exc:
+            click.echo(f"error: {redaction.redact(str(exc))}", err=True)
+            sys.exit(EXIT_FAILED)
+
+    return wrapper
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dispatcher")
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="How much the command logs to stderr.",
+)
+def main(log_level: str) -> None:
+    """sms-dispatcher: queue, send and audit SMS through the IntelliSoftware gateway.
+
+    Configuration comes from DISPATCHER_* environment variables (see the README);
+    with none set, everything runs embedded: a SQLite file and a file-based broker
+    under ./dispatcher-data.
+    """
+    _configure_logging(log_level)
+
+
+@main.command()
+@friendly_errors
+def migrate() -> None:
+    """Create or upgrade the database schema to this version."""
+    from dispatcher import migrate as migrations
+    from dispatcher import runtime
+
+    database = runtime.service().db
+    migrations.upgrade(database)
+    click.echo(f"database at revision {migrations.current_revision(database)}: {database.url}")
+
+
+def _require_schema() -> None:
+    from dispatcher import migrate as migrations
+    from dispatcher import runtime
+
+    database = runtime.service().db
+    current, head = migrations.current_revision(database), migrations.head_revision(database)
+    if current != head:
+        raise ConfigurationError(
+            f"database schema is at {current or 'nothing'}, this version needs {head}: "
+            "run `dispatcher migrate` first"
+        )
+
+
+@main.command()
+@click.option("--concurrency", "-c", type=click.IntRange(1, 1024), help="Threads (I/O-bound).")
+@click.option("--loglevel", "-l", default="INFO", show_default=True, help="Celery's log level.")
+@click.option("--hostname", "-n", default=None, help="Worker node name.")
+@click.option("--migrate/--no-migrate", default=False, help="Migrate the schema before starting.")
+@friendly_errors
+def worker(concurrency: int | None, loglevel: str, hostname: str | None, migrate: bool) -> None:
+    """Run a Celery worker that claims and sends due batches (and sweeps)."""
+    from dispatcher import runtime
+
+    settings = runtime.settings()
+    if settings.gateway_username is None or settings.gateway_password is None:
+        raise ConfigurationError(
+            "DISPATCHER_GATEWAY_USERNAME and DISPATCHER_GATEWAY_PASSWORD must be set for a worker"
+        )
+    settings.gateway_config()
+    if migrate:
+        from dispatcher import migrate as migrations
+
+        migrations.upgrade(runtime.service().db)
+    _require_schema()
+    from dispatcher.celery_app import app
+
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--concurrency={concurrency or settings.worker_concurrency}",
+        "--pool=threads",
+    ]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    if settings.effective_broker_url.startswith("filesystem://"):
+        # The file broker has no broadcast channel for these worker-to-worker chats.
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    app.worker_main(argv=argv)
+
+
+@main.command()
+@click.option("--loop", is_flag=True, help="Keep sweeping every DISPATCHER_SWEEP_INTERVAL_S.")
+@friendly_errors
+def sweep(loop: bool) -> None:
+    """Mark batches abandoned mid-call unknown, and wake workers for due work."""
+    from dispatcher import runtime
+
+    _require_schema()
+    if loop:
+        stop = threading.Event()
+        try:
+            runtime.sweep_forever(runtime.settings().sweep_interval_s, stop)
+        except KeyboardInterrupt:
+            stop.set()
+        return
+    result = runtime.service().sweep()
+    click.echo(
+        f"marked {result['abandoned_recipients']} recipients unknown; "
+        f"{result['due_batches']} batches due"
+    )
+
+
+@main.command()
+@click.argument("text")
+@click.option(
+    "--to",
+    "-t",
+    "to",
+    multiple=True,
+    required=True,
+    help="A number, or several separated by commas; repeatable.",
+)
+@click.option("--sender", "-f", default=None, help="Up to 11 alphanumerics or 15 digits.")
+@click.option("--maxconcat", default=1, show_default=True, type=int, help="Most parts per SMS.")
+@click.option("--kind", default="text", show_default=True, type=click.Choice(["text", "voice"]))
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@friendly_errors
+def send(
+    text: str, to: Sequence[str], sender: str | None, maxconcat: int, kind: str, as_json: bool
+) -> None:
+    """Queue TEXT for the given numbers and print the job id."""
+    from dispatcher import runtime
+
+    numbers = [n for item in to for n in item.split(",")]
+    result = runtime.service().enqueue(
+        numbers, text, sender=sender, maxconcat=maxconcat, kind=kind, actor="cli"
+    )
+    if as_json:
+        _emit_json(
+            {
+                "id": result.job_id,
+                "accepted": len(result.accepted),
+                "refused": [{"number": n, "reason": r} for n, r in result.refused],
+                "batches": result.batches,
+                "parts": result.parts,
+            }
+        )
+        return
+    click.echo(result.job_id)
+    for number, reason in result.refused:
+        click.echo(f"refused {number!r}: {reason}", err=True)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@friendly_errors
+def status(job_id: str, as_json: bool) -> None:
+    """Show a job and each recipient's status, gateway message ID and error."""
+    from dispatcher import runtime
+
+    view = runtime.service().job_view(job_id)
+    if as_json:
+        _emit_json(view)
+        return
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(view["counts"].items()))  # type: ignore[attr-defined]
+    click.echo(f"job {view['id']}  {view['status']}  ({counts})")
+    click.echo(f"created {view['created_at']}  parts {view['parts']}  kind {view['kind']}")
+    recipients: list[dict[str, Any]] = view["recipients"]  # type: ignore[assignment]
+    for r in recipients:
+        detail = r["gateway_message_id"] or r["error_code"] or ""
+        click.echo(f"  {r['number']:<16} {r['status']:<11} {r['attempts']:>2}  {detail}")
+
+
+@main.command()
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--number", default=None, help="Only jobs with this number (any format).")
+@click.option(
+    "--status",
+    "status_",
+    default=None,
+    type=click.Choice(
+        ["queued", "submitting", "retry_wait", "sent", "failed", "unknown", "cancelled", "expired"]
+    ),
+    help="Only jobs with a recipient in this status.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def jobs(limit: int, number: str | None, status_: str | None, as_json: bool) -> None:
+    """List recent jobs with their recipients per status."""
+    from dispatcher import runtime
+    from dispatcher.models import RecipientStatus
+    from dispatcher.numbers import normalise
+
+    svc = runtime.service()
+    wanted = normalise(number, svc.settings.default_region) if number else None
+    rows = svc.list_jobs(
+        limit=limit, number=wanted, status=RecipientStatus(status_) if status_ else None
+    )
+    if as_json:
+        _emit_json(rows)
+        return
+    if not rows:
+        click.echo("no jobs")
+        return
+    for row in rows:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(row["counts"].items()))
+        click.echo(f"{row['id']}  {row['created_at'][:19]}  {row['status']:<11}  {counts}")
+
+
+@main.command(
+    "gateway-sim",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.pass_context
+def gateway_sim(ctx: click.Context) -> None:
+    """Run the gateway simulator (SPEC section 1); `dispatcher gateway-sim --help` for knobs.
+
+    Options are those of `python -m dispatcher.gateway.simulator`: --host, --port,
+    --prefix, credentials, --credit, --latency-ms, error rates, --number-rule
+    NUMBER=CODE[*N], --seed. Knobs can also be changed at run time with
+    POST /_sim/config.
+    """
+    from dispatcher.gateway import simulator
+
+    argv = list(ctx.args)
+    if not any(a == "--port" or a.startswith("--port=") for a in argv):
+        argv += ["--port", str(simulator.DEFAULT_CLI_PORT)]
+    simulator.main(argv)
+
+
+@main.command()
+@click.option("--recipients", default=1000, show_default=True, type=click.IntRange(10, 100_000))
+@click.option(
+    "--data-dir",
+    default="dispatcher-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the demo's SQLite database and broker folder go (emptied first).",
+)
+@click.option("--timeout-s", default=300.0, show_default=True, type=float)
+@friendly_errors
+def demo(recipients: int, data_dir: str, timeout_s: float) -> None:
+    """Run the whole pipeline once, embedded: simulator, worker, producer, audit summary."""
+    from dispatcher.demo import run_demo
+
+    sys.exit(run_demo(recipients=recipients, data_dir=data_dir, timeout_s=timeout_s))

@@ -1,0 +1,284 @@
+"""The audit database: jobs, their recipients and batches, every attempt and status change.
+
+The database is the schedule (SPEC section 3): a batch's ``status`` and ``due_at``
+say when it is sent, and a broker message only wakes a worker to look.
+
+Statuses are ``str`` enums stored as plain strings (no database enum type, so
+adding a status is a data change, not a schema fight), and the transitions a
+recipient may make are listed once, in ``RECIPIENT_TRANSITIONS``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Constraint names that Alembic can find again on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Timezone-aware UTC datetimes on every database (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; use timezone-aware UTC")
+        value = value.astimezone(dt.UTC)
+        # SQLite compares datetimes as text: one fixed form keeps the ordering right.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+class RecipientStatus(enum.StrEnum):
+    """Where one recipient of a job stands."""
+
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    RETRY_WAIT = "retry_wait"
+    SENT = "sent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+    @property
+    def is_final(self) -> bool:
+        """True once nothing automatic will change this recipient again."""
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {
+        RecipientStatus.SENT,
+        RecipientStatus.FAILED,
+        RecipientStatus.UNKNOWN,
+        RecipientStatus.CANCELLED,
+        RecipientStatus.EXPIRED,
+    }
+)
+PENDING_STATUSES = frozenset(set(RecipientStatus) - FINAL_STATUSES)
+
+_S = RecipientStatus
+RECIPIENT_TRANSITIONS: dict[RecipientStatus, frozenset[RecipientStatus]] = {
+    _S.QUEUED: frozenset({_S.SUBMITTING, _S.CANCELLED, _S.EXPIRED, _S.FAILED}),
+    _S.SUBMITTING: frozenset({_S.SENT, _S.FAILED, _S.UNKNOWN, _S.RETRY_WAIT, _S.QUEUED}),
+    _S.RETRY_WAIT: frozenset({_S.SUBMITTING, _S.CANCELLED, _S.EXPIRED, _S.FAILED}),
+    # Only an operator's explicit, audited retry leaves a final failure state.
+    _S.FAILED: frozenset({_S.QUEUED}),
+    _S.UNKNOWN: frozenset({_S.QUEUED}),
+    _S.SENT: frozenset(),
+    _S.CANCELLED: frozenset(),
+    _S.EXPIRED: frozenset(),
+}
+
+
+def can_transition(old: RecipientStatus, new: RecipientStatus) -> bool:
+    """Whether a recipient may move from ``old`` to ``new``."""
+    return new in RECIPIENT_TRANSITIONS[old]
+
+
+class BatchStatus(enum.StrEnum):
+    """Where one batch (the recipients of one submission) stands."""
+
+    QUEUED = "queued"
+    """Waiting for ``due_at``: a first send, or a retry after a transient failure."""
+    SUBMITTING = "submitting"
+    """Claimed by a worker; its HTTP call is in flight or the worker died in it."""
+    DONE = "done"
+    """Every recipient of the batch is final."""
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How one HTTP attempt ended, as a whole."""
+
+    IN_FLIGHT = "in_flight"
+    ACCEPTED = "accepted"
+    PARTIAL = "partial"
+    TRANSIENT = "transient"
+    REJECTED = "rejected"
+    AMBIGUOUS = "ambiguous"
+    ABANDONED = "abandoned"
+    """The worker never came back; the sweeper closed it as unknown."""
+
+
+class Base(DeclarativeBase):
+    """Declarative base with stable constraint names."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UTCDateTime()}
+
+
+ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Job(Base):
+    """One send request: a text and the recipients it goes to."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    text: Mapped[str] = mapped_column(Text)
+    sender: Mapped[str | None] = mapped_column(String(15))
+    kind: Mapped[str] = mapped_column(String(8), default="text")
+    maxconcat: Mapped[int] = mapped_column(Integer, default=1)
+    parts: Mapped[int] = mapped_column(Integer)
+    encoding: Mapped[str] = mapped_column(String(8))
+    recipient_count: Mapped[int] = mapped_column(Integer)
+    refused_count: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index(None, "created_at"),)
+
+
+class Batch(Base):
+    """The recipients of one submission, and when it is due."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(12), default=BatchStatus.QUEUED)
+    due_at: Mapped[dt.datetime]
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_at: Mapped[dt.datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index(None, "job_id"),
+        # The claim query and the sweeper read only these rows; partial indexes stay
+        # small however much history the table holds.
+        Index(
+            "ix_batches_due",
+            "due_at",
+            postgresql_where=text("status = 'queued'"),
+            sqlite_where=text("status = 'queued'"),
+        ),
+        Index(
+            "ix_batches_submitting",
+            "claimed_at",
+            postgresql_where=text("status = 'submitting'"),
+            sqlite_where=text("status = 'submitting'"),
+        ),
+    )
+
+
+class Recipient(Base):
+    """One number of a job, its status, and the gateway's message ID once accepted."""
+
+    __tablename__ = "recipients"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"))
+    number: Mapped[str] = mapped_column(String(32))
+    """International digits, or the input as given when it was refused."""
+    status: Mapped[str] = mapped_column(String(12))
+    gateway_message_id: Mapped[str | None] = mapped_column(String(64))
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_detail: Mapped[str | None] = mapped_column(String(500))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index(None, "job_id"),
+        Index(None, "batch_id"),
+        Index(None, "number", "created_at"),
+        Index(None, "gateway_message_id"),
+        Index(None, "status", "updated_at"),
+    )
+
+
+class Attempt(Base):
+    """One HTTP submission: written as in flight before the call, completed after."""
+
+    __tablename__ = "attempts"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt_no: Mapped[int] = mapped_column(Integer)
+    numbers: Mapped[str] = mapped_column(Text)
+    """The numbers submitted, comma-separated, in submission order."""
+    request: Mapped[str | None] = mapped_column(Text)
+    """The form sent, password masked and message text left out, as JSON."""
+    started_at: Mapped[dt.datetime]
+    finished_at: Mapped[dt.datetime | None]
+    host: Mapped[str | None] = mapped_column(String(255))
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    raw_reply: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(String(16), default=AttemptOutcome.IN_FLIGHT)
+    error: Mapped[str | None] = mapped_column(String(500))
+    worker: Mapped[str | None] = mapped_column(String(200))
+
+    __table_args__ = (
+        Index(None, "batch_id"),
+        Index(None, "job_id"),
+        Index(None, "started_at"),
+    )
+
+
+class StatusEvent(Base):
+    """Append-only history: one row per status change of a recipient."""
+
+    __tablename__ = "status_events"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    recipient_id: Mapped[int] = mapped_column(ForeignKey("recipients.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    at: Mapped[dt.datetime]
+    from_status: Mapped[str | None] = mapped_column(String(12))
+    to_status: Mapped[str] = mapped_column(String(12))
+    cause: Mapped[str] = mapped_column(String(500))
+    actor: Mapped[str] = mapped_column(String(200))
+    attempt_id: Mapped[int | None] = mapped_column(ForeignKey("attempts.id", ondelete="SET NULL"))
+
+    __table_args__ = (
+        Index(None, "recipient_id", "at"),
+        Index(None, "job_id"),
+        Index(None, "at"),
+    )

@@ -1,0 +1,65 @@
+"""The process-wide service, built once from settings, for tasks, the CLI and send()."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+
+from dispatcher import redaction
+from dispatcher.config import Settings, get_settings
+from dispatcher.service import Dispatcher, Waker
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_service: Dispatcher | None = None
+
+
+def settings() -> Settings:
+    """The process's settings."""
+    return get_settings()
+
+
+def _celery_waker(count: int) -> None:
+    # Imported late: producers that never enqueue need not build a Celery app.
+    from dispatcher.celery_app import wake
+
+    wake(count)
+
+
+def service(waker: Waker | None = None) -> Dispatcher:
+    """The process's Dispatcher, built on first use."""
+    global _service
+    with _lock:
+        if _service is None:
+            current = settings()
+            for secret in current.secrets():
+                redaction.register_secret(secret)
+            _service = Dispatcher(current, waker=waker or _celery_waker)
+        return _service
+
+
+def reset() -> None:
+    """Forget the process's service (after settings change, in tests and the demo)."""
+    global _service
+    with _lock:
+        if _service is not None:
+            _service.close()
+        _service = None
+    get_settings.cache_clear()
+
+
+def after_fork() -> None:
+    """Make the inherited service safe to use in a forked child."""
+    if _service is not None:
+        _service.db.after_fork()
+
+
+def sweep_forever(interval_s: float, stop: threading.Event) -> None:
+    """Sweep every ``interval_s`` (with jitter, so workers spread out) until ``stop``."""
+    while not stop.wait(interval_s * random.uniform(0.8, 1.2)):
+        try:
+            service().sweep()
+        except Exception:
+            log.exception("sweep failed; trying again in %.0f s", interval_s)

@@ -1,0 +1,450 @@
+"""Queries and updates on the audit database.
+
+Every function takes the session keyword-only and never commits: the service
+layer owns transactions, so one state change is one commit. Writes are set-based
+(one statement per group of recipients, history rows by ``INSERT ... SELECT``)
+because a batch holds up to 100 recipients and a job up to many thousands.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, insert, literal, null, select, update
+from sqlalchemy.orm import Session
+
+from dispatcher.models import (
+    Attempt,
+    AttemptOutcome,
+    Batch,
+    BatchStatus,
+    Job,
+    Recipient,
+    RecipientStatus,
+    StatusEvent,
+)
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_job_id() -> str:
+    """A 26-character, time-ordered, unguessable job id (ULID layout).
+
+    Time first keeps index inserts at the right-hand edge of the primary key; the
+    80 random bits keep ids unguessable across many producers.
+    """
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+# --- writes at enqueue -------------------------------------------------------------
+
+
+def insert_job(session: Session, *, job: Job) -> None:
+    """Add a job row."""
+    session.add(job)
+    session.flush([job])
+
+
+def insert_batches(session: Session, *, job_id: str, count: int, due_at: dt.datetime) -> list[int]:
+    """Insert ``count`` queued batches for a job and return their ids in order."""
+    if count == 0:
+        return []
+    rows = [
+        {
+            "job_id": job_id,
+            "status": BatchStatus.QUEUED,
+            "due_at": due_at,
+            "attempts": 0,
+            "created_at": due_at,
+            "updated_at": due_at,
+        }
+        for _ in range(count)
+    ]
+    result = session.execute(insert(Batch).returning(Batch.id, sort_by_parameter_order=True), rows)
+    return [row[0] for row in result]
+
+
+def insert_recipients(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
+    """Bulk-insert recipient rows (dicts of Recipient columns)."""
+    if rows:
+        session.execute(insert(Recipient), list(rows))
+
+
+# --- history -----------------------------------------------------------------------
+
+
+def record_transitions(
+    session: Session,
+    *,
+    where: ColumnElement[bool],
+    to_status: RecipientStatus | None,
+    at: dt.datetime,
+    cause: str | ColumnElement[Any],
+    actor: str,
+    attempt_id: int | None = None,
+) -> None:
+    """Append a status event for every recipient matching ``where``.
+
+    Called just before the update that changes their status, so ``from_status``
+    is read from the rows as they are. ``to_status=None`` records each row's
+    current status as its first one (at enqueue), with no previous status.
+    """
+    from_known = to_status is not None
+    cause_expr = cause if not isinstance(cause, str) else literal(cause)
+    source = select(
+        Recipient.id,
+        Recipient.job_id,
+        literal(at, type_=StatusEvent.at.type),
+        Recipient.status if from_known else null(),
+        literal(str(to_status)) if to_status is not None else Recipient.status,
+        cause_expr,
+        literal(actor),
+        literal(attempt_id, type_=StatusEvent.attempt_id.type),
+    ).where(where)
+    session.execute(
+        insert(StatusEvent).from_select(
+            [
+                StatusEvent.recipient_id,
+                StatusEvent.job_id,
+                StatusEvent.at,
+                StatusEvent.from_status,
+                StatusEvent.to_status,
+                StatusEvent.cause,
+                StatusEvent.actor,
+                StatusEvent.attempt_id,
+            ],
+            source,
+        )
+    )
+
+
+def transition(
+    session: Session,
+    *,
+    ids: Collection[int],
+    from_statuses: Iterable[RecipientStatus],
+    to_status: RecipientStatus,
+    at: dt.datetime,
+    cause: str,
+    actor: str,
+    attempt_id: int | None = None,
+    values: dict[str, Any] | None = None,
+) -> int:
+    """Move recipients ``ids`` that are in one of ``from_statuses`` to ``to_status``.
+
+    Records one status event per recipient moved; returns how many moved. The
+    status condition makes it a compare-and-set: a recipient something else has
+    moved meanwhile is left alone.
+    """
+    if not ids:
+        return 0
+    allowed = [str(s) for s in from_statuses]
+    where = Recipient.id.in_(list(ids)) & Recipient.status.in_(allowed)
+    record_transitions(
+        session,
+        where=where,
+        to_status=to_status,
+        at=at,
+        cause=cause,
+        actor=actor,
+        attempt_id=attempt_id,
+    )
+    result = session.execute(
+        update(Recipient)
+        .where(where)
+        .values(status=str(to_status), updated_at=at, **(values or {}))
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# --- claiming ----------------------------------------------------------------------
+
+
+def due_batches(now: dt.datetime) -> Select[int]:
+    """Ids of queued batches due at ``now``, oldest due first."""
+    return (
+        select(Batch.id)
+        .where(Batch.status == BatchStatus.QUEUED, Batch.due_at <= now)
+        .order_by(Batch.due_at, Batch.id)
+    )
+
+
+def claim_next_batch(session: Session, *, now: dt.datetime, worker: str) -> Batch | None:
+    """Claim the oldest due batch for ``worker``: ``queued`` to ``submitting``.
+
+    On PostgreSQL, ``FOR UPDATE SKIP LOCKED`` lets concurrent workers pass over
+    a row another is claiming; on SQLite the ``BEGIN IMMEDIATE`` transaction
+    already admits one writer at a time. Either way the update re-checks the
+    status, so two claimers can never both win.
+    """
+    query = due_batches(now).limit(1)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    batch_id = session.execute(query).scalar_one_or_none()
+    if batch_id is None:
+        return None
+    return session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status == BatchStatus.QUEUED)
+        .values(
+            status=BatchStatus.SUBMITTING,
+            claimed_at=now,
+            claimed_by=worker,
+            attempts=Batch.attempts + 1,
+            updated_at=now,
+        )
+        .returning(Batch)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecipient:
+    """A recipient about to be submitted."""
+
+    id: int
+    number: str
+    attempts: int
+
+
+def sendable_recipients(session: Session, *, batch_id: int) -> list[PendingRecipient]:
+    """The recipients of a batch still waiting to be sent, in insertion order."""
+    rows = session.execute(
+        select(Recipient.id, Recipient.number, Recipient.attempts)
+        .where(
+            Recipient.batch_id == batch_id,
+            Recipient.status.in_([RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT]),
+        )
+        .order_by(Recipient.id)
+    )
+    return [PendingRecipient(r.id, r.number, r.attempts) for r in rows]
+
+
+def insert_attempt(session: Session, *, attempt: Attempt) -> int:
+    """Add an attempt row and return its id."""
+    session.add(attempt)
+    session.flush([attempt])
+    return attempt.id
+
+
+def complete_attempt(session: Session, *, attempt_id: int, values: dict[str, Any]) -> None:
+    """Fill in an attempt row's result."""
+    session.execute(
+        update(Attempt)
+        .where(Attempt.id == attempt_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def settle_batch(session: Session, *, batch_id: int, now: dt.datetime) -> None:
+    """After an attempt: requeue the batch at its earliest retry, or mark it done."""
+    waiting = session.execute(
+        select(func.count(), func.min(Recipient.next_attempt_at)).where(
+            Recipient.batch_id == batch_id,
+            Recipient.status.in_([RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT]),
+        )
+    ).one()
+    count, next_at = int(waiting[0]), waiting[1]
+    if count:
+        values: dict[str, Any] = {"status": BatchStatus.QUEUED, "due_at": next_at or now}
+    else:
+        values = {"status": BatchStatus.DONE}
+    session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id)
+        .values(updated_at=now, claimed_at=None, **values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# --- sweeping ----------------------------------------------------------------------
+
+
+def stale_submitting_batches(
+    session: Session, *, older_than: dt.datetime, limit: int = 100
+) -> list[int]:
+    """Batches claimed before ``older_than`` and never completed (locked, on PostgreSQL)."""
+    query = (
+        select(Batch.id)
+        .where(Batch.status == BatchStatus.SUBMITTING, Batch.claimed_at < older_than)
+        .order_by(Batch.claimed_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    return list(session.execute(query).scalars())
+
+
+def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: str) -> int:
+    """Close a dead worker's batch: its in-flight attempt abandoned, recipients unknown."""
+    moved = session.execute(
+        update(Batch)
+        .where(Batch.id == batch_id, Batch.status == BatchStatus.SUBMITTING)
+        .values(status=BatchStatus.DONE, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        return 0
+    in_flight = list(
+        session.execute(
+            select(Attempt.id).where(
+                Attempt.batch_id == batch_id, Attempt.outcome == AttemptOutcome.IN_FLIGHT
+            )
+        ).scalars()
+    )
+    for attempt_id in in_flight:
+        complete_attempt(
+            session,
+            attempt_id=attempt_id,
+            values={"outcome": AttemptOutcome.ABANDONED, "finished_at": now, "error": cause},
+        )
+    ids = list(
+        session.execute(
+            select(Recipient.id).where(
+                Recipient.batch_id == batch_id, Recipient.status == RecipientStatus.SUBMITTING
+            )
+        ).scalars()
+    )
+    return transition(
+        session,
+        ids=ids,
+        from_statuses=[RecipientStatus.SUBMITTING],
+        to_status=RecipientStatus.UNKNOWN,
+        at=now,
+        cause=cause,
+        actor="sweeper",
+        attempt_id=in_flight[-1] if in_flight else None,
+        values={"error_code": "WORKER_LOST", "error_detail": cause[:500]},
+    )
+
+
+def count_due(session: Session, *, now: dt.datetime) -> tuple[int, dt.datetime | None]:
+    """How many queued batches are due, and the oldest due time among them."""
+    row = session.execute(
+        select(func.count(), func.min(Batch.due_at)).where(
+            Batch.status == BatchStatus.QUEUED, Batch.due_at <= now
+        )
+    ).one()
+    return int(row[0]), row[1]
+
+
+# --- reading -----------------------------------------------------------------------
+
+
+def get_job(session: Session, *, job_id: str) -> Job | None:
+    """The job with this id, or None."""
+    return session.get(Job, job_id)
+
+
+def job_recipients(session: Session, *, job_id: str) -> list[Recipient]:
+    """A job's recipients in insertion order."""
+    return list(
+        session.execute(
+            select(Recipient).where(Recipient.job_id == job_id).order_by(Recipient.id)
+        ).scalars()
+    )
+
+
+def job_attempts(session: Session, *, job_id: str) -> list[Attempt]:
+    """A job's attempts, oldest first."""
+    return list(
+        session.execute(
+            select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.id)
+        ).scalars()
+    )
+
+
+def job_events(session: Session, *, job_id: str) -> list[StatusEvent]:
+    """A job's status history, oldest first."""
+    return list(
+        session.execute(
+            select(StatusEvent).where(StatusEvent.job_id == job_id).order_by(StatusEvent.id)
+        ).scalars()
+    )
+
+
+def recent_jobs(
+    session: Session,
+    *,
+    limit: int = 20,
+    number: str | None = None,
+    status: RecipientStatus | None = None,
+) -> list[Job]:
+    """The newest jobs, optionally those with a recipient of that number or status."""
+    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    conditions = []
+    if number is not None:
+        conditions.append(Recipient.number == number)
+    if status is not None:
+        conditions.append(Recipient.status == str(status))
+    if conditions:
+        query = query.where(Job.id.in_(select(Recipient.job_id).where(*conditions)))
+    return list(session.execute(query).scalars())
+
+
+def status_counts(
+    session: Session, *, job_ids: Sequence[str] | None = None
+) -> dict[str, dict[str, int]]:
+    """Recipients per status, per job (all jobs when ``job_ids`` is None)."""
+    query = select(Recipient.job_id, Recipient.status, func.count()).group_by(
+        Recipient.job_id, Recipient.status
+    )
+    if job_ids is not None:
+        query = query.where(Recipient.job_id.in_(list(job_ids)))
+    counts: dict[str, dict[str, int]] = {}
+    for job_id, status, n in session.execute(query):
+        counts.setdefault(job_id, {})[status] = int(n)
+    return counts
+
+
+def totals(session: Session, *, job_ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """Recipients per status and per error code, and attempts, over some or all jobs."""
+    by_status = select(Recipient.status, func.count()).group_by(Recipient.status)
+    by_code = (
+        select(Recipient.error_code, func.count())
+        .where(Recipient.error_code.is_not(None))
+        .group_by(Recipient.error_code)
+    )
+    attempts = select(func.count(), func.avg(Attempt.latency_ms))
+    by_outcome = select(Attempt.outcome, func.count()).group_by(Attempt.outcome)
+    if job_ids is not None:
+        ids = list(job_ids)
+        by_status = by_status.where(Recipient.job_id.in_(ids))
+        by_code = by_code.where(Recipient.job_id.in_(ids))
+        attempts = attempts.where(Attempt.job_id.in_(ids))
+        by_outcome = by_outcome.where(Attempt.job_id.in_(ids))
+    attempt_row = session.execute(attempts).one()
+    return {
+        "by_status": {s: int(n) for s, n in session.execute(by_status)},
+        "by_error_code": {c: int(n) for c, n in session.execute(by_code)},
+        "attempts": int(attempt_row[0]),
+        "attempts_by_outcome": {o: int(n) for o, n in session.execute(by_outcome)},
+        "mean_latency_ms": float(attempt_row[1]) if attempt_row[1] is not None else None,
+    }
+
+
+def sample_message_ids(
+    session: Session, *, job_ids: Sequence[str] | None = None, limit: int = 5
+) -> list[tuple[str, str]]:
+    """A few (number, gateway message ID) pairs of sent recipients."""
+    query = (
+        select(Recipient.number, Recipient.gateway_message_id)
+        .where(Recipient.gateway_message_id.is_not(None))
+        .order_by(Recipient.id)
+        .limit(limit)
+    )
+    if job_ids is not None:
+        query = query.where(Recipient.job_id.in_(list(job_ids)))
+    return [(n, str(m)) for n, m in session.execute(query)]
