@@ -1,0 +1,59 @@
+"""docker-compose.yml: parsed (no Docker engine here) and checked against the real CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from dispatcher.cli import main
+
+COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+
+
+def _compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def _our_services() -> dict[str, dict[str, Any]]:
+    return {
+        name: spec
+        for name, spec in _compose()["services"].items()
+        if spec.get("image") == "sms-dispatcher" or "build" in spec
+    }
+
+
+def test_the_production_layout_has_its_services() -> None:
+    services = _compose()["services"]
+    assert {"postgres", "redis", "migrate", "worker", "gateway-sim"} <= set(services)
+    assert services["gateway-sim"].get("profiles") == ["dev"]
+    assert "profiles" not in services["worker"], "workers run in the default profile"
+    assert services["migrate"]["restart"] == "no", "migrate is a one-shot job"
+    worker_deps = services["worker"]["depends_on"]
+    assert worker_deps["migrate"]["condition"] == "service_completed_successfully"
+
+
+@pytest.mark.parametrize("name", sorted(_our_services()))
+def test_each_command_is_a_real_dispatcher_command(name: str) -> None:
+    command = _our_services()[name]["command"]
+    assert isinstance(command, list), f"{name}: command must be an exec list"
+    assert command, f"{name}: command is empty"
+    # The image's entrypoint is `dispatcher`; asking the real CLI for help on exactly
+    # this command line proves every subcommand and option in it exists.
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, f"{name}: `dispatcher {' '.join(command)}` -> {result.output}"
+
+
+def test_services_share_the_production_settings() -> None:
+    env = _compose()["x-dispatcher-env"]
+    assert env["DISPATCHER_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert env["DISPATCHER_BROKER_URL"].startswith("redis://")
+    for name in ("migrate", "worker"):
+        assert _our_services()[name]["environment"] == env
+    # Credentials come from the operator's environment, never from the file.
+    assert "${DISPATCHER_GATEWAY_PASSWORD:?" in COMPOSE.read_text()
