@@ -75,7 +75,23 @@ def make_celery(settings: Settings) -> Celery:
 app = make_celery(get_settings())
 
 
-def wake(count: int) -> None:
-    """Send ``count`` wake-up messages to the dispatch queue."""
-    for _ in range(count):
-        app.send_task(TASK_DISPATCH, queue=QUEUE_DISPATCH, expires=WAKE_EXPIRES_S)
+class CeleryWaker:
+    """Wakes workers with messages on the dispatch queue, and counts those waiting."""
+
+    def __init__(self, celery: Celery) -> None:
+        self.app = celery
+
+    def __call__(self, count: int) -> None:
+        for _ in range(count):
+            self.app.send_task(TASK_DISPATCH, queue=QUEUE_DISPATCH, expires=WAKE_EXPIRES_S)
+
+    def pending(self) -> int:
+        """Messages waiting in the dispatch queue (declared passively: never creates it)."""
+        with self.app.connection_for_read() as connection:
+            # queue_declare is on every kombu channel, but typed only on AMQP's.
+            channel: Any = connection.default_channel
+            declared = channel.queue_declare(QUEUE_DISPATCH, passive=True)
+            return int(declared.message_count)
+
+
+wake = CeleryWaker(app)

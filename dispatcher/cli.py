@@ -16,6 +16,7 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher import __version__, redaction
 from dispatcher.errors import ConfigurationError, DispatcherError, NotFoundError, ValidationError
@@ -51,6 +52,12 @@ def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
             sys.exit(EXIT_FAILED)
         except DispatcherError as exc:
             click.echo(f"error: {redaction.redact(str(exc))}", err=True)
+            sys.exit(EXIT_FAILED)
+        except SQLAlchemyError as exc:
+            # The driver's first line says what went wrong; the rest is SQL and
+            # parameters, which may hold message text or numbers.
+            detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            click.echo(f"error: database: {redaction.redact(detail)}", err=True)
             sys.exit(EXIT_FAILED)
 
     return wrapper
@@ -184,6 +191,8 @@ def send(
     """Queue TEXT for the given numbers and print the job id."""
     from dispatcher import runtime
 
+    _require_schema()
+
     numbers = [n for item in to for n in item.split(",")]
     result = runtime.service().enqueue(
         numbers, text, sender=sender, maxconcat=maxconcat, kind=kind, actor="cli"
@@ -211,6 +220,8 @@ def send(
 def status(job_id: str, as_json: bool) -> None:
     """Show a job and each recipient's status, gateway message ID and error."""
     from dispatcher import runtime
+
+    _require_schema()
 
     view = runtime.service().job_view(job_id)
     if as_json:
@@ -242,6 +253,8 @@ def status(job_id: str, as_json: bool) -> None:
 def jobs(limit: int, number: str | None, status_: str | None, as_json: bool) -> None:
     """List recent jobs with their recipients per status."""
     from dispatcher import runtime
+
+    _require_schema()
     from dispatcher.models import RecipientStatus
     from dispatcher.numbers import normalise
 
@@ -259,6 +272,72 @@ def jobs(limit: int, number: str | None, status_: str | None, as_json: bool) -> 
     for row in rows:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(row["counts"].items()))
         click.echo(f"{row['id']}  {row['created_at'][:19]}  {row['status']:<11}  {counts}")
+
+
+def _operator() -> str:
+    """Who is at the keyboard, for the audit trail."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+def _print_control(control: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _emit_json(control)
+        return
+    if control["paused"]:
+        click.echo(
+            f"dispatch PAUSED ({control['pause_reason']}) since {control['paused_at']} "
+            f"by {control['paused_by']}: {control['pause_detail']}"
+        )
+    else:
+        click.echo("dispatch running")
+    breaker = control["breaker_state"]
+    line = f"circuit breaker {breaker}"
+    if breaker != "closed":
+        line += f" since {control['breaker_opened_at']}; next probe {control['breaker_retry_at']}"
+    click.echo(line)
+    if control["last_balance"] is not None:
+        click.echo(f"last balance {control['last_balance']:g} at {control['credit_checked_at']}")
+
+
+@main.command()
+@click.option("--reason", default="paused by an operator", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def pause(reason: str, as_json: bool) -> None:
+    """Stop every worker claiming work (calls in flight finish); survives restarts."""
+    from dispatcher import runtime
+
+    _require_schema()
+    _print_control(runtime.service().pause(actor=_operator(), detail=reason), as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def resume(as_json: bool) -> None:
+    """End a pause (manual, LOGIN_INVALID or credit) and wake workers for waiting work."""
+    from dispatcher import runtime
+
+    _require_schema()
+    _print_control(runtime.service().resume(actor=_operator()), as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def state(as_json: bool) -> None:
+    """Show whether dispatch is paused (and why) and the circuit breaker's state."""
+    from dispatcher import runtime
+
+    _require_schema()
+    _print_control(runtime.service().control(), as_json)
 
 
 @main.command(

@@ -107,6 +107,37 @@ class Settings(BaseSettings):
     submitting_timeout_s: float = Field(default=120.0, gt=0)
     sweep_interval_s: float = Field(default=5.0, gt=0)
 
+    breaker_threshold: int = Field(
+        default=5,
+        ge=1,
+        description="Whole submissions failing transiently in a row that open the breaker.",
+    )
+    breaker_probe_s: float = Field(
+        default=30.0, gt=0, description="Wait before the first probe once the breaker opens."
+    )
+    breaker_probe_max_s: float = Field(
+        default=300.0, gt=0, description="Longest wait between probes (the wait doubles)."
+    )
+    credit_resume_threshold: float = Field(
+        default=100.0,
+        ge=0,
+        description="A credit pause ends when a balance check finds more than this; set it "
+        "above what one batch costs so dispatch does not pause and resume in a loop.",
+    )
+    credit_check_interval_s: float = Field(default=60.0, gt=0)
+    max_retry_age_s: float = Field(
+        default=86400.0,
+        gt=0,
+        description="A recipient still waiting to retry this long after its job was "
+        "created fails instead (an outage longer than this is not worth a late SMS).",
+    )
+    gateway_max_in_flight: int = Field(
+        default=0, ge=0, description="Most HTTP calls at once per worker process; 0: no cap."
+    )
+    gateway_max_per_second: float = Field(
+        default=0.0, ge=0, description="Most HTTP calls per second per worker process; 0: no cap."
+    )
+
     default_region: str = Field(
         default="GB", description="Region assumed for numbers written without +country."
     )
@@ -181,6 +212,8 @@ class Settings(BaseSettings):
                 f"2 x (connect + read timeout) + {SUBMITTING_TIMEOUT_MARGIN_S:g} = {floor_s:g} s, "
                 "or the sweeper could mark a batch unknown while its HTTP call is still running"
             )
+        if self.breaker_probe_max_s < self.breaker_probe_s:
+            raise ValueError("DISPATCHER_BREAKER_PROBE_MAX_S must be >= DISPATCHER_BREAKER_PROBE_S")
         if self.retry_backoff_max_s < self.retry_backoff_s:
             raise ValueError("DISPATCHER_RETRY_BACKOFF_MAX_S must be >= DISPATCHER_RETRY_BACKOFF_S")
         return self

@@ -282,3 +282,55 @@ class StatusEvent(Base):
         Index(None, "job_id"),
         Index(None, "at"),
     )
+
+
+class PauseReason(enum.StrEnum):
+    """Why dispatch is paused."""
+
+    MANUAL = "manual"
+    """An operator paused it."""
+    LOGIN_INVALID = "login_invalid"
+    """The gateway refused the credentials; only an operator resumes."""
+    NO_CREDIT = "no_credit"
+    """The account is empty; a balance above the threshold, or an operator, resumes."""
+
+
+class BreakerState(enum.StrEnum):
+    """The circuit breaker that stops dispatch during a gateway outage."""
+
+    CLOSED = "closed"
+    """Normal: batches are claimed as they fall due."""
+    OPEN = "open"
+    """An outage: nothing is claimed until ``breaker_retry_at``."""
+    PROBING = "probing"
+    """One batch is out as a probe; its result closes or reopens the breaker."""
+
+
+CONTROL_ROW_ID = 1
+
+
+class DispatchControl(Base):
+    """The one row every worker reads before claiming: paused or not, and the breaker.
+
+    It lives in the database so a pause survives restarts and binds every worker
+    on every host at once.
+    """
+
+    __tablename__ = "dispatch_control"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    paused: Mapped[bool] = mapped_column(default=False)
+    pause_reason: Mapped[str | None] = mapped_column(String(20))
+    pause_detail: Mapped[str | None] = mapped_column(String(500))
+    paused_at: Mapped[dt.datetime | None]
+    paused_by: Mapped[str | None] = mapped_column(String(200))
+    breaker_state: Mapped[str] = mapped_column(String(10), default=BreakerState.CLOSED)
+    breaker_failures: Mapped[int] = mapped_column(Integer, default=0)
+    """Whole submissions in a row that failed transiently."""
+    breaker_trips: Mapped[int] = mapped_column(Integer, default=0)
+    """Failed probes in a row; lengthens the wait before the next one."""
+    breaker_opened_at: Mapped[dt.datetime | None]
+    breaker_retry_at: Mapped[dt.datetime | None]
+    credit_checked_at: Mapped[dt.datetime | None]
+    last_balance: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -21,11 +21,19 @@ def settings() -> Settings:
     return get_settings()
 
 
-def _celery_waker(count: int) -> None:
-    # Imported late: producers that never enqueue need not build a Celery app.
-    from dispatcher.celery_app import wake
+class _LazyCeleryWaker:
+    """The Celery waker, imported on first use: a process that only reads never
+    builds a Celery app."""
 
-    wake(count)
+    def __call__(self, count: int) -> None:
+        from dispatcher.celery_app import wake
+
+        wake(count)
+
+    def pending(self) -> int:
+        from dispatcher.celery_app import wake
+
+        return wake.pending()
 
 
 def service(waker: Waker | None = None) -> Dispatcher:
@@ -36,7 +44,7 @@ def service(waker: Waker | None = None) -> Dispatcher:
             current = settings()
             for secret in current.secrets():
                 redaction.register_secret(secret)
-            _service = Dispatcher(current, waker=waker or _celery_waker)
+            _service = Dispatcher(current, waker=waker or _LazyCeleryWaker())
         return _service
 
 

@@ -26,24 +26,29 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import func
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from dispatcher import store
 from dispatcher.config import Settings
 from dispatcher.db import Database
-from dispatcher.errors import NoRecipientsError, NotFoundError
+from dispatcher.errors import ConfigurationError, GatewayError, NoRecipientsError, NotFoundError
 from dispatcher.gateway import protocol
 from dispatcher.gateway.client import GatewayClient, Message, Submission
 from dispatcher.gateway.protocol import Outcome, RecipientOutcome
+from dispatcher.limits import CallLimiter
 from dispatcher.message import check_kind, check_sender
 from dispatcher.models import (
     PENDING_STATUSES,
     Attempt,
     AttemptOutcome,
+    BreakerState,
+    DispatchControl,
     Job,
+    PauseReason,
     Recipient,
     RecipientStatus,
     utcnow,
@@ -57,8 +62,6 @@ log = logging.getLogger(__name__)
 # How long a worker keeps trying to write a reply while the database is away
 # before giving up and leaving the batch to the sweeper (as `unknown`).
 RECORD_RETRY_BUDGET_S = 300.0
-# Credit exhausted: the work waits this long before it is looked at again.
-NO_CREDIT_RECHECK_S = 60.0
 
 _S = RecipientStatus
 _SENDABLE = (_S.QUEUED, _S.RETRY_WAIT)
@@ -100,6 +103,18 @@ class Claim:
     job_id: str
     recipients: list[store.PendingRecipient]
     message: Message
+    probe: bool = False
+    """This batch is the circuit breaker's probe: its result closes or reopens it."""
+
+
+class _GroupKey(NamedTuple):
+    """Recipients of one reply that are written with one statement."""
+
+    status: RecipientStatus
+    message_id: str | None
+    error_code: str | None
+    cause: str
+    spent: bool
 
 
 @dataclass(slots=True)
@@ -147,6 +162,10 @@ class Dispatcher:
         self._client_factory = client_factory or (lambda: GatewayClient(settings.gateway_config()))
         self._client: GatewayClient | None = None
         self._client_lock = threading.Lock()
+        self.limiter = CallLimiter(
+            max_in_flight=settings.gateway_max_in_flight,
+            max_per_second=settings.gateway_max_per_second,
+        )
 
     @property
     def client(self) -> GatewayClient:
@@ -277,8 +296,21 @@ class Dispatcher:
         while True:
             now = utcnow()
             with self.db.transaction() as session:
+                gate = self._gate(session, now)
+                if gate is None:
+                    return None
+                probe, retry_at = gate
                 batch = store.claim_next_batch(session, now=now, worker=worker)
                 if batch is None:
+                    if probe:
+                        # Nothing due to probe with: the next due batch may probe at once.
+                        store.update_control(
+                            session,
+                            values={
+                                "breaker_state": BreakerState.OPEN,
+                                "breaker_retry_at": retry_at,
+                            },
+                        )
                     return None
                 recipients = store.sendable_recipients(session, batch_id=batch.id)
                 if not recipients:
@@ -328,7 +360,39 @@ class Dispatcher:
                         maxconcat=job.maxconcat,
                         message_type=kind.gateway_type,
                     ),
+                    probe=probe,
                 )
+
+    def _gate(self, session: Session, now: dt.datetime) -> tuple[bool, dt.datetime | None] | None:
+        """May a batch be claimed now? None: no; (probe, retry_at): yes, maybe as the probe.
+
+        Read in the claim's own transaction, so a pause committed by one worker
+        stops every other worker's next claim.
+        """
+        control = store.get_control(session)
+        if control.paused:
+            return None
+        state = BreakerState(control.breaker_state)
+        if state is BreakerState.CLOSED:
+            return False, None
+        retry_at = control.breaker_retry_at
+        if retry_at is not None and retry_at > now:
+            return None
+        # The probe's turn (or a probe whose worker died, its lease expired): exactly
+        # one claimer wins this compare-and-set and sends one batch.
+        won = store.update_control(
+            session,
+            values={
+                "breaker_state": BreakerState.PROBING,
+                "breaker_retry_at": now + dt.timedelta(seconds=self.settings.submitting_timeout_s),
+            },
+            where=(DispatchControl.breaker_state == str(state))
+            & (
+                DispatchControl.breaker_retry_at.is_(None)
+                | (DispatchControl.breaker_retry_at <= now)
+            ),
+        )
+        return (True, retry_at) if won else None
 
     def submit(self, claim: Claim) -> Submission:
         """Make the HTTP call for a claimed batch."""
@@ -343,8 +407,8 @@ class Dispatcher:
             try:
                 self._record_once(claim, submission, worker)
                 return
-            except (OperationalError, DBAPIError) as exc:
-                if time.monotonic() >= deadline:
+            except DBAPIError as exc:
+                if not _database_away(exc) or time.monotonic() >= deadline:
                     log.error(
                         "giving up recording attempt %s; the sweeper will mark batch %s unknown. "
                         "Gateway reply kept here: %s",
@@ -366,22 +430,31 @@ class Dispatcher:
 
     def _record_once(self, claim: Claim, submission: Submission, worker: str) -> None:
         now = utcnow()
-        by_id = {r.number: r for r in claim.recipients}
-        groups: dict[tuple[RecipientStatus, str | None, str | None, str], list[int]] = defaultdict(
-            list
-        )
-        retry_at: dt.datetime | None = None
-        for outcome in submission.outcomes:
-            recipient = by_id[outcome.number]
-            made = recipient.attempts + 1
-            status, cause = self._status_for(outcome, made)
-            key = (status, outcome.gateway_message_id, outcome.error_code, cause)
-            groups[key].append(recipient.id)
-            if status is _S.RETRY_WAIT and retry_at is None:
-                retry_at = now + dt.timedelta(seconds=self.policy.delay_s(made))
-            if status is _S.QUEUED and retry_at is None:
-                retry_at = now + dt.timedelta(seconds=NO_CREDIT_RECHECK_S)
+        by_number = {r.number: r for r in claim.recipients}
+        all_transient = all(o.outcome is Outcome.TRANSIENT for o in submission.outcomes)
         with self.db.transaction() as session:
+            outage = self._update_breaker(session, claim, now, all_transient=all_transient)
+            self._pause_for(session, submission, worker)
+            groups: dict[_GroupKey, list[int]] = defaultdict(list)
+            retry_at: dt.datetime | None = None
+            for outcome in submission.outcomes:
+                recipient = by_number[outcome.number]
+                made = recipient.attempts + 1
+                if outcome.outcome is Outcome.TRANSIENT and outage:
+                    # The breaker holds the work; an outage must not use up attempts.
+                    status = _S.RETRY_WAIT
+                    cause = f"{outcome.error_code}; gateway outage, breaker open, no attempt spent"
+                    spent = False
+                    retry_at = retry_at or now
+                else:
+                    status, cause = self._status_for(outcome, made)
+                    spent = status is not _S.QUEUED
+                    if status is _S.RETRY_WAIT and retry_at is None:
+                        retry_at = now + dt.timedelta(seconds=self.policy.delay_s(made))
+                key = _GroupKey(
+                    status, outcome.gateway_message_id, outcome.error_code, cause, spent
+                )
+                groups[key].append(recipient.id)
             store.complete_attempt(
                 session,
                 attempt_id=claim.attempt_id,
@@ -395,23 +468,22 @@ class Dispatcher:
                     "error": submission.error,
                 },
             )
-            for (status, message_id, code, cause), ids in groups.items():
-                values: dict[str, object] = {"error_code": code}
-                if status is not _S.QUEUED:
+            for key, ids in groups.items():
+                values: dict[str, object] = {
+                    "error_code": key.error_code,
+                    "next_attempt_at": retry_at if key.status is _S.RETRY_WAIT else None,
+                }
+                if key.spent:
                     values["attempts"] = Recipient.attempts + 1
-                if message_id is not None:
-                    values["gateway_message_id"] = message_id
-                if status in (_S.RETRY_WAIT, _S.QUEUED):
-                    values["next_attempt_at"] = retry_at
-                else:
-                    values["next_attempt_at"] = None
+                if key.message_id is not None:
+                    values["gateway_message_id"] = key.message_id
                 moved = store.transition(
                     session,
                     ids=ids,
                     from_statuses=[_S.SUBMITTING],
-                    to_status=status,
+                    to_status=key.status,
                     at=now,
-                    cause=cause,
+                    cause=key.cause,
                     actor=worker,
                     attempt_id=claim.attempt_id,
                     values=values,
@@ -426,6 +498,112 @@ class Dispatcher:
                     )
             store.settle_batch(session, batch_id=claim.batch_id, now=now)
         self._log_outcomes(claim, submission)
+
+    def _update_breaker(
+        self, session: Session, claim: Claim, now: dt.datetime, *, all_transient: bool
+    ) -> bool:
+        """Count whole-submission transient failures; True while the breaker is open.
+
+        A success only writes when there is a count to reset, so the control row
+        is not a hot spot that every worker updates on every attempt.
+        """
+        control = store.get_control(session)
+        if claim.probe:
+            if all_transient:
+                trips = control.breaker_trips + 1
+                self._open_breaker(session, now, trips=trips)
+                log.warning("breaker probe failed; dispatch stays stopped (trip %d)", trips)
+                return True
+            store.update_control(
+                session,
+                values={
+                    "breaker_state": BreakerState.CLOSED,
+                    "breaker_failures": 0,
+                    "breaker_trips": 0,
+                    "breaker_retry_at": None,
+                },
+            )
+            log.warning("breaker probe succeeded; dispatch resumes")
+            return False
+        if not all_transient:
+            if control.breaker_failures:
+                store.update_control(
+                    session,
+                    values={"breaker_failures": 0},
+                    where=DispatchControl.breaker_failures > 0,
+                )
+            return False
+        store.update_control(
+            session, values={"breaker_failures": DispatchControl.breaker_failures + 1}
+        )
+        control = store.get_control(session)
+        if BreakerState(control.breaker_state) is not BreakerState.CLOSED:
+            return True
+        if control.breaker_failures >= self.settings.breaker_threshold:
+            self._open_breaker(session, now, trips=1)
+            log.error(
+                "gateway outage: %d submissions in a row failed transiently; dispatch "
+                "stops and probes in %g s",
+                control.breaker_failures,
+                self.settings.breaker_probe_s,
+            )
+            return True
+        return False
+
+    def _open_breaker(self, session: Session, now: dt.datetime, *, trips: int) -> None:
+        wait_s = min(
+            self.settings.breaker_probe_max_s,
+            self.settings.breaker_probe_s * 2.0 ** min(trips - 1, 30),
+        )
+        store.update_control(
+            session,
+            values={
+                "breaker_state": BreakerState.OPEN,
+                "breaker_trips": trips,
+                "breaker_opened_at": now if trips == 1 else DispatchControl.breaker_opened_at,
+                "breaker_retry_at": now + dt.timedelta(seconds=wait_s),
+            },
+        )
+
+    def _pause_for(self, session: Session, submission: Submission, worker: str) -> None:
+        """Pause dispatch when the reply says every other submission would fail too."""
+        outcomes = {o.outcome for o in submission.outcomes}
+        if Outcome.LOGIN_INVALID in outcomes:
+            reason, detail = (
+                PauseReason.LOGIN_INVALID,
+                "the gateway refused the credentials (LOGIN_INVALID); fix "
+                "DISPATCHER_GATEWAY_USERNAME/PASSWORD, then `dispatcher resume`",
+            )
+        elif Outcome.NO_CREDIT in outcomes:
+            reason, detail = (
+                PauseReason.NO_CREDIT,
+                "the account is out of credit (INSUFFICIENT_CREDIT); resumes when a balance "
+                f"check finds more than {self.settings.credit_resume_threshold:g}",
+            )
+        else:
+            return
+        self._set_pause(session, reason=reason, detail=detail, actor=worker)
+
+    def _set_pause(self, session: Session, *, reason: PauseReason, detail: str, actor: str) -> bool:
+        # A credentials pause outranks the others: it needs a person whatever the balance.
+        where = (DispatchControl.paused.is_(False)) | (
+            DispatchControl.pause_reason != str(PauseReason.LOGIN_INVALID)
+        )
+        paused = store.update_control(
+            session,
+            values={
+                "paused": True,
+                "pause_reason": str(reason),
+                "pause_detail": detail[:500],
+                "paused_at": utcnow(),
+                "paused_by": actor[:200],
+            },
+            where=where,
+        )
+        if paused:
+            level = logging.WARNING if reason is PauseReason.MANUAL else logging.ERROR
+            log.log(level, "dispatch paused (%s) by %s: %s", reason, actor, detail)
+        return paused
 
     def _status_for(self, outcome: RecipientOutcome, made: int) -> tuple[RecipientStatus, str]:
         code = outcome.error_code
@@ -462,10 +640,12 @@ class Dispatcher:
     def dispatch_one(self, *, worker: str | None = None) -> Submission | None:
         """Claim, submit and record one batch; None when nothing is due."""
         worker = worker or worker_name()
-        claim = self.claim(worker=worker)
-        if claim is None:
-            return None
-        submission = self.submit(claim)
+        # The limiter's wait happens before the claim, never inside it.
+        with self.limiter.slot():
+            claim = self.claim(worker=worker)
+            if claim is None:
+                return None
+            submission = self.submit(claim)
         self.record(claim, submission, worker=worker)
         return submission
 
@@ -495,10 +675,68 @@ class Dispatcher:
                 report.outcomes[outcome.outcome] += 1
         return report
 
+    # --- pause and resume ----------------------------------------------------------
+
+    def pause(self, *, actor: str, detail: str = "paused by an operator") -> dict[str, Any]:
+        """Stop all claims until ``resume``; calls in flight finish and are recorded."""
+        with self.db.transaction() as session:
+            self._set_pause(session, reason=PauseReason.MANUAL, detail=detail, actor=actor)
+        return self.control()
+
+    def resume(self, *, actor: str) -> dict[str, Any]:
+        """End a pause of any reason, and wake workers for the work that waited."""
+        with self.db.transaction() as session:
+            was = store.get_control(session)
+            reason = was.pause_reason
+            store.update_control(
+                session,
+                values={
+                    "paused": False,
+                    "pause_reason": None,
+                    "pause_detail": None,
+                    "paused_at": None,
+                    "paused_by": None,
+                },
+            )
+        if reason:
+            log.warning("dispatch resumed by %s (was paused: %s)", actor, reason)
+        self._wake_due()
+        return self.control()
+
+    def control(self) -> dict[str, Any]:
+        """Paused or not (with reason, time and who), and the breaker's state."""
+        with self.db.transaction() as session:
+            c = store.get_control(session)
+            return {
+                "paused": c.paused,
+                "pause_reason": c.pause_reason,
+                "pause_detail": c.pause_detail,
+                "paused_at": c.paused_at.isoformat() if c.paused_at else None,
+                "paused_by": c.paused_by,
+                "breaker_state": c.breaker_state,
+                "breaker_failures": c.breaker_failures,
+                "breaker_opened_at": c.breaker_opened_at.isoformat()
+                if c.breaker_opened_at
+                else None,
+                "breaker_retry_at": c.breaker_retry_at.isoformat() if c.breaker_retry_at else None,
+                "last_balance": c.last_balance,
+                "credit_checked_at": c.credit_checked_at.isoformat()
+                if c.credit_checked_at
+                else None,
+            }
+
     # --- sweeping ------------------------------------------------------------------
 
     def sweep(self) -> dict[str, int]:
-        """Close batches abandoned mid-call as unknown, and wake workers for due work."""
+        """One sweep: close abandoned batches as unknown, fail retries past their age,
+        check credit while paused for it, and wake workers for due work."""
+        abandoned = self._close_abandoned()
+        too_old = self._fail_overdue_retries()
+        self._check_credit()
+        woken = self._wake_due()
+        return {"abandoned_recipients": abandoned, "overdue_failed": too_old, "woken": woken}
+
+    def _close_abandoned(self) -> int:
         now = utcnow()
         older_than = now - dt.timedelta(seconds=self.settings.submitting_timeout_s)
         abandoned = 0
@@ -515,11 +753,108 @@ class Dispatcher:
                 )
         if abandoned:
             log.warning("sweeper marked %d recipients unknown after a lost worker", abandoned)
+        return abandoned
+
+    def _fail_overdue_retries(self) -> int:
+        now = utcnow()
+        cutoff = now - dt.timedelta(seconds=self.settings.max_retry_age_s)
         with self.db.transaction() as session:
+            ids = store.overdue_retries(session, created_before=cutoff)
+            if not ids:
+                return 0
+            batches = store.batches_of(session, recipient_ids=ids)
+            failed = store.transition(
+                session,
+                ids=ids,
+                from_statuses=[_S.RETRY_WAIT],
+                to_status=_S.FAILED,
+                at=now,
+                cause=f"still failing {self.settings.max_retry_age_s:g} s after enqueue; "
+                "gave up (DISPATCHER_MAX_RETRY_AGE_S)",
+                actor="sweeper",
+                values={"error_code": "RETRY_AGE_EXCEEDED", "next_attempt_at": None},
+            )
+            for batch_id in batches:
+                store.settle_batch(session, batch_id=batch_id, now=now)
+        if failed:
+            log.warning("sweeper failed %d recipients past the maximum retry age", failed)
+        return failed
+
+    def _check_credit(self) -> None:
+        """While paused for credit, ask the gateway's balance now and then; resume above
+        the threshold. One sweeper asks at a time (compare-and-set on the check time)."""
+        now = utcnow()
+        due_before = now - dt.timedelta(seconds=self.settings.credit_check_interval_s)
+        with self.db.transaction() as session:
+            control = store.get_control(session)
+            if not control.paused or control.pause_reason != PauseReason.NO_CREDIT:
+                return
+            mine = store.update_control(
+                session,
+                values={"credit_checked_at": now},
+                where=DispatchControl.credit_checked_at.is_(None)
+                | (DispatchControl.credit_checked_at <= due_before),
+            )
+        if not mine:
+            return
+        try:
+            balance = self.client.balance()
+        except (GatewayError, ConfigurationError) as exc:
+            log.warning("credit check failed: %s", exc)
+            return
+        with self.db.transaction() as session:
+            store.update_control(session, values={"last_balance": balance})
+        if balance > self.settings.credit_resume_threshold:
+            log.warning("balance %g is above the threshold; resuming dispatch", balance)
+            with self.db.transaction() as session:
+                store.update_control(
+                    session,
+                    values={
+                        "paused": False,
+                        "pause_reason": None,
+                        "pause_detail": None,
+                        "paused_at": None,
+                        "paused_by": None,
+                    },
+                    where=DispatchControl.pause_reason == str(PauseReason.NO_CREDIT),
+                )
+
+    def _wake_due(self) -> int:
+        """Wake workers for due work nobody is on, without flooding the broker.
+
+        A woken task keeps claiming until nothing is due, so wake-ups beyond
+        ``wake_fanout`` would only queue up; those already waiting in the broker
+        count against it. Nothing is woken while paused, and during an outage only
+        the one probe, when its time comes.
+        """
+        now = utcnow()
+        with self.db.transaction() as session:
+            control = store.get_control(session)
+            if control.paused:
+                return 0
             due, _oldest = store.count_due(session, now=now)
-        if due:
-            self._wake(due)
-        return {"abandoned_recipients": abandoned, "due_batches": due}
+            if not due:
+                return 0
+            wanted = min(due, self.settings.wake_fanout)
+            if BreakerState(control.breaker_state) is not BreakerState.CLOSED:
+                retry_at = control.breaker_retry_at
+                if retry_at is not None and retry_at > now:
+                    return 0
+                wanted = 1
+        pending = self._pending_wakes()
+        count = max(wanted - pending, 0) if pending is not None else wanted
+        self._wake(count)
+        return count
+
+    def _pending_wakes(self) -> int | None:
+        pending = getattr(self.waker, "pending", None)
+        if pending is None:
+            return None
+        try:
+            return int(pending())
+        except Exception:
+            log.debug("could not count waiting wake-ups", exc_info=True)
+            return None
 
     # --- reading -------------------------------------------------------------------
 
@@ -602,6 +937,12 @@ def job_to_dict(job: Job, recipients: Sequence[Recipient]) -> dict[str, object]:
             for r in recipients
         ],
     }
+
+
+def _database_away(exc: DBAPIError) -> bool:
+    """True for errors that waiting can cure (connection lost, server restarting),
+    False for those it cannot (a value the database refuses)."""
+    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
 
 
 def _outcome_summary(submission: Submission) -> str:

@@ -16,17 +16,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, insert, literal, null, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from dispatcher.models import (
+    CONTROL_ROW_ID,
     Attempt,
     AttemptOutcome,
     Batch,
     BatchStatus,
+    BreakerState,
+    DispatchControl,
     Job,
     Recipient,
     RecipientStatus,
     StatusEvent,
+    utcnow,
 )
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -52,7 +58,7 @@ def new_job_id() -> str:
 def insert_job(session: Session, *, job: Job) -> None:
     """Add a job row."""
     session.add(job)
-    session.flush([job])
+    session.flush()
 
 
 def insert_batches(session: Session, *, job_id: str, count: int, due_at: dt.datetime) -> list[int]:
@@ -234,7 +240,7 @@ def sendable_recipients(session: Session, *, batch_id: int) -> list[PendingRecip
 def insert_attempt(session: Session, *, attempt: Attempt) -> int:
     """Add an attempt row and return its id."""
     session.add(attempt)
-    session.flush([attempt])
+    session.flush()
     return attempt.id
 
 
@@ -448,3 +454,78 @@ def sample_message_ids(
     if job_ids is not None:
         query = query.where(Recipient.job_id.in_(list(job_ids)))
     return [(n, str(m)) for n, m in session.execute(query)]
+
+
+# --- dispatch control --------------------------------------------------------------
+
+
+def get_control(session: Session) -> DispatchControl:
+    """The dispatch control row, created if missing (a wiped table must not crash workers)."""
+    row = session.get(DispatchControl, CONTROL_ROW_ID, populate_existing=True)
+    if row is not None:
+        return row
+    dialect = session.get_bind().dialect.name
+    values = {
+        "id": CONTROL_ROW_ID,
+        "paused": False,
+        "breaker_state": str(BreakerState.CLOSED),
+        "breaker_failures": 0,
+        "breaker_trips": 0,
+        "updated_at": utcnow(),
+    }
+    if dialect == "postgresql":
+        session.execute(pg_insert(DispatchControl).values(values).on_conflict_do_nothing())
+    else:
+        session.execute(sqlite_insert(DispatchControl).values(values).on_conflict_do_nothing())
+    row = session.get(DispatchControl, CONTROL_ROW_ID, populate_existing=True)
+    assert row is not None
+    return row
+
+
+def update_control(
+    session: Session, *, values: dict[str, Any], where: ColumnElement[bool] | None = None
+) -> bool:
+    """Update the control row if ``where`` holds (compare-and-set); True if it did."""
+    get_control(session)
+    query = update(DispatchControl).where(DispatchControl.id == CONTROL_ROW_ID)
+    if where is not None:
+        query = query.where(where)
+    result = session.execute(
+        query.values(updated_at=utcnow(), **values).execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def count_in_flight(session: Session) -> int:
+    """Batches currently claimed (their HTTP call running, or their worker dead)."""
+    return int(
+        session.execute(
+            select(func.count()).where(Batch.status == BatchStatus.SUBMITTING)
+        ).scalar_one()
+    )
+
+
+def overdue_retries(
+    session: Session, *, created_before: dt.datetime, limit: int = 1000
+) -> list[int]:
+    """Recipients still waiting to retry whose job was created before ``created_before``."""
+    return list(
+        session.execute(
+            select(Recipient.id)
+            .where(
+                Recipient.status == RecipientStatus.RETRY_WAIT,
+                Recipient.created_at < created_before,
+            )
+            .limit(limit)
+        ).scalars()
+    )
+
+
+def batches_of(session: Session, *, recipient_ids: Collection[int]) -> list[int]:
+    """The distinct batches holding these recipients."""
+    rows = session.execute(
+        select(Recipient.batch_id)
+        .where(Recipient.id.in_(list(recipient_ids)), Recipient.batch_id.is_not(None))
+        .distinct()
+    ).scalars()
+    return [batch_id for batch_id in rows if batch_id is not None]

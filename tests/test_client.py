@@ -809,7 +809,9 @@ def test_garbage_reply_is_ambiguous_and_the_gateway_had_accepted(
     assert codes_of(submission) == ["UNREADABLE_REPLY"] * 2
     assert submission.http_status == 200
     assert submission.raw_reply is not None
-    assert submission.raw_reply.startswith("\x00")
+    # The NUL that leads every garbage reply is stored as U+FFFD (PostgreSQL text has no NUL).
+    assert submission.raw_reply.startswith("\ufffd")
+    assert "\x00" not in submission.raw_reply
     assert ledger_numbers(sim) == [NUMBER_A, NUMBER_B]
 
 

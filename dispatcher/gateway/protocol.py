@@ -142,8 +142,12 @@ class _Line:
 
 
 def decode_body(body: bytes) -> str:
-    """Decode a reply body for parsing or storage; never raises."""
-    return body.decode("utf-8", errors="replace").removeprefix("\ufeff")
+    """Decode a reply body for parsing or storage; never raises.
+
+    NUL becomes U+FFFD like any other unreadable byte: PostgreSQL text cannot hold
+    it, and a reply that cannot be stored must not stall the recording of an attempt.
+    """
+    return body.decode("utf-8", errors="replace").removeprefix("\ufeff").replace("\x00", "\ufffd")
 
 
 def _parse_lines(text: str) -> list[_Line] | None:

@@ -1,0 +1,163 @@
+"""The ``dispatcher`` command as a user runs it: child processes on the embedded defaults.
+
+Every problem a user can fix is one ``error:`` line on stderr and a non-zero exit
+(2 for bad input or configuration, 1 for a failed operation), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dispatcher import migrate
+from dispatcher.config import ENV_PREFIX
+from dispatcher.db import Database
+from helpers import DispatcherEnv, run_cli
+
+JOB_KEYS = {"id", "status", "recipients"}
+RECIPIENT_KEYS = {"number", "status", "gateway_message_id", "error_code", "attempts"}
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> DispatcherEnv:
+    """Embedded defaults in a data dir of this test; no gateway settings."""
+    return DispatcherEnv(
+        {
+            ENV_PREFIX + "DATA_DIR": str(tmp_path / "data"),
+            ENV_PREFIX + "SETTINGS_FILE": os.devnull,
+        }
+    )
+
+
+@pytest.fixture
+def migrated_env(env: DispatcherEnv) -> DispatcherEnv:
+    """``env`` with its SQLite database migrated."""
+    database = Database(env.settings().effective_database_url)
+    try:
+        migrate.upgrade(database)
+    finally:
+        database.dispose()
+    return env
+
+
+def cli(env: DispatcherEnv, *args: str) -> subprocess.CompletedProcess[str]:
+    data_dir = Path(env.variables[ENV_PREFIX + "DATA_DIR"])
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return run_cli(env, data_dir.parent, *args)
+
+
+def assert_one_error_line(
+    done: subprocess.CompletedProcess[str], code: int | None, *needles: str
+) -> None:
+    """One ``error:`` line on stderr, nothing on stdout, and exit ``code`` (any but 0 if None)."""
+    if code is None:
+        assert done.returncode != 0, (done.stdout, done.stderr)
+    else:
+        assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0]
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["send", "--to", "123", "hello"], 2, "no valid recipient"),
+        (["send", "--to", "07700900123", ""], 2, "text is empty"),
+        (["send", "--to", "07700900123", "--maxconcat", "0", "hi"], 2, "maxconcat"),
+        (["status", "NOPE"], 1, "no job 'NOPE'"),
+    ],
+    ids=["no-valid-recipient", "empty-text", "maxconcat-0", "no-such-job"],
+)
+def test_errors_are_one_clear_line(
+    migrated_env: DispatcherEnv, args: list[str], code: int, needle: str
+) -> None:
+    assert_one_error_line(cli(migrated_env, *args), code, needle)
+
+
+def test_refused_send_writes_nothing(migrated_env: DispatcherEnv) -> None:
+    assert_one_error_line(cli(migrated_env, "send", "--to", "123", "hello"), 2)
+    listed = cli(migrated_env, "jobs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == []
+
+
+def test_worker_without_gateway_credentials_exits_2(migrated_env: DispatcherEnv) -> None:
+    done = cli(migrated_env, "worker")
+    assert_one_error_line(done, 2, "DISPATCHER_GATEWAY_USERNAME", "DISPATCHER_GATEWAY_PASSWORD")
+
+
+def test_worker_refuses_a_plain_http_gateway_without_the_allow_flag(
+    migrated_env: DispatcherEnv,
+) -> None:
+    password = "secret-" + os.urandom(4).hex()
+    env = migrated_env.with_vars(
+        GATEWAY_URL="http://127.0.0.1:9/smsgateway",
+        GATEWAY_USERNAME="someone",
+        GATEWAY_PASSWORD=password,
+    )
+    done = cli(env, "worker")
+    assert_one_error_line(done, 2, "DISPATCHER_GATEWAY_URL", "http://")
+    assert password not in done.stderr
+
+
+def test_migrate_send_jobs_status(env: DispatcherEnv) -> None:
+    migrated = cli(env, "migrate")
+    assert migrated.returncode == 0, migrated.stderr
+    assert "database at revision" in migrated.stdout
+
+    sent = cli(env, "send", "--json", "--to", "07700 900123,12345", "--to", "+447700900456", "Hi")
+    assert sent.returncode == 0, sent.stderr
+    assert "Traceback" not in sent.stderr
+    job = json.loads(sent.stdout)
+    assert isinstance(job, dict)
+    job_id = job["id"]
+    assert isinstance(job_id, str)
+    assert len(job_id) == 26
+    assert job["accepted"] == 2
+    assert [r["number"] for r in job["refused"]] == ["12345"]
+
+    listed = cli(env, "jobs", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [row["id"] for row in rows] == [job_id]
+    assert rows[0]["status"] == "in_progress"  # no worker runs here
+    assert rows[0]["counts"] == {"queued": 2, "failed": 1}
+    assert rows[0]["recipients"] == 3
+
+    shown = cli(env, "status", job_id, "--json")
+    assert shown.returncode == 0, shown.stderr
+    view = json.loads(shown.stdout)
+    assert set(view) >= JOB_KEYS
+    assert (view["id"], view["status"]) == (job_id, "in_progress")
+    recipients = view["recipients"]
+    assert all(set(r) >= RECIPIENT_KEYS for r in recipients)
+    assert [
+        (r["number"], r["status"], r["gateway_message_id"], r["error_code"], r["attempts"])
+        for r in recipients
+    ] == [
+        ("447700900123", "queued", None, None, 0),
+        ("447700900456", "queued", None, None, 0),
+        ("12345", "failed", None, "INVALID_NUMBER", 0),
+    ]
+
+    text = cli(env, "status", job_id)
+    assert text.returncode == 0, text.stderr
+    assert job_id in text.stdout
+    assert "447700900123" in text.stdout
+
+
+@pytest.mark.parametrize(
+    "args", [["send", "--to", "07700900123", "hi"], ["status", "NOPE"]], ids=["send", "status"]
+)
+def test_commands_before_migrate_say_so_in_one_line(env: DispatcherEnv, args: list[str]) -> None:
+    done = cli(env, *args)
+    assert_one_error_line(done, None, "migrate")

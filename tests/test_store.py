@@ -1,0 +1,434 @@
+"""The service's database steps, on PostgreSQL and on SQLite: claim, record, sweep.
+
+No worker process here: the test drives ``Dispatcher.claim``, ``submit``, ``record``
+and ``sweep`` itself, with a real gateway client talking to the simulator over HTTP,
+and reads the results from a second connection.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event, update
+from sqlalchemy.engine import make_url
+
+from dispatcher import migrate
+from dispatcher import service as service_module
+from dispatcher.config import ENV_PREFIX, Settings, load_settings
+from dispatcher.db import Database
+from dispatcher.gateway.client import GatewayClient
+from dispatcher.gateway.simulator import GatewaySimulator
+from dispatcher.models import (
+    AttemptOutcome,
+    Batch,
+    BatchStatus,
+    utcnow,
+)
+from dispatcher.service import Claim, Dispatcher
+from helpers import (
+    attempts_of,
+    batches_of,
+    check_invariants,
+    events_of,
+    number,
+    pg_admin,
+    recipients_of,
+    send_requests,
+    wait_until,
+)
+
+BACKOFF_S = 30.0
+SUBMITTING_TIMEOUT_S = 60.0
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings come from the test alone: no DISPATCHER_* and no settings file."""
+    for name in list(os.environ):
+        if name.upper().startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv(ENV_PREFIX + "SETTINGS_FILE", os.devnull)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated database: a SQLite file, or the session's PostgreSQL emptied."""
+    if request.param == "postgresql":
+        pg: Database = request.getfixturevalue("pg_db")
+        yield pg
+        return
+    sqlite = Database(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    migrate.upgrade(sqlite)
+    try:
+        yield sqlite
+    finally:
+        sqlite.dispose()
+
+
+def make_settings(database: Database, sim: GatewaySimulator, data_dir: Path) -> Settings:
+    config = sim.config()
+    return load_settings(
+        data_dir=data_dir,
+        database_url=database.url,
+        broker_url=None,
+        gateway_url=sim.base_url,
+        gateway_backup_url="",
+        gateway_allow_http=True,
+        gateway_username=config.username,
+        gateway_password=config.password,
+        gateway_connect_timeout_s=1,
+        gateway_read_timeout_s=1,
+        submitting_timeout_s=SUBMITTING_TIMEOUT_S,
+        retry_backoff_s=BACKOFF_S,
+        retry_backoff_max_s=2 * BACKOFF_S,
+        max_attempts=3,
+    )
+
+
+@pytest.fixture
+def service(
+    database: Database, simulator: GatewaySimulator, tmp_path: Path
+) -> Iterator[Dispatcher]:
+    """A Dispatcher on ``database`` whose client calls the simulator over HTTP."""
+    settings = make_settings(database, simulator, tmp_path)
+    svc = Dispatcher(
+        settings,
+        database=database,
+        client_factory=lambda: GatewayClient(settings.gateway_config()),
+    )
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+@pytest.fixture
+def observer(database: Database) -> Iterator[Database]:
+    """A second engine on the same database, to see only what was committed."""
+    other = Database(database.url)
+    try:
+        yield other
+    finally:
+        other.dispose()
+
+
+def set_batch(database: Database, batch_id: int, **values: Any) -> None:
+    with database.transaction() as session:
+        session.execute(update(Batch).where(Batch.id == batch_id).values(**values))
+
+
+def test_claim_is_compare_and_set(service: Dispatcher, simulator: GatewaySimulator) -> None:
+    for round_no in range(6):
+        result = service.enqueue(number(round_no), f"race {round_no}")
+        barrier = threading.Barrier(2)
+
+        def contender(name: str, barrier: threading.Barrier = barrier) -> Claim | None:
+            barrier.wait(timeout=10)
+            return service.claim(worker=name)
+
+        with ThreadPoolExecutor(2) as pool:
+            claims = list(pool.map(contender, ["left", "right"]))
+        winners = [c for c in claims if c is not None]
+        assert len(winners) == 1, f"round {round_no}: {claims}"
+        [attempt] = attempts_of(service.db, result.job_id)
+        assert attempt.id == winners[0].attempt_id
+        [batch] = batches_of(service.db, result.job_id)
+        assert (batch.status, batch.attempts) == (BatchStatus.SUBMITTING, 1)
+
+        service.record(winners[0], service.submit(winners[0]))
+    assert send_requests(simulator) == 6
+    check_invariants(service.db, simulator)
+
+
+def test_a_batch_not_yet_due_is_not_claimed(service: Dispatcher) -> None:
+    result = service.enqueue(number(1), "later")
+    [batch] = batches_of(service.db, result.job_id)
+
+    set_batch(service.db, batch.id, due_at=utcnow() + dt.timedelta(seconds=60))
+    assert service.claim(worker="early") is None
+    assert [r.status for r in recipients_of(service.db, result.job_id)] == ["queued"]
+    assert attempts_of(service.db, result.job_id) == []
+
+    set_batch(service.db, batch.id, due_at=utcnow() - dt.timedelta(seconds=1))
+    claim = service.claim(worker="on-time")
+    assert claim is not None
+    assert claim.batch_id == batch.id
+
+
+def test_claim_commits_attempt_and_recipients_together(
+    service: Dispatcher, observer: Database
+) -> None:
+    result = service.enqueue([number(1), number(2)], "one commit")
+    commits: list[int] = []
+
+    def on_commit(_connection: Any) -> None:
+        commits.append(1)
+
+    event.listen(service.db.engine, "commit", on_commit)
+    try:
+        claim = service.claim(worker="claimer")
+    finally:
+        event.remove(service.db.engine, "commit", on_commit)
+
+    assert claim is not None
+    assert len(commits) == 1  # the batch, its recipients and the attempt row, at once
+    # Seen from another connection, right after claim() returned:
+    [batch] = batches_of(observer, result.job_id)
+    assert batch.status == BatchStatus.SUBMITTING
+    assert batch.claimed_by == "claimer"
+    assert batch.claimed_at is not None
+    [attempt] = attempts_of(observer, result.job_id)
+    assert attempt.id == claim.attempt_id
+    assert attempt.outcome == AttemptOutcome.IN_FLIGHT
+    assert attempt.numbers == f"{number(1)},{number(2)}"
+    assert attempt.worker == "claimer"
+    assert attempt.finished_at is None
+    assert attempt.request is not None
+    assert service.settings.gateway_password is not None
+    assert service.settings.gateway_password.get_secret_value() not in attempt.request
+    rows = recipients_of(observer, result.job_id)
+    assert [r.status for r in rows] == ["submitting", "submitting"]
+    claimed = [e for e in events_of(observer, result.job_id) if e.to_status == "submitting"]
+    assert {e.recipient_id for e in claimed} == {r.id for r in rows}
+    assert {e.attempt_id for e in claimed} == {attempt.id}
+
+
+def test_sweep_marks_a_stale_batch_unknown_and_never_requeues_it(
+    service: Dispatcher, simulator: GatewaySimulator, observer: Database
+) -> None:
+    stale_job = service.enqueue([number(1), number(2)], "worker died")
+    live_job = service.enqueue(number(3), "worker alive")
+    stale = service.claim(worker="dead-worker")
+    live = service.claim(worker="live-worker")
+    assert stale is not None
+    assert live is not None
+    assert stale.job_id == stale_job.job_id
+    old = utcnow() - dt.timedelta(seconds=SUBMITTING_TIMEOUT_S + 5)
+    set_batch(service.db, stale.batch_id, claimed_at=old)
+
+    swept = service.sweep()
+
+    assert swept["abandoned_recipients"] == 2
+    rows = recipients_of(observer, stale_job.job_id)
+    assert [(r.status, r.error_code, r.attempts) for r in rows] == [
+        ("unknown", "WORKER_LOST", 0),
+        ("unknown", "WORKER_LOST", 0),
+    ]
+    assert all(r.error_detail and "may have sent it" in r.error_detail for r in rows)
+    [attempt] = attempts_of(observer, stale_job.job_id)
+    assert attempt.outcome == AttemptOutcome.ABANDONED
+    assert attempt.finished_at is not None
+    [batch] = batches_of(observer, stale_job.job_id)
+    assert batch.status == BatchStatus.DONE
+    last = [e for e in events_of(observer, stale_job.job_id) if e.to_status == "unknown"]
+    assert [(e.from_status, e.actor, e.attempt_id) for e in last] == [
+        ("submitting", "sweeper", attempt.id)
+    ] * 2
+
+    # The batch still within its timeout is left alone.
+    [live_batch] = batches_of(observer, live_job.job_id)
+    assert live_batch.status == BatchStatus.SUBMITTING
+    [live_attempt] = attempts_of(observer, live_job.job_id)
+    assert live_attempt.outcome == AttemptOutcome.IN_FLIGHT
+
+    # Never re-queued: another sweep and a dispatch find nothing, and nothing is sent.
+    assert service.sweep()["abandoned_recipients"] == 0
+    assert service.claim(worker="another") is None
+    assert send_requests(simulator) == 0
+
+    service.record(live, service.submit(live))
+    assert [r.status for r in recipients_of(observer, live_job.job_id)] == ["sent"]
+    assert [r.status for r in recipients_of(observer, stale_job.job_id)] == ["unknown"] * 2
+    check_invariants(service.db, simulator)
+
+
+def test_record_of_a_transient_outcome_schedules_the_retry(
+    service: Dispatcher, simulator: GatewaySimulator, observer: Database
+) -> None:
+    simulator.configure(transient_error_rate=1.0, transient_code="GATEWAY_ERROR")
+    result = service.enqueue([number(1), number(2)], "try again")
+    claim = service.claim(worker="w")
+    assert claim is not None
+    submission = service.submit(claim)
+    before = utcnow()
+
+    service.record(claim, submission, worker="w")
+
+    after = utcnow()
+    rows = recipients_of(observer, result.job_id)
+    assert [(r.status, r.error_code, r.attempts) for r in rows] == [
+        ("retry_wait", "GATEWAY_ERROR", 1),
+        ("retry_wait", "GATEWAY_ERROR", 1),
+    ]
+    retry_at = {r.next_attempt_at for r in rows}
+    assert len(retry_at) == 1
+    [next_at] = retry_at
+    assert next_at is not None
+    # Attempt 1 of 3: backoff in [base/2, base].
+    assert before + dt.timedelta(seconds=BACKOFF_S / 2) <= next_at
+    assert next_at <= after + dt.timedelta(seconds=BACKOFF_S)
+    [batch] = batches_of(observer, result.job_id)
+    assert (batch.status, batch.due_at, batch.claimed_at) == (BatchStatus.QUEUED, next_at, None)
+    [attempt] = attempts_of(observer, result.job_id)
+    assert attempt.outcome == AttemptOutcome.TRANSIENT
+    assert attempt.raw_reply == "ERR:GATEWAY_ERROR"
+    assert attempt.http_status == 200
+    assert attempt.finished_at is not None
+
+    # The database is the schedule: not claimable until due_at.
+    assert service.claim(worker="w") is None
+    simulator.configure(transient_error_rate=0.0)
+    set_batch(service.db, batch.id, due_at=utcnow())
+    retry = service.claim(worker="w")
+    assert retry is not None
+    assert retry.attempt_no == 2
+    service.record(retry, service.submit(retry), worker="w")
+    assert [(r.status, r.attempts) for r in recipients_of(observer, result.job_id)] == [
+        ("sent", 2),
+        ("sent", 2),
+    ]
+    check_invariants(service.db, simulator)
+
+
+@pytest.mark.parametrize(
+    ("knobs", "code"),
+    [
+        ({"hang_rate": 1.0, "hang_s": 3.0}, "NO_REPLY"),
+        ({"drop_after_accept_rate": 1.0}, "NO_REPLY"),
+        ({"truncate_rate": 1.0}, "NO_REPLY"),
+        ({"garbage_rate": 1.0}, "UNREADABLE_REPLY"),
+        ({"http_error_rate": 1.0, "http_error_status": 500}, "HTTP_500"),
+    ],
+    ids=["read-timeout", "dropped", "truncated", "garbage", "http-500"],
+)
+def test_an_ambiguous_reply_is_unknown_and_never_resubmitted(
+    service: Dispatcher,
+    simulator: GatewaySimulator,
+    observer: Database,
+    knobs: dict[str, Any],
+    code: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A write that keeps failing gives up within seconds here, not after 5 minutes.
+    monkeypatch.setattr(service_module, "RECORD_RETRY_BUDGET_S", 3.0)
+    simulator.configure(**knobs)
+    result = service.enqueue([number(1), number(2)], "maybe sent")
+    claim = service.claim(worker="w")
+    assert claim is not None
+
+    service.record(claim, service.submit(claim), worker="w")
+
+    rows = recipients_of(observer, result.job_id)
+    assert [(r.status, r.error_code, r.attempts) for r in rows] == [("unknown", code, 1)] * 2
+    assert all(r.next_attempt_at is None for r in rows)
+    [attempt] = attempts_of(observer, result.job_id)
+    assert attempt.outcome == AttemptOutcome.AMBIGUOUS
+    [batch] = batches_of(observer, result.job_id)
+    assert batch.status == BatchStatus.DONE
+    simulator.configure(**{k: 0.0 for k in knobs if k.endswith("_rate")})
+    assert service.claim(worker="w") is None
+    assert service.sweep()["abandoned_recipients"] == 0
+    assert service.claim(worker="w") is None
+    assert send_requests(simulator) == 1
+
+
+def test_no_credit_pauses_fails_nobody_and_resumes_on_credit(
+    service: Dispatcher, simulator: GatewaySimulator, observer: Database
+) -> None:
+    simulator.configure(credit=0)
+    result = service.enqueue([number(1), number(2)], "no credit")
+    claim = service.claim(worker="w")
+    assert claim is not None
+
+    service.record(claim, service.submit(claim), worker="w")
+
+    rows = recipients_of(observer, result.job_id)
+    assert [(r.status, r.error_code, r.attempts) for r in rows] == [
+        ("queued", "INSUFFICIENT_CREDIT", 0)
+    ] * 2
+    [batch] = batches_of(observer, result.job_id)
+    assert batch.status == BatchStatus.QUEUED
+    control = service.control()
+    assert (control["paused"], control["pause_reason"]) == (True, "no_credit")
+    # Due, but dispatch is paused: the work waits, visibly.
+    assert batch.due_at <= utcnow()
+    assert service.claim(worker="w") is None
+
+    # A balance check above the threshold (by the sweeper) resumes dispatch.
+    simulator.configure(credit=10_000)
+    service.sweep()
+    assert service.control()["paused"] is False
+    retry = service.claim(worker="w")
+    assert retry is not None
+    service.record(retry, service.submit(retry), worker="w")
+    assert [(r.status, r.attempts) for r in recipients_of(observer, result.job_id)] == [
+        ("sent", 1),
+        ("sent", 1),
+    ]
+    check_invariants(service.db, simulator)
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_record_retries_until_the_database_is_back(
+    service: Dispatcher,
+    simulator: GatewaySimulator,
+    database: Database,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A real outage: the database refuses connections while the reply is recorded.
+
+    SQLite has no honest equivalent (a locked file waits out its busy timeout), so
+    this runs on PostgreSQL only.
+    """
+    caplog.set_level("WARNING", logger="dispatcher.service")
+    result = service.enqueue(number(1), "outage")
+    claim = service.claim(worker="w")
+    assert claim is not None
+    submission = service.submit(claim)
+    [entry] = simulator.ledger()
+    name = make_url(database.url).database
+    assert name
+
+    with pg_admin() as admin:
+        admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        try:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            with ThreadPoolExecutor(1) as pool:
+                recording = pool.submit(service.record, claim, submission, worker="w")
+                wait_until(
+                    lambda: any(
+                        "database unavailable recording attempt" in r.getMessage()
+                        for r in caplog.records
+                    ),
+                    20,
+                    message="record() to meet the outage",
+                )
+                assert not recording.done()
+                admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+                recording.result(timeout=30)
+        finally:
+            admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+
+    [recipient] = recipients_of(service.db, result.job_id)
+    assert (recipient.status, recipient.gateway_message_id) == ("sent", entry["message_id"])
+    [attempt] = attempts_of(service.db, result.job_id)
+    assert attempt.outcome == AttemptOutcome.ACCEPTED
+    # Meanwhile the reply was logged, so the gateway ID could not be lost, and no secret.
+    warning = next(
+        r.getMessage() for r in caplog.records if "database unavailable" in r.getMessage()
+    )
+    assert entry["message_id"] in warning
+    assert simulator.config().password not in caplog.text
+    check_invariants(service.db, simulator)
