@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 
@@ -17,20 +17,29 @@ class CallLimiter:
     Zero disables a limit.
     """
 
-    def __init__(self, *, max_in_flight: int = 0, max_per_second: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_in_flight: int = 0,
+        max_per_second: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._slots = threading.BoundedSemaphore(max_in_flight) if max_in_flight > 0 else None
         self._rate = max_per_second
         # A burst of one second's worth at most, so a quiet spell does not bank
         # a flood for later.
         self._capacity = max(1.0, max_per_second)
         self._tokens = self._capacity
-        self._refilled = time.monotonic()
+        self._clock = clock
+        self._sleep = sleep
+        self._refilled = clock()
         self._lock = threading.Lock()
 
     def _take_token(self) -> None:
         while True:
             with self._lock:
-                now = time.monotonic()
+                now = self._clock()
                 self._tokens = min(
                     self._capacity, self._tokens + (now - self._refilled) * self._rate
                 )
@@ -39,7 +48,7 @@ class CallLimiter:
                     self._tokens -= 1
                     return
                 wait_s = (1 - self._tokens) / self._rate
-            time.sleep(wait_s)
+            self._sleep(wait_s)
 
     @contextmanager
     def slot(self) -> Iterator[None]:

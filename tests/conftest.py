@@ -27,7 +27,9 @@ import redis
 from dispatcher import migrate
 from dispatcher.config import ENV_PREFIX
 from dispatcher.db import Database
+from dispatcher.gateway.client import GatewayClient
 from dispatcher.gateway.simulator import GatewaySimulator, SimulatorConfig
+from dispatcher.service import Dispatcher
 from helpers import (
     PG_HOST,
     PG_PORT,
@@ -36,6 +38,7 @@ from helpers import (
     DispatcherEnv,
     Pipeline,
     WorkerFactory,
+    make_settings,
     pg_admin,
     scratch_pg_database,
     truncate_all,
@@ -269,3 +272,57 @@ def pytest_runtest_makereport(
     if report.failed and factory is not None and factory.workers:
         report.sections.append(("worker logs", factory.log_tails()))
     return report
+
+
+# --- a Dispatcher driven in-process (no worker) ------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings come from the test alone: no DISPATCHER_* and no settings file."""
+    for name in list(os.environ):
+        if name.upper().startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv(ENV_PREFIX + "SETTINGS_FILE", os.devnull)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated database: a SQLite file, or the session's PostgreSQL emptied."""
+    if request.param == "postgresql":
+        pg: Database = request.getfixturevalue("pg_db")
+        yield pg
+        return
+    sqlite = Database(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    migrate.upgrade(sqlite)
+    try:
+        yield sqlite
+    finally:
+        sqlite.dispose()
+
+
+@pytest.fixture
+def service(
+    database: Database, simulator: GatewaySimulator, tmp_path: Path
+) -> Iterator[Dispatcher]:
+    """A Dispatcher on ``database`` whose client calls the simulator over HTTP."""
+    settings = make_settings(database, simulator, tmp_path)
+    svc = Dispatcher(
+        settings,
+        database=database,
+        client_factory=lambda: GatewayClient(settings.gateway_config()),
+    )
+    try:
+        yield svc
+    finally:
+        svc.close()
+
+
+@pytest.fixture
+def observer(database: Database) -> Iterator[Database]:
+    """A second engine on the same database, to see only what was committed."""
+    other = Database(database.url)
+    try:
+        yield other
+    finally:
+        other.dispose()

@@ -518,3 +518,34 @@ def check_invariants(
             f"{recipient.number}: stored ID {recipient.gateway_message_id!r}, "
             f"gateway gave {ids_by_key[key]!r}"
         )
+
+
+# --- a Dispatcher driven in-process (no worker) ------------------------------------
+
+# Long enough that nothing retries or expires by itself while a test looks.
+BACKOFF_S = 30.0
+SUBMITTING_TIMEOUT_S = 60.0
+
+
+def make_settings(
+    database: Database, sim: GatewaySimulator, data_dir: Path, **overrides: Any
+) -> Settings:
+    """Settings for driving a Dispatcher in-process against ``database`` and ``sim``."""
+    config = sim.config()
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "database_url": database.url,
+        "broker_url": None,
+        "gateway_url": sim.base_url,
+        "gateway_backup_url": "",
+        "gateway_allow_http": True,
+        "gateway_username": config.username,
+        "gateway_password": config.password,
+        "gateway_connect_timeout_s": 1,
+        "gateway_read_timeout_s": 1,
+        "submitting_timeout_s": SUBMITTING_TIMEOUT_S,
+        "retry_backoff_s": BACKOFF_S,
+        "retry_backoff_max_s": 2 * BACKOFF_S,
+        "max_attempts": 3,
+    }
+    return load_settings(**(values | overrides))

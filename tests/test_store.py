@@ -8,22 +8,16 @@ and reads the results from a second connection.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event, update
 from sqlalchemy.engine import make_url
 
-from dispatcher import migrate
 from dispatcher import service as service_module
-from dispatcher.config import ENV_PREFIX, Settings, load_settings
 from dispatcher.db import Database
-from dispatcher.gateway.client import GatewayClient
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.models import (
     AttemptOutcome,
@@ -33,6 +27,8 @@ from dispatcher.models import (
 )
 from dispatcher.service import Claim, Dispatcher
 from helpers import (
+    BACKOFF_S,
+    SUBMITTING_TIMEOUT_S,
     attempts_of,
     batches_of,
     check_invariants,
@@ -44,79 +40,7 @@ from helpers import (
     wait_until,
 )
 
-BACKOFF_S = 30.0
-SUBMITTING_TIMEOUT_S = 60.0
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Settings come from the test alone: no DISPATCHER_* and no settings file."""
-    for name in list(os.environ):
-        if name.upper().startswith(ENV_PREFIX):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv(ENV_PREFIX + "SETTINGS_FILE", os.devnull)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A migrated database: a SQLite file, or the session's PostgreSQL emptied."""
-    if request.param == "postgresql":
-        pg: Database = request.getfixturevalue("pg_db")
-        yield pg
-        return
-    sqlite = Database(f"sqlite:///{tmp_path / 'store.sqlite3'}")
-    migrate.upgrade(sqlite)
-    try:
-        yield sqlite
-    finally:
-        sqlite.dispose()
-
-
-def make_settings(database: Database, sim: GatewaySimulator, data_dir: Path) -> Settings:
-    config = sim.config()
-    return load_settings(
-        data_dir=data_dir,
-        database_url=database.url,
-        broker_url=None,
-        gateway_url=sim.base_url,
-        gateway_backup_url="",
-        gateway_allow_http=True,
-        gateway_username=config.username,
-        gateway_password=config.password,
-        gateway_connect_timeout_s=1,
-        gateway_read_timeout_s=1,
-        submitting_timeout_s=SUBMITTING_TIMEOUT_S,
-        retry_backoff_s=BACKOFF_S,
-        retry_backoff_max_s=2 * BACKOFF_S,
-        max_attempts=3,
-    )
-
-
-@pytest.fixture
-def service(
-    database: Database, simulator: GatewaySimulator, tmp_path: Path
-) -> Iterator[Dispatcher]:
-    """A Dispatcher on ``database`` whose client calls the simulator over HTTP."""
-    settings = make_settings(database, simulator, tmp_path)
-    svc = Dispatcher(
-        settings,
-        database=database,
-        client_factory=lambda: GatewayClient(settings.gateway_config()),
-    )
-    try:
-        yield svc
-    finally:
-        svc.close()
-
-
-@pytest.fixture
-def observer(database: Database) -> Iterator[Database]:
-    """A second engine on the same database, to see only what was committed."""
-    other = Database(database.url)
-    try:
-        yield other
-    finally:
-        other.dispose()
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def set_batch(database: Database, batch_id: int, **values: Any) -> None:

@@ -1,0 +1,285 @@
+"""Pause, circuit breaker, retry age and wake-up fan-out, driven in-process.
+
+The service runs in the test process against SQLite and PostgreSQL, with a real
+gateway client calling the simulator over HTTP; the fan-out test uses the real
+Celery waker on the session's Redis.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import update
+
+from dispatcher.celery_app import CeleryWaker, make_celery
+from dispatcher.config import QUEUE_DISPATCH
+from dispatcher.db import Database
+from dispatcher.gateway.client import GatewayClient
+from dispatcher.gateway.simulator import GatewaySimulator
+from dispatcher.limits import CallLimiter
+from dispatcher.models import DispatchControl, Recipient, utcnow
+from dispatcher.service import Dispatcher
+from helpers import make_settings, number, recipients_of, send_requests
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def service_with(
+    database: Database, simulator: GatewaySimulator, tmp_path: Path, **overrides: object
+) -> Dispatcher:
+    settings = make_settings(database, simulator, tmp_path, **overrides)
+    return Dispatcher(
+        settings,
+        database=database,
+        client_factory=lambda: GatewayClient(settings.gateway_config()),
+    )
+
+
+def move_probe_time_to_now(database: Database) -> None:
+    """Skip the breaker's wait without sleeping: its next probe is due now."""
+    with database.transaction() as session:
+        session.execute(
+            update(DispatchControl).values(breaker_retry_at=utcnow() - dt.timedelta(seconds=1))
+        )
+
+
+# --- pause ---------------------------------------------------------------------------
+
+
+def test_a_manual_pause_stops_claims_until_resumed(
+    service: Dispatcher, simulator: GatewaySimulator
+) -> None:
+    job = service.enqueue(number(1), "held").job_id
+    control = service.pause(actor="ops:alice", detail="maintenance")
+    assert control["paused"] is True
+    assert control["pause_reason"] == "manual"
+    assert control["paused_by"] == "ops:alice"
+    assert control["pause_detail"] == "maintenance"
+    assert control["paused_at"] is not None
+
+    assert service.dispatch_one(worker="w") is None
+    assert send_requests(simulator) == 0
+    assert [r.status for r in recipients_of(service.db, job)] == ["queued"]
+
+    assert service.resume(actor="ops:alice")["paused"] is False
+    assert service.dispatch_one(worker="w") is not None
+    assert [r.status for r in recipients_of(service.db, job)] == ["sent"]
+
+
+def test_login_invalid_fails_its_batch_and_pauses_everything_else(
+    service: Dispatcher, simulator: GatewaySimulator
+) -> None:
+    simulator.configure(password="not-what-the-dispatcher-has")
+    first = service.enqueue(number(1), "one").job_id
+    second = service.enqueue(number(2), "two").job_id
+
+    report = service.dispatch_due(worker="w")
+
+    assert report.batches == 1, "the second batch must not be submitted"
+    assert send_requests(simulator) == 1
+    [failed] = recipients_of(service.db, first)
+    assert (failed.status, failed.error_code, failed.attempts) == ("failed", "LOGIN_INVALID", 1)
+    assert [r.status for r in recipients_of(service.db, second)] == ["queued"]
+    control = service.control()
+    assert (control["paused"], control["pause_reason"]) == (True, "login_invalid")
+
+    # A balance check cannot end a credentials pause: only a person can.
+    simulator.configure(password=service.settings.gateway_password.get_secret_value())  # type: ignore[union-attr]
+    service.sweep()
+    assert service.control()["paused"] is True
+    service.resume(actor="ops")
+    service.dispatch_due(worker="w")
+    assert [r.status for r in recipients_of(service.db, second)] == ["sent"]
+
+
+# --- the circuit breaker -------------------------------------------------------------
+
+
+def test_an_outage_opens_the_breaker_without_spending_attempts_and_a_probe_closes_it(
+    database: Database, simulator: GatewaySimulator, tmp_path: Path
+) -> None:
+    svc = service_with(
+        database,
+        simulator,
+        tmp_path,
+        breaker_threshold=2,
+        retry_backoff_s=0.01,
+        retry_backoff_max_s=0.01,
+        max_attempts=2,
+    )
+    try:
+        simulator.configure(transient_error_rate=1.0)
+        jobs = [svc.enqueue(number(i), f"outage {i}").job_id for i in range(4)]
+
+        svc.dispatch_due(worker="w")  # stops by itself once the breaker opens
+
+        assert send_requests(simulator) == 2
+        control = svc.control()
+        assert control["breaker_state"] == "open"
+        assert control["breaker_retry_at"] is not None
+        rows = [r for job in jobs for r in recipients_of(svc.db, job)]
+        # The first failure spent an attempt, the one that tripped the breaker did not.
+        assert sorted(r.attempts for r in rows) == [0, 0, 0, 1]
+        assert all(r.status in ("queued", "retry_wait") for r in rows)
+        assert svc.dispatch_one(worker="w") is None, "nothing is claimed while open"
+
+        # A failed probe keeps it open, spends nothing, and waits longer.
+        move_probe_time_to_now(svc.db)
+        assert svc.dispatch_one(worker="w") is not None
+        assert send_requests(simulator) == 3
+        assert svc.control()["breaker_state"] == "open"
+        rows = [r for job in jobs for r in recipients_of(svc.db, job)]
+        assert sum(r.attempts for r in rows) == 1
+        assert all(r.status != "failed" for r in rows)
+
+        # The gateway is back: the probe succeeds, the breaker closes, all is sent.
+        simulator.configure(transient_error_rate=0.0)
+        move_probe_time_to_now(svc.db)
+        svc.dispatch_due(worker="w")
+        assert svc.control()["breaker_state"] == "closed"
+        rows = [r for job in jobs for r in recipients_of(svc.db, job)]
+        assert [r.status for r in rows] == ["sent"] * 4
+    finally:
+        svc.close()
+
+
+def test_only_one_of_many_claimers_sends_the_probe(
+    database: Database, simulator: GatewaySimulator, tmp_path: Path
+) -> None:
+    svc = service_with(database, simulator, tmp_path, breaker_threshold=1)
+    try:
+        simulator.configure(transient_error_rate=1.0)
+        for i in range(6):
+            svc.enqueue(number(i), f"probe race {i}")
+        svc.dispatch_one(worker="w")
+        assert svc.control()["breaker_state"] == "open"
+        move_probe_time_to_now(svc.db)
+        simulator.configure(latency_ms=300)
+
+        barrier = threading.Barrier(4)
+        claims = []
+
+        def contender() -> None:
+            barrier.wait(timeout=10)
+            claims.append(svc.claim(worker=threading.current_thread().name))
+
+        threads = [threading.Thread(target=contender) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        won = [c for c in claims if c is not None]
+        assert len(won) == 1
+        assert won[0].probe is True
+        assert svc.control()["breaker_state"] == "probing"
+    finally:
+        svc.close()
+
+
+# --- the sweeper ---------------------------------------------------------------------
+
+
+def test_retries_older_than_the_maximum_age_fail(
+    database: Database, simulator: GatewaySimulator, tmp_path: Path
+) -> None:
+    svc = service_with(database, simulator, tmp_path, max_retry_age_s=600)
+    try:
+        simulator.configure(number_rules={number(1): "GATEWAY_ERROR"})
+        job = svc.enqueue([number(1), number(2)], "late").job_id
+        svc.dispatch_one(worker="w")
+        assert sorted(r.status for r in recipients_of(svc.db, job)) == ["retry_wait", "sent"]
+
+        assert svc.sweep()["overdue_failed"] == 0
+        with svc.db.transaction() as session:
+            session.execute(
+                update(Recipient)
+                .where(Recipient.job_id == job)
+                .values(created_at=utcnow() - dt.timedelta(seconds=601))
+            )
+        assert svc.sweep()["overdue_failed"] == 1
+
+        by_number = {r.number: r for r in recipients_of(svc.db, job)}
+        assert by_number[number(1)].status == "failed"
+        assert by_number[number(1)].error_code == "RETRY_AGE_EXCEEDED"
+        assert by_number[number(2)].status == "sent"
+        assert svc.dispatch_one(worker="w") is None
+    finally:
+        svc.close()
+
+
+@pytest.mark.services
+def test_the_sweeper_never_keeps_more_wake_ups_waiting_than_the_fan_out(
+    pg_db: Database, simulator: GatewaySimulator, tmp_path: Path, broker_url: str
+) -> None:
+    settings = make_settings(pg_db, simulator, tmp_path, broker_url=broker_url, wake_fanout=3)
+    app = make_celery(settings)
+    waker = CeleryWaker(app)
+    svc = Dispatcher(settings, database=pg_db, waker=waker)
+    queue = redis.Redis.from_url(broker_url)
+    try:
+        svc.enqueue([f"+4477009{i:05d}" for i in range(500)], "five batches")
+        assert queue.llen(QUEUE_DISPATCH) == 3, "enqueue wakes at most the fan-out"
+
+        assert svc.sweep()["woken"] == 0, "three already wait: nothing more"
+        assert queue.llen(QUEUE_DISPATCH) == 3
+
+        queue.delete(QUEUE_DISPATCH)  # the broker lost them
+        assert svc.sweep()["woken"] == 3
+        assert queue.llen(QUEUE_DISPATCH) == 3
+
+        svc.pause(actor="test")
+        queue.delete(QUEUE_DISPATCH)
+        assert svc.sweep()["woken"] == 0, "nothing is woken while paused"
+    finally:
+        queue.close()
+        app.close()
+
+
+# --- call limits ---------------------------------------------------------------------
+
+
+def test_the_limiter_caps_calls_in_flight() -> None:
+    limiter = CallLimiter(max_in_flight=2)
+    inside = 0
+    most = 0
+    lock = threading.Lock()
+    release = threading.Event()
+
+    def call() -> None:
+        nonlocal inside, most
+        with limiter.slot():
+            with lock:
+                inside += 1
+                most = max(most, inside)
+            release.wait(timeout=5)
+            with lock:
+                inside -= 1
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    for t in threads:
+        t.start()
+    release.set()
+    for t in threads:
+        t.join(timeout=10)
+    assert most == 2
+
+
+def test_the_limiter_paces_calls_per_second_on_its_clock() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    limiter = CallLimiter(max_per_second=4, clock=lambda: now[0], sleep=sleep)
+    for _ in range(12):
+        with limiter.slot():
+            pass
+    # A burst of one second's worth, then one call every quarter second.
+    assert now[0] == pytest.approx(2.0)
+    assert all(s == pytest.approx(0.25) for s in slept)
