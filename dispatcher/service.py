@@ -65,6 +65,13 @@ RECORD_RETRY_BUDGET_S = 300.0
 
 _S = RecipientStatus
 _SENDABLE = (_S.QUEUED, _S.RETRY_WAIT)
+_UNPAUSED: dict[str, object] = {
+    "paused": False,
+    "pause_reason": None,
+    "pause_detail": None,
+    "paused_at": None,
+    "paused_by": None,
+}
 
 
 class Waker(Protocol):
@@ -690,13 +697,7 @@ class Dispatcher:
             reason = was.pause_reason
             store.update_control(
                 session,
-                values={
-                    "paused": False,
-                    "pause_reason": None,
-                    "pause_detail": None,
-                    "paused_at": None,
-                    "paused_by": None,
-                },
+                values=_UNPAUSED,
             )
         if reason:
             log.warning("dispatch resumed by %s (was paused: %s)", actor, reason)
@@ -809,13 +810,7 @@ class Dispatcher:
             with self.db.transaction() as session:
                 store.update_control(
                     session,
-                    values={
-                        "paused": False,
-                        "pause_reason": None,
-                        "pause_detail": None,
-                        "paused_at": None,
-                        "paused_by": None,
-                    },
+                    values=_UNPAUSED,
                     where=DispatchControl.pause_reason == str(PauseReason.NO_CREDIT),
                 )
 
