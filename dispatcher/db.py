@@ -31,7 +31,7 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, *, foreign_keys: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from pysqlite so the "begin" hook below decides.
@@ -40,7 +40,7 @@ def _sqlite_setup(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if foreign_keys else 'OFF'}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -48,8 +48,16 @@ def _sqlite_setup(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
-    """An engine for ``url`` with this project's settings for its database."""
+def make_engine(
+    url: str, *, pool_size: int = 10, echo: bool = False, sqlite_foreign_keys: bool = True
+) -> Engine:
+    """An engine for ``url`` with this project's settings for its database.
+
+    ``sqlite_foreign_keys=False`` is for migrations only: SQLite alters a table by
+    copying it and dropping the original, and with foreign keys enforced that drop
+    would cascade into every row that references it. The pragma cannot change
+    inside a transaction, so it is set as each connection opens.
+    """
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
@@ -60,7 +68,7 @@ def make_engine(url: str, *, pool_size: int = 10, echo: bool = False) -> Engine:
             echo=echo,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         )
-        _sqlite_setup(engine)
+        _sqlite_setup(engine, foreign_keys=sqlite_foreign_keys)
         return engine
     return create_engine(
         url,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
 
-from dispatcher.db import Database
+from dispatcher.db import Database, make_engine
 
 
 def alembic_config(database: Database) -> Config:
@@ -21,10 +24,29 @@ def alembic_config(database: Database) -> Config:
     return cfg
 
 
+@contextmanager
+def _migration_connection(database: Database) -> Iterator[Connection]:
+    """A connection for DDL: on SQLite one that does not enforce foreign keys
+    (see ``make_engine``), checked for dangling references before it commits."""
+    if database.dialect != "sqlite":
+        with database.engine.begin() as connection:
+            yield connection
+        return
+    engine = make_engine(database.url, sqlite_foreign_keys=False)
+    try:
+        with engine.begin() as connection:
+            yield connection
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"migration left dangling references: {broken[:5]}")
+    finally:
+        engine.dispose()
+
+
 def upgrade(database: Database, revision: str = "head") -> None:
     """Bring the schema up to ``revision``."""
     cfg = alembic_config(database)
-    with database.engine.begin() as connection:
+    with _migration_connection(database) as connection:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)
 
@@ -32,7 +54,7 @@ def upgrade(database: Database, revision: str = "head") -> None:
 def downgrade(database: Database, revision: str) -> None:
     """Take the schema down to ``revision``."""
     cfg = alembic_config(database)
-    with database.engine.begin() as connection:
+    with _migration_connection(database) as connection:
         cfg.attributes["connection"] = connection
         command.downgrade(cfg, revision)
 

@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, text
 
 from dispatcher import migrate
 from dispatcher.db import Database
-from dispatcher.models import Base
+from dispatcher.models import Base, utcnow
 from helpers import scratch_pg_database
 
 TABLES = {"jobs", "batches", "recipients", "attempts", "status_events"}
@@ -80,3 +81,50 @@ def test_upgrade_twice_is_a_no_op(empty_database: Database) -> None:
     migrate.upgrade(empty_database)
     assert migrate.current_revision(empty_database) == migrate.head_revision(empty_database)
     assert schema_diff(empty_database) == []
+
+
+def _revisions(database: Database) -> list[str]:
+    script = ScriptDirectory.from_config(migrate.alembic_config(database))
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
+def test_every_upgrade_keeps_the_data_already_written(empty_database: Database) -> None:
+    # SQLite alters a table by copying and dropping it: with foreign keys enforced,
+    # the drop cascades and deletes every recipient of every job.
+    first, *later = _revisions(empty_database)
+    assert later, "needs at least two revisions to mean anything"
+    migrate.upgrade(empty_database, first)
+    with empty_database.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, created_at, text, kind, maxconcat, parts, encoding,"
+                " recipient_count, refused_count) VALUES ('J1', :at, 'kept', 'text', 1, 1,"
+                " 'GSM-7', 2, 0)"
+            ),
+            {"at": utcnow()},
+        )
+        for index in range(2):
+            connection.execute(
+                text(
+                    "INSERT INTO recipients (job_id, number, status, attempts, created_at,"
+                    " updated_at) VALUES ('J1', :n, 'sent', 1, :at, :at)"
+                ),
+                {"n": f"44770090000{index}", "at": utcnow()},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO status_events (recipient_id, job_id, at, to_status, cause,"
+                    " actor) SELECT id, 'J1', :at, 'sent', 'test', 'test' FROM recipients"
+                    " WHERE number = :n"
+                ),
+                {"n": f"44770090000{index}", "at": utcnow()},
+            )
+
+    for revision in later:
+        migrate.upgrade(empty_database, revision)
+        with empty_database.engine.connect() as connection:
+            counts = {
+                table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()  # noqa: S608
+                for table in ("jobs", "recipients", "status_events")
+            }
+        assert counts == {"jobs": 1, "recipients": 2, "status_events": 2}, revision
