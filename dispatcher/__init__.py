@@ -19,6 +19,8 @@ def send(
     sender: str | None = None,
     maxconcat: int = 1,
     kind: str = "text",
+    idempotency_key: str | None = None,
+    reference: str | None = None,
 ) -> str:
     """Queue ``text`` for the numbers in ``to`` and return the job id.
 
@@ -31,10 +33,22 @@ def send(
     number is usable, the text is empty or needs more than ``maxconcat`` parts,
     ``maxconcat`` is out of range, ``kind`` is not "text" or "voice", or the
     sender is neither up to 11 alphanumerics nor up to 15 digits.
+
+    ``idempotency_key``: a second call with the same key and the same arguments
+    returns the first job's id and sends nothing; with other arguments it raises
+    ``dispatcher.errors.ConflictError``. ``reference`` is your own label for the
+    job, searchable later (``dispatcher jobs --reference``).
     """
     from dispatcher import runtime
 
     result = runtime.service().enqueue(
-        to, text, sender=sender, maxconcat=maxconcat, kind=kind, actor="python"
+        to,
+        text,
+        sender=sender,
+        maxconcat=maxconcat,
+        kind=kind,
+        idempotency_key=idempotency_key,
+        reference=reference,
+        actor="python",
     )
     return result.job_id

@@ -7,19 +7,23 @@ traceback. ``--json`` prints machine-readable output where a script reads it.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher import __version__, redaction
 from dispatcher.errors import ConfigurationError, DispatcherError, NotFoundError, ValidationError
+
+if TYPE_CHECKING:
+    from dispatcher.keys import KeyStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -338,6 +342,139 @@ def state(as_json: bool) -> None:
 
     _require_schema()
     _print_control(runtime.service().control(), as_json)
+
+
+@main.command()
+@click.option("--job", "job_id", default=None, help="Only this job's recipients.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(["failed", "unknown"]),
+    default=["failed"],
+    show_default=True,
+    help="Which recipients; repeatable.",
+)
+@click.option("--error-code", default=None, help="Only recipients that failed with this code.")
+@click.option("--since", default=None, type=click.DateTime(), help="Changed at or after (UTC).")
+@click.option("--until", default=None, type=click.DateTime(), help="Changed before (UTC).")
+@click.option(
+    "--yes-may-double-send",
+    "confirm_unknown",
+    is_flag=True,
+    help="Confirm retrying `unknown` recipients, which the gateway may already have sent.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def retry(
+    job_id: str | None,
+    statuses: Sequence[str],
+    error_code: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    confirm_unknown: bool,
+    as_json: bool,
+) -> None:
+    """Queue failed (or, confirmed, unknown) recipients again; audited."""
+    from dispatcher import runtime
+
+    _require_schema()
+    if job_id is None and not (error_code or since or until):
+        raise click.UsageError("say which recipients: --job, --error-code, --since or --until")
+    result = runtime.service().retry(
+        actor=_operator(),
+        job_id=job_id,
+        statuses=statuses,
+        error_code=error_code,
+        since=_utc(since),
+        until=_utc(until),
+        confirm_unknown=confirm_unknown,
+    )
+    if as_json:
+        _emit_json({"retried": result.affected, "jobs": result.jobs})
+        return
+    click.echo(f"queued {result.affected} recipients again in {len(result.jobs)} jobs")
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def cancel(job_id: str, as_json: bool) -> None:
+    """Cancel a job's recipients that no worker has claimed yet; audited."""
+    from dispatcher import runtime
+
+    _require_schema()
+    result = runtime.service().cancel(job_id, actor=_operator())
+    if as_json:
+        _emit_json({"cancelled": result.affected, "job": job_id})
+        return
+    click.echo(f"cancelled {result.affected} recipients of {job_id}")
+
+
+@main.group()
+def keys() -> None:
+    """API keys for the HTTP API and the drop-in endpoint."""
+
+
+def _key_store() -> KeyStore:
+    from dispatcher import runtime
+    from dispatcher.keys import KeyStore
+
+    _require_schema()
+    return KeyStore(runtime.service().db)
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    default="send,read",
+    show_default=True,
+    help="Comma-separated: send, read, operate.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def keys_create(name: str, scopes: str, as_json: bool) -> None:
+    """Create a key; its token is printed once and never stored."""
+    token, info = _key_store().create(name, scopes, actor=_operator())
+    if as_json:
+        _emit_json(info.as_dict() | {"token": token})
+        return
+    click.echo(f"key {info.name} ({', '.join(sorted(info.scopes))}) created.")
+    click.echo("token (shown once, keep it secret):")
+    click.echo(token)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def keys_list(as_json: bool) -> None:
+    """List keys (names and scopes; tokens are never stored)."""
+    infos = _key_store().list()
+    if as_json:
+        _emit_json([i.as_dict() for i in infos])
+        return
+    for info in infos:
+        state = f"revoked {info.revoked_at}" if info.revoked_at else "active"
+        click.echo(f"{info.name:<24} {','.join(sorted(info.scopes)):<20} {state}")
+
+
+@keys.command("revoke")
+@click.argument("name")
+@friendly_errors
+def keys_revoke(name: str) -> None:
+    """Revoke a key at once."""
+    info = _key_store().revoke(name, actor=_operator())
+    click.echo(f"key {info.name} revoked at {info.revoked_at}")
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A naive time from the command line, read as UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 @main.command(

@@ -7,7 +7,10 @@ DispatcherError
 │   ├── NoRecipientsError         no acceptable recipient left
 │   ├── InvalidTextError          empty text, or more parts than maxconcat allows
 │   ├── InvalidSenderError        neither 11 alphanumerics nor 15 digits
-│   └── InvalidOptionError        maxconcat, kind or another option out of range
+│   ├── InvalidOptionError        maxconcat, kind or another option out of range
+│   └── ConfirmationRequiredError an action that may double-send was not confirmed
+├── ConflictError               an idempotency key reused for a different request
+├── AuthenticationError         no such API key, revoked, or lacking the scope
 ├── NotFoundError               no job (or other record) with that id
 └── GatewayError                the gateway could not be asked, or its answer says no
     ├── TransientGatewayError     nothing was sent; retrying is safe
@@ -58,6 +61,18 @@ class InvalidSenderError(ValidationError):
 
 class InvalidOptionError(ValidationError):
     """An option such as maxconcat or kind is out of range."""
+
+
+class ConfirmationRequiredError(ValidationError):
+    """Retrying `unknown` recipients may send them twice; the caller must confirm."""
+
+
+class ConflictError(DispatcherError):
+    """An idempotency key was reused with a different request."""
+
+
+class AuthenticationError(DispatcherError):
+    """The credential is unknown, revoked, or lacks the scope the action needs."""
 
 
 class NotFoundError(DispatcherError, LookupError):

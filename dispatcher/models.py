@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -166,8 +167,21 @@ class Job(Base):
     encoding: Mapped[str] = mapped_column(String(8))
     recipient_count: Mapped[int] = mapped_column(Integer)
     refused_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str] = mapped_column(String(200), default="python")
+    """The API key's name, or ``python``/``cli``/``dropin:<key>``: who enqueued it."""
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    """SHA-256 of the request, to tell a replay from a different request under one key."""
+    reference: Mapped[str | None] = mapped_column(String(200))
+    """The producer's own reference, searchable."""
+    callback_url: Mapped[str | None] = mapped_column(String(2000))
 
-    __table_args__ = (Index(None, "created_at"),)
+    __table_args__ = (
+        Index(None, "created_at"),
+        Index(None, "reference"),
+        # Unique per key holder; NULL keys (no idempotency asked) never collide.
+        UniqueConstraint("created_by", "idempotency_key"),
+    )
 
 
 class Batch(Base):
@@ -334,3 +348,51 @@ class DispatchControl(Base):
     credit_checked_at: Mapped[dt.datetime | None]
     last_balance: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Scope(enum.StrEnum):
+    """What an API key may do."""
+
+    SEND = "send"
+    """Enqueue jobs (the producer API and the drop-in endpoint)."""
+    READ = "read"
+    """Read jobs, recipients and attempts."""
+    OPERATE = "operate"
+    """Retry, cancel, pause and resume; the dashboard."""
+
+
+class ApiKey(Base):
+    """A credential for the HTTP API; only the SHA-256 of its token is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(100))
+    """Comma-separated Scope values."""
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+    revoked_at: Mapped[dt.datetime | None]
+
+    @property
+    def scope_set(self) -> frozenset[Scope]:
+        """The key's scopes."""
+        return frozenset(Scope(s) for s in self.scopes.split(",") if s)
+
+
+class OperatorAction(Base):
+    """Append-only audit of what operators did: retry, cancel, pause, keys, ..."""
+
+    __tablename__ = "operator_actions"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(40))
+    target: Mapped[str | None] = mapped_column(String(200))
+    detail: Mapped[str | None] = mapped_column(Text)
+    """JSON: the request's parameters (never message text or secrets)."""
+    affected: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (Index(None, "at"), Index(None, "target"))

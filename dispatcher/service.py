@@ -17,6 +17,7 @@ The order of commits is the product's guarantees (SPEC section 3):
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -29,18 +30,26 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import func
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from dispatcher import store
 from dispatcher.config import Settings
 from dispatcher.db import Database
-from dispatcher.errors import ConfigurationError, GatewayError, NoRecipientsError, NotFoundError
+from dispatcher.errors import (
+    ConfigurationError,
+    ConfirmationRequiredError,
+    ConflictError,
+    GatewayError,
+    InvalidOptionError,
+    NoRecipientsError,
+    NotFoundError,
+)
 from dispatcher.gateway import protocol
 from dispatcher.gateway.client import GatewayClient, Message, Submission
 from dispatcher.gateway.protocol import Outcome, RecipientOutcome
 from dispatcher.limits import CallLimiter
-from dispatcher.message import check_kind, check_sender
+from dispatcher.message import Kind, check_kind, check_sender
 from dispatcher.models import (
     PENDING_STATUSES,
     Attempt,
@@ -53,8 +62,8 @@ from dispatcher.models import (
     RecipientStatus,
     utcnow,
 )
-from dispatcher.numbers import chunk, prepare
-from dispatcher.parts import check_maxconcat, check_text
+from dispatcher.numbers import RecipientList, chunk, prepare
+from dispatcher.parts import TextInfo, check_maxconcat, check_text
 from dispatcher.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -98,6 +107,8 @@ class EnqueueResult:
     refused: list[tuple[str, str]]
     batches: int
     parts: int
+    replayed: bool = False
+    """True when an idempotency key matched an earlier request: nothing new was written."""
 
 
 @dataclass(slots=True)
@@ -122,6 +133,14 @@ class _GroupKey(NamedTuple):
     error_code: str | None
     cause: str
     spent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorResult:
+    """What an operator action touched."""
+
+    affected: int
+    jobs: list[str]
 
 
 @dataclass(slots=True)
@@ -198,9 +217,16 @@ class Dispatcher:
         sender: str | None = None,
         maxconcat: int = 1,
         kind: str = "text",
+        idempotency_key: str | None = None,
+        reference: str | None = None,
+        callback_url: str | None = None,
         actor: str = "python",
     ) -> EnqueueResult:
         """Validate a send request, write it whole in one transaction, then wake workers.
+
+        With ``idempotency_key``, a second request from the same ``actor`` with the
+        same key and the same content returns the first job (``replayed``) and
+        sends nothing; with different content it raises ConflictError.
 
         Raises a ValidationError subclass, having written nothing, when the request
         cannot be sent to anybody.
@@ -209,7 +235,21 @@ class Dispatcher:
         kind_ = check_kind(kind)
         sender = check_sender(sender)
         info = check_text(text, maxconcat)
-        raw_numbers = list(to.split(",")) if isinstance(to, str) else list(to)
+        reference = _check_label("reference", reference)
+        idempotency_key = _check_label("idempotency_key", idempotency_key)
+        if isinstance(to, str):
+            raw_numbers: list[object] = list(to.split(","))
+        elif to is None or not isinstance(to, Iterable):
+            raise NoRecipientsError("to must be a number, comma-separated numbers, or a list")
+        else:
+            raw_numbers = list(to)
+        request_hash = _request_hash(
+            raw_numbers, text, sender, maxconcat, str(kind_), reference, callback_url
+        )
+        if idempotency_key is not None:
+            replay = self._replay(actor, idempotency_key, request_hash)
+            if replay is not None:
+                return replay
         prepared = prepare(raw_numbers, self.settings.default_region)
         if not prepared.accepted:
             reasons = "; ".join(f"{r.raw!r}: {r.reason}" for r in prepared.refused[:5])
@@ -220,6 +260,84 @@ class Dispatcher:
         now = utcnow()
         job_id = store.new_job_id()
         groups = list(chunk(prepared.accepted, protocol.MAX_RECIPIENTS_PER_SUBMISSION))
+        try:
+            self._write_job(
+                job_id,
+                now,
+                text,
+                sender,
+                kind_,
+                maxconcat,
+                info,
+                prepared,
+                groups,
+                actor=actor,
+                idempotency_key=idempotency_key,
+                request_hash=request_hash,
+                reference=reference,
+                callback_url=callback_url,
+            )
+        except IntegrityError:
+            # Two requests with one idempotency key raced; the loser returns the winner's.
+            if idempotency_key is None:
+                raise
+            replay = self._replay(actor, idempotency_key, request_hash)
+            if replay is None:
+                raise
+            return replay
+        # Only after the commit: a worker woken earlier could find nothing.
+        self._wake(len(groups))
+        return EnqueueResult(
+            job_id=job_id,
+            accepted=prepared.accepted,
+            refused=[(r.raw, r.reason) for r in prepared.refused],
+            batches=len(groups),
+            parts=info.parts,
+        )
+
+    def _replay(self, actor: str, key: str, request_hash: str) -> EnqueueResult | None:
+        """The job an earlier request with this key made, or None; ConflictError if it
+        was a different request."""
+        with self.db.transaction() as session:
+            job = store.job_by_idempotency_key(session, created_by=actor, key=key)
+            if job is None:
+                return None
+            if job.request_hash != request_hash:
+                raise ConflictError(
+                    f"idempotency key {key!r} was used for a different request (job {job.id})"
+                )
+            recipients = store.job_recipients(session, job_id=job.id)
+        return EnqueueResult(
+            job_id=job.id,
+            accepted=[r.number for r in recipients if r.batch_id is not None],
+            refused=[
+                (r.number, (r.error_detail or "").removeprefix("refused at enqueue: "))
+                for r in recipients
+                if r.batch_id is None and r.attempts == 0 and r.status == _S.FAILED
+            ],
+            batches=0,
+            parts=job.parts,
+            replayed=True,
+        )
+
+    def _write_job(
+        self,
+        job_id: str,
+        now: dt.datetime,
+        text: str,
+        sender: str | None,
+        kind_: Kind,
+        maxconcat: int,
+        info: TextInfo,
+        prepared: RecipientList,
+        groups: list[Sequence[str]],
+        *,
+        actor: str,
+        idempotency_key: str | None,
+        request_hash: str,
+        reference: str | None,
+        callback_url: str | None,
+    ) -> None:
         with self.db.transaction() as session:
             store.insert_job(
                 session,
@@ -234,6 +352,11 @@ class Dispatcher:
                     encoding=str(info.encoding),
                     recipient_count=len(prepared.accepted),
                     refused_count=len(prepared.refused),
+                    created_by=actor,
+                    idempotency_key=idempotency_key,
+                    request_hash=request_hash,
+                    reference=reference,
+                    callback_url=callback_url,
                 ),
             )
             batch_ids = store.insert_batches(session, job_id=job_id, count=len(groups), due_at=now)
@@ -274,15 +397,6 @@ class Dispatcher:
                 cause=func.coalesce(Recipient.error_detail, "enqueued"),
                 actor=actor,
             )
-        # Only after the commit: a worker woken earlier could find nothing.
-        self._wake(len(groups))
-        return EnqueueResult(
-            job_id=job_id,
-            accepted=prepared.accepted,
-            refused=[(r.raw, r.reason) for r in prepared.refused],
-            batches=len(groups),
-            parts=info.parts,
-        )
 
     def _wake(self, batches: int) -> None:
         count = min(batches, self.settings.wake_fanout)
@@ -682,12 +796,146 @@ class Dispatcher:
                 report.outcomes[outcome.outcome] += 1
         return report
 
+    # --- operator actions ----------------------------------------------------------
+
+    def retry(
+        self,
+        *,
+        actor: str,
+        job_id: str | None = None,
+        statuses: Iterable[RecipientStatus | str] = (RecipientStatus.FAILED,),
+        error_code: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        numbers: Iterable[str] | None = None,
+        confirm_unknown: bool = False,
+    ) -> OperatorResult:
+        """Queue `failed` (and, confirmed, `unknown`) recipients again, audited.
+
+        Retrying an `unknown` recipient may send it twice (the gateway may have
+        accepted it already), so it needs ``confirm_unknown``; without it,
+        ConfirmationRequiredError says how many would be touched. Numbers refused
+        at enqueue are never retried: they are not phone numbers.
+        """
+        wanted = {RecipientStatus(s) for s in statuses}
+        if not wanted or not wanted <= {_S.FAILED, _S.UNKNOWN}:
+            raise InvalidOptionError("retry takes recipients that are failed or unknown")
+        if job_id is not None:
+            self._require_job(job_id)
+        selection = store.RecipientFilter(
+            job_id=job_id,
+            statuses=[str(s) for s in wanted],
+            error_code=error_code,
+            since=since,
+            until=until,
+            numbers=list(numbers) if numbers is not None else None,
+            retryable_only=True,
+        )
+        now = utcnow()
+        with self.db.transaction() as session:
+            if _S.UNKNOWN in wanted and not confirm_unknown:
+                unknown = store.count_recipients(session, selection=selection.only(str(_S.UNKNOWN)))
+                if unknown:
+                    raise ConfirmationRequiredError(
+                        f"{unknown} recipients are `unknown`: the gateway may already have "
+                        "sent them, so retrying may send them twice; confirm to go ahead"
+                    )
+            rows = store.select_recipients(session, selection=selection)
+            by_job: dict[str, list[tuple[int, str]]] = defaultdict(list)
+            for recipient_id, rjob, status in rows:
+                by_job[rjob].append((recipient_id, status))
+            moved = 0
+            batches = 0
+            for rjob, members in by_job.items():
+                for group in chunk(members, protocol.MAX_RECIPIENTS_PER_SUBMISSION):
+                    [batch_id] = store.insert_batches(session, job_id=rjob, count=1, due_at=now)
+                    batches += 1
+                    for status in {st for _, st in group}:
+                        moved += store.transition(
+                            session,
+                            ids=[rid for rid, st in group if st == status],
+                            from_statuses=[RecipientStatus(status)],
+                            to_status=_S.QUEUED,
+                            at=now,
+                            cause=f"operator retry (was {status})",
+                            actor=actor,
+                            values={
+                                "batch_id": batch_id,
+                                "attempts": 0,
+                                "error_code": None,
+                                "error_detail": None,
+                                "next_attempt_at": None,
+                                "gateway_message_id": None,
+                            },
+                        )
+            store.record_action(
+                session,
+                actor=actor,
+                action="retry",
+                target=job_id,
+                detail=selection.describe() | {"confirm_unknown": confirm_unknown},
+                affected=moved,
+            )
+        self._wake(batches)
+        return OperatorResult(affected=moved, jobs=sorted(by_job))
+
+    def cancel(self, job_id: str, *, actor: str) -> OperatorResult:
+        """Cancel a job's recipients that no worker has claimed; audited.
+
+        Recipients already `submitting` are past the point of no return and keep
+        their course; final ones are left as they are.
+        """
+        self._require_job(job_id)
+        now = utcnow()
+        with self.db.transaction() as session:
+            ids = [
+                rid
+                for rid, _job, _status in store.select_recipients(
+                    session,
+                    selection=store.RecipientFilter(
+                        job_id=job_id, statuses=[str(s) for s in _SENDABLE]
+                    ),
+                )
+            ]
+            batches = store.batches_of(session, recipient_ids=ids) if ids else []
+            moved = store.transition(
+                session,
+                ids=ids,
+                from_statuses=_SENDABLE,
+                to_status=_S.CANCELLED,
+                at=now,
+                cause=f"cancelled by {actor}",
+                actor=actor,
+                values={"next_attempt_at": None},
+            )
+            for batch_id in batches:
+                store.settle_batch_if_idle(session, batch_id=batch_id, now=now)
+            store.record_action(
+                session, actor=actor, action="cancel", target=job_id, detail={}, affected=moved
+            )
+        return OperatorResult(affected=moved, jobs=[job_id])
+
+    def _require_job(self, job_id: str) -> None:
+        with self.db.transaction() as session:
+            if store.get_job(session, job_id=job_id) is None:
+                raise NotFoundError(f"no job {job_id!r}")
+
     # --- pause and resume ----------------------------------------------------------
 
     def pause(self, *, actor: str, detail: str = "paused by an operator") -> dict[str, Any]:
         """Stop all claims until ``resume``; calls in flight finish and are recorded."""
         with self.db.transaction() as session:
-            self._set_pause(session, reason=PauseReason.MANUAL, detail=detail, actor=actor)
+            changed = self._set_pause(
+                session, reason=PauseReason.MANUAL, detail=detail, actor=actor
+            )
+            store.record_action(
+                session,
+                actor=actor,
+                action="pause",
+                target=None,
+                detail={"detail": detail},
+                affected=int(changed),
+            )
         return self.control()
 
     def resume(self, *, actor: str) -> dict[str, Any]:
@@ -695,9 +943,14 @@ class Dispatcher:
         with self.db.transaction() as session:
             was = store.get_control(session)
             reason = was.pause_reason
-            store.update_control(
+            store.update_control(session, values=_UNPAUSED)
+            store.record_action(
                 session,
-                values=_UNPAUSED,
+                actor=actor,
+                action="resume",
+                target=None,
+                detail={"was": reason},
+                affected=int(reason is not None),
             )
         if reason:
             log.warning("dispatch resumed by %s (was paused: %s)", actor, reason)
@@ -932,6 +1185,31 @@ def job_to_dict(job: Job, recipients: Sequence[Recipient]) -> dict[str, object]:
             for r in recipients
         ],
     }
+
+
+MAX_LABEL_LENGTH = 200
+
+
+def _check_label(name: str, value: object) -> str | None:
+    """A reference or idempotency key: a non-empty printable string of bounded length."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidOptionError(f"{name} must be a string, not {type(value).__name__}")
+    value = value.strip()
+    if not value:
+        return None
+    if len(value) > MAX_LABEL_LENGTH or not value.isprintable():
+        raise InvalidOptionError(
+            f"{name} must be printable and at most {MAX_LABEL_LENGTH} characters"
+        )
+    return value
+
+
+def _request_hash(*parts: object) -> str:
+    """A digest of a send request's content, for idempotent replays."""
+    canonical = json.dumps(parts, default=repr, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _database_away(exc: DBAPIError) -> bool:

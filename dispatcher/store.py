@@ -9,10 +9,11 @@ because a batch holds up to 100 recipients and a job up to many thousands.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import time
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, func, insert, literal, null, select, update
@@ -29,6 +30,7 @@ from dispatcher.models import (
     BreakerState,
     DispatchControl,
     Job,
+    OperatorAction,
     Recipient,
     RecipientStatus,
     StatusEvent,
@@ -529,3 +531,116 @@ def batches_of(session: Session, *, recipient_ids: Collection[int]) -> list[int]
         .distinct()
     ).scalars()
     return [batch_id for batch_id in rows if batch_id is not None]
+
+
+def job_by_idempotency_key(session: Session, *, created_by: str, key: str) -> Job | None:
+    """The job a key holder made with this idempotency key, or None."""
+    return session.execute(
+        select(Job).where(Job.created_by == created_by, Job.idempotency_key == key)
+    ).scalar_one_or_none()
+
+
+# --- operator selections and audit ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientFilter:
+    """Which recipients an operator action applies to."""
+
+    job_id: str | None = None
+    statuses: list[str] | None = None
+    error_code: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    numbers: list[str] | None = None
+    retryable_only: bool = False
+    """Leave out numbers refused at enqueue (never submitted, not phone numbers)."""
+
+    def only(self, status: str) -> RecipientFilter:
+        """The same selection narrowed to one status."""
+        return replace(self, statuses=[status])
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """The WHERE clauses of this selection."""
+        where: list[ColumnElement[bool]] = []
+        if self.job_id is not None:
+            where.append(Recipient.job_id == self.job_id)
+        if self.statuses is not None:
+            where.append(Recipient.status.in_(self.statuses))
+        if self.error_code is not None:
+            where.append(Recipient.error_code == self.error_code)
+        if self.since is not None:
+            where.append(Recipient.updated_at >= self.since)
+        if self.until is not None:
+            where.append(Recipient.updated_at < self.until)
+        if self.numbers is not None:
+            where.append(Recipient.number.in_(self.numbers))
+        if self.retryable_only:
+            where.append(Recipient.batch_id.is_not(None))
+        return where
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready parameters for the audit row."""
+        return {
+            "job_id": self.job_id,
+            "statuses": self.statuses,
+            "error_code": self.error_code,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "numbers": len(self.numbers) if self.numbers is not None else None,
+        }
+
+
+def count_recipients(session: Session, *, selection: RecipientFilter) -> int:
+    """How many recipients a selection holds."""
+    return int(session.execute(select(func.count()).where(*selection.conditions())).scalar_one())
+
+
+def select_recipients(
+    session: Session, *, selection: RecipientFilter
+) -> list[tuple[int, str, str]]:
+    """(id, job id, status) of the recipients a selection holds, in id order."""
+    rows = session.execute(
+        select(Recipient.id, Recipient.job_id, Recipient.status)
+        .where(*selection.conditions())
+        .order_by(Recipient.id)
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def settle_batch_if_idle(session: Session, *, batch_id: int, now: dt.datetime) -> None:
+    """``settle_batch`` for a batch no worker holds (one that is queued)."""
+    status = session.execute(select(Batch.status).where(Batch.id == batch_id)).scalar_one()
+    if status == BatchStatus.QUEUED:
+        settle_batch(session, batch_id=batch_id, now=now)
+
+
+def record_action(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    target: str | None,
+    detail: dict[str, Any],
+    affected: int,
+) -> None:
+    """Append an operator action to the audit."""
+    session.add(
+        OperatorAction(
+            at=utcnow(),
+            actor=actor[:200],
+            action=action,
+            target=target,
+            detail=json.dumps(detail, default=str),
+            affected=affected,
+        )
+    )
+
+
+def operator_actions(session: Session, *, limit: int = 100) -> list[OperatorAction]:
+    """The newest operator actions."""
+    return list(
+        session.execute(
+            select(OperatorAction).order_by(OperatorAction.id.desc()).limit(limit)
+        ).scalars()
+    )

@@ -1,0 +1,167 @@
+"""API keys: created with a token shown once, stored as its SHA-256 only.
+
+A token is 32 random bytes (URL-safe base64, prefixed ``sdk_`` so scanners and
+people can tell what leaked). SHA-256 and not a slow password hash: the token is
+random with 256 bits of entropy, so there is nothing to brute-force, and it is
+checked on every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from dispatcher import redaction, store
+from dispatcher.db import Database
+from dispatcher.errors import AuthenticationError, InvalidOptionError, NotFoundError
+from dispatcher.models import ApiKey, Scope, utcnow
+
+# A label on every token, not a secret: it makes leaked tokens recognisable.
+TOKEN_PREFIX = "sdk_"  # noqa: S105
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def parse_scopes(scopes: str | Iterable[str]) -> frozenset[Scope]:
+    """Scopes from ``send,read,operate`` (or an iterable), or InvalidOptionError."""
+    items = scopes.split(",") if isinstance(scopes, str) else list(scopes)
+    result: set[Scope] = set()
+    for item in (i.strip().lower() for i in items):
+        if not item:
+            continue
+        try:
+            result.add(Scope(item))
+        except ValueError:
+            choices = ", ".join(s.value for s in Scope)
+            raise InvalidOptionError(f"unknown scope {item!r}; choose from {choices}") from None
+    if not result:
+        raise InvalidOptionError("a key needs at least one scope")
+    return frozenset(result)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """A key as it may be shown: never its token or hash."""
+
+    name: str
+    scopes: frozenset[Scope]
+    created_at: str
+    created_by: str
+    revoked_at: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready."""
+        return {
+            "name": self.name,
+            "scopes": sorted(s.value for s in self.scopes),
+            "created_at": self.created_at,
+            "created_by": self.created_by,
+            "revoked_at": self.revoked_at,
+        }
+
+
+def _info(key: ApiKey) -> KeyInfo:
+    return KeyInfo(
+        name=key.name,
+        scopes=key.scope_set,
+        created_at=key.created_at.isoformat(),
+        created_by=key.created_by,
+        revoked_at=key.revoked_at.isoformat() if key.revoked_at else None,
+    )
+
+
+class KeyStore:
+    """Create, list, revoke and check API keys."""
+
+    def __init__(self, database: Database) -> None:
+        self.db = database
+
+    def create(self, name: str, scopes: str | Iterable[str], *, actor: str) -> tuple[str, KeyInfo]:
+        """A new key: returns its token (shown once, never stored) and its info."""
+        if not name or len(name) > 100 or not set(name) <= _NAME_CHARS:
+            raise InvalidOptionError("a key name is 1 to 100 letters, digits, '-', '_' or '.'")
+        scope_set = parse_scopes(scopes)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        row = ApiKey(
+            name=name,
+            token_hash=hash_token(token),
+            scopes=",".join(sorted(s.value for s in scope_set)),
+            created_at=utcnow(),
+            created_by=actor,
+        )
+        try:
+            with self.db.transaction() as session:
+                session.add(row)
+                session.flush()
+                store.record_action(
+                    session,
+                    actor=actor,
+                    action="keys.create",
+                    target=name,
+                    detail={"scopes": sorted(s.value for s in scope_set)},
+                    affected=1,
+                )
+        except IntegrityError:
+            raise InvalidOptionError(f"a key named {name!r} exists already") from None
+        redaction.register_secret(token)
+        return token, _info(row)
+
+    def list(self) -> list[KeyInfo]:
+        """Every key, newest first, revoked ones included."""
+        with self.db.transaction() as session:
+            rows = session.execute(select(ApiKey).order_by(ApiKey.id.desc())).scalars()
+            return [_info(r) for r in rows]
+
+    def revoke(self, name: str, *, actor: str) -> KeyInfo:
+        """Revoke a key at once; requests with it fail from now on."""
+        with self.db.transaction() as session:
+            done = session.execute(
+                update(ApiKey)
+                .where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            key = session.execute(select(ApiKey).where(ApiKey.name == name)).scalar_one_or_none()
+            if key is None:
+                raise NotFoundError(f"no key named {name!r}")
+            store.record_action(
+                session,
+                actor=actor,
+                action="keys.revoke",
+                target=name,
+                detail={},
+                affected=int(bool(done.rowcount)),  # type: ignore[attr-defined]
+            )
+            return _info(key)
+
+    def authenticate(self, token: str, *, scope: Scope | None = None) -> KeyInfo:
+        """The key a token belongs to, if live and holding ``scope``; else AuthenticationError.
+
+        The message never says which of unknown, revoked or out of scope applied
+        to an unknown token, nor echoes the token.
+        """
+        if not token:
+            raise AuthenticationError("missing API key")
+        digest = hash_token(token)
+        with self.db.transaction() as session:
+            key = session.execute(
+                select(ApiKey).where(ApiKey.token_hash == digest)
+            ).scalar_one_or_none()
+            if key is None or not hmac.compare_digest(key.token_hash, digest):
+                raise AuthenticationError("invalid API key")
+            if key.revoked_at is not None:
+                raise AuthenticationError("invalid API key")
+            info = _info(key)
+        if scope is not None and scope not in info.scopes:
+            raise AuthenticationError(f"key {info.name!r} lacks the {scope.value!r} scope")
+        return info
