@@ -138,6 +138,14 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="Most HTTP calls per second per worker process; 0: no cap."
     )
 
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC key that signs completion webhooks; needed to accept callback_url.",
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_backoff_s: float = Field(default=10.0, gt=0)
+
     default_region: str = Field(
         default="GB", description="Region assumed for numbers written without +country."
     )
@@ -152,7 +160,37 @@ class Settings(BaseSettings):
         "claiming due batches until none is left, so more would only queue up.",
     )
 
-    @field_validator("gateway_backup_url", "gateway_username", "gateway_password", mode="before")
+    api_rate_per_s: float = Field(
+        default=50.0,
+        ge=0,
+        description="Requests per second each API key may make to `serve` (token bucket "
+        "refill rate, shared by every API process when the broker is Redis); 0: no limit.",
+    )
+    api_burst: int = Field(
+        default=100,
+        ge=1,
+        description="Requests an API key may make at once before the rate applies "
+        "(the token bucket's size).",
+    )
+    max_recipients_per_job: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most numbers one HTTP or drop-in request may name.",
+    )
+    max_body_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="Largest HTTP request body `serve` reads; a larger one is refused "
+        "with 413 as soon as it passes the limit.",
+    )
+
+    @field_validator(
+        "gateway_backup_url",
+        "gateway_username",
+        "gateway_password",
+        "webhook_secret",
+        mode="before",
+    )
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip():
@@ -257,7 +295,8 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Values that must be redacted wherever text leaves the process."""
-        return [self.gateway_password.get_secret_value()] if self.gateway_password else []
+        found = [self.gateway_password, self.webhook_secret]
+        return [secret.get_secret_value() for secret in found if secret is not None]
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -27,7 +27,9 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
-    text,
+)
+from sqlalchemy import (
+    text as sql,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -175,10 +177,19 @@ class Job(Base):
     reference: Mapped[str | None] = mapped_column(String(200))
     """The producer's own reference, searchable."""
     callback_url: Mapped[str | None] = mapped_column(String(2000))
+    callback_state: Mapped[str | None] = mapped_column(String(10))
+    """``waiting`` until every recipient is final, then ``queued`` (a delivery exists)."""
 
     __table_args__ = (
         Index(None, "created_at"),
         Index(None, "reference"),
+        # The sweeper looks for finished jobs among the few still waiting to notify.
+        Index(
+            "ix_jobs_callback_waiting",
+            "created_at",
+            postgresql_where=sql("callback_state = 'waiting'"),
+            sqlite_where=sql("callback_state = 'waiting'"),
+        ),
         # Unique per key holder; NULL keys (no idempotency asked) never collide.
         UniqueConstraint("created_by", "idempotency_key"),
     )
@@ -206,14 +217,14 @@ class Batch(Base):
         Index(
             "ix_batches_due",
             "due_at",
-            postgresql_where=text("status = 'queued'"),
-            sqlite_where=text("status = 'queued'"),
+            postgresql_where=sql("status = 'queued'"),
+            sqlite_where=sql("status = 'queued'"),
         ),
         Index(
             "ix_batches_submitting",
             "claimed_at",
-            postgresql_where=text("status = 'submitting'"),
-            sqlite_where=text("status = 'submitting'"),
+            postgresql_where=sql("status = 'submitting'"),
+            sqlite_where=sql("status = 'submitting'"),
         ),
     )
 
@@ -396,3 +407,54 @@ class OperatorAction(Base):
     affected: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (Index(None, "at"), Index(None, "target"))
+
+
+class DeliveryStatus(enum.StrEnum):
+    """Where a completion webhook stands."""
+
+    QUEUED = "queued"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class WebhookDelivery(Base):
+    """The completion notice of one job to its callback URL."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    status: Mapped[str] = mapped_column(String(10), default=DeliveryStatus.QUEUED)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[dt.datetime]
+    claimed_at: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index(
+            "ix_webhook_deliveries_due",
+            "due_at",
+            postgresql_where=sql("status = 'queued'"),
+            sqlite_where=sql("status = 'queued'"),
+        ),
+    )
+
+
+class WebhookAttempt(Base):
+    """One HTTP try of a webhook delivery, for the audit."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE")
+    )
+    at: Mapped[dt.datetime]
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(String(500))
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index(None, "delivery_id"),)

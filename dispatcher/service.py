@@ -65,6 +65,7 @@ from dispatcher.models import (
 from dispatcher.numbers import RecipientList, chunk, prepare
 from dispatcher.parts import TextInfo, check_maxconcat, check_text
 from dispatcher.retry import RetryPolicy
+from dispatcher.webhooks import Webhooks, check_callback_url
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,7 @@ class Dispatcher:
         self._client_factory = client_factory or (lambda: GatewayClient(settings.gateway_config()))
         self._client: GatewayClient | None = None
         self._client_lock = threading.Lock()
+        self.webhooks = Webhooks(settings, self.db)
         self.limiter = CallLimiter(
             max_in_flight=settings.gateway_max_in_flight,
             max_per_second=settings.gateway_max_per_second,
@@ -205,6 +207,7 @@ class Dispatcher:
         """Release connections."""
         if self._client is not None:
             self._client.close()
+        self.webhooks.close()
         self.db.dispose()
 
     # --- enqueue -------------------------------------------------------------------
@@ -236,6 +239,7 @@ class Dispatcher:
         sender = check_sender(sender)
         info = check_text(text, maxconcat)
         reference = _check_label("reference", reference)
+        callback_url = check_callback_url(callback_url, self.settings)
         idempotency_key = _check_label("idempotency_key", idempotency_key)
         if isinstance(to, str):
             raw_numbers: list[object] = list(to.split(","))
@@ -357,6 +361,7 @@ class Dispatcher:
                     request_hash=request_hash,
                     reference=reference,
                     callback_url=callback_url,
+                    callback_state="waiting" if callback_url else None,
                 ),
             )
             batch_ids = store.insert_batches(session, job_id=job_id, count=len(groups), due_at=now)
@@ -987,8 +992,19 @@ class Dispatcher:
         abandoned = self._close_abandoned()
         too_old = self._fail_overdue_retries()
         self._check_credit()
+        self.webhooks.release_stale()
+        webhooks = self.webhooks.queue_finished()
         woken = self._wake_due()
-        return {"abandoned_recipients": abandoned, "overdue_failed": too_old, "woken": woken}
+        if not woken and self.webhooks.count_due() and not self._pending_wakes():
+            # Deliveries ride on the dispatch task, paused or not.
+            self._wake(1)
+            woken = 1
+        return {
+            "abandoned_recipients": abandoned,
+            "overdue_failed": too_old,
+            "webhooks_queued": webhooks,
+            "woken": woken,
+        }
 
     def _close_abandoned(self) -> int:
         now = utcnow()

@@ -29,8 +29,10 @@ _shutting_down = threading.Event()
 @app.task(name=TASK_DISPATCH, ignore_result=True)
 def dispatch() -> dict[str, Any]:
     """Claim and send due batches until none is due or the time budget is spent."""
-    report = runtime.service().dispatch_due(budget_s=DISPATCH_BUDGET_S, stop=_shutting_down)
-    return {"batches": report.batches, "outcomes": dict(report.outcomes)}
+    service = runtime.service()
+    report = service.dispatch_due(budget_s=DISPATCH_BUDGET_S, stop=_shutting_down)
+    webhooks = 0 if _shutting_down.is_set() else service.webhooks.deliver_due(budget_s=10.0)
+    return {"batches": report.batches, "outcomes": dict(report.outcomes), "webhooks": webhooks}
 
 
 @app.task(name=TASK_SWEEP, ignore_result=True)

@@ -1,0 +1,272 @@
+"""Completion webhooks: when every recipient of a job is final, POST the job to its URL.
+
+A job with a ``callback_url`` waits (``callback_state = 'waiting'``); the sweeper
+finds the finished ones and queues one delivery each; the dispatch task delivers
+due ones, retrying with backoff, recording every try. Delivery is at least once:
+a worker that dies after the POST and before recording it will POST again, so
+receivers should deduplicate on ``X-Dispatcher-Delivery``.
+
+Each POST carries the job's JSON (the shape of ``GET /v1/jobs/{id}``) and
+``X-Dispatcher-Signature: sha256=<hex>``, the HMAC-SHA256 under
+``DISPATCHER_WEBHOOK_SECRET`` of ``<X-Dispatcher-Timestamp>.<body>``; a receiver
+recomputes it and rejects stale timestamps to stop replays.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import logging
+import time
+from urllib.parse import urlsplit
+
+import requests
+from sqlalchemy import exists, select, update
+
+from dispatcher import redaction, store
+from dispatcher.config import Settings
+from dispatcher.db import Database
+from dispatcher.errors import InvalidOptionError
+from dispatcher.models import (
+    PENDING_STATUSES,
+    DeliveryStatus,
+    Job,
+    Recipient,
+    WebhookAttempt,
+    WebhookDelivery,
+    utcnow,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_URL_LENGTH = 2000
+SIGNATURE_HEADER = "X-Dispatcher-Signature"
+TIMESTAMP_HEADER = "X-Dispatcher-Timestamp"
+DELIVERY_HEADER = "X-Dispatcher-Delivery"
+EVENT_HEADER = "X-Dispatcher-Event"
+USER_AGENT = "sms-dispatcher-webhook"
+
+
+def check_callback_url(url: object, settings: Settings) -> str | None:
+    """The callback URL if acceptable, None if absent, else InvalidOptionError."""
+    if url is None or url == "":
+        return None
+    if not isinstance(url, str):
+        raise InvalidOptionError(f"callback_url must be a string, not {type(url).__name__}")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidOptionError("callback_url must be an http(s) URL with a host")
+    if parts.username or parts.password:
+        raise InvalidOptionError("callback_url must not carry credentials; requests are signed")
+    if len(url) > MAX_URL_LENGTH:
+        raise InvalidOptionError(f"callback_url is longer than {MAX_URL_LENGTH} characters")
+    if settings.webhook_secret is None:
+        raise InvalidOptionError(
+            "callbacks are signed: set DISPATCHER_WEBHOOK_SECRET to accept callback_url"
+        )
+    return url
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The signature header value for a body sent at ``timestamp``."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+class Webhooks:
+    """Queues and delivers completion webhooks; owns its transactions."""
+
+    def __init__(self, settings: Settings, database: Database) -> None:
+        self.settings = settings
+        self.db = database
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = USER_AGENT
+        self._session.trust_env = False
+        if settings.webhook_secret is not None:
+            redaction.register_secret(settings.webhook_secret.get_secret_value())
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._session.close()
+
+    def queue_finished(self, *, limit: int = 200) -> int:
+        """Queue a delivery for each waiting job whose recipients are all final."""
+        now = utcnow()
+        pending = exists().where(
+            Recipient.job_id == Job.id,
+            Recipient.status.in_([str(s) for s in PENDING_STATUSES]),
+        )
+        with self.db.transaction() as session:
+            finished = session.execute(
+                select(Job.id, Job.callback_url)
+                .where(Job.callback_state == "waiting", ~pending)
+                .order_by(Job.created_at)
+                .limit(limit)
+            ).all()
+            queued = 0
+            for job_id, url in finished:
+                moved = session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.callback_state == "waiting")
+                    .values(callback_state="queued")
+                    .execution_options(synchronize_session=False)
+                )
+                if not moved.rowcount:  # type: ignore[attr-defined]
+                    continue
+                session.add(
+                    WebhookDelivery(
+                        job_id=job_id,
+                        url=url,
+                        status=DeliveryStatus.QUEUED,
+                        attempts=0,
+                        due_at=now,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+                queued += 1
+        return queued
+
+    def count_due(self) -> int:
+        """Deliveries due now."""
+        with self.db.transaction() as session:
+            return len(
+                session.execute(
+                    select(WebhookDelivery.id)
+                    .where(
+                        WebhookDelivery.status == DeliveryStatus.QUEUED,
+                        WebhookDelivery.due_at <= utcnow(),
+                    )
+                    .limit(1000)
+                ).all()
+            )
+
+    def release_stale(self) -> int:
+        """Deliveries whose worker died mid-POST go back to the queue (at least once)."""
+        cutoff = utcnow() - dt.timedelta(seconds=4 * self.settings.webhook_timeout_s + 30)
+        with self.db.transaction() as session:
+            result = session.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.status == DeliveryStatus.SENDING,
+                    WebhookDelivery.claimed_at < cutoff,
+                )
+                .values(status=DeliveryStatus.QUEUED, claimed_at=None, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            return int(result.rowcount)  # type: ignore[attr-defined]
+
+    def _claim(self) -> WebhookDelivery | None:
+        now = utcnow()
+        with self.db.transaction() as session:
+            query = (
+                select(WebhookDelivery.id)
+                .where(
+                    WebhookDelivery.status == DeliveryStatus.QUEUED,
+                    WebhookDelivery.due_at <= now,
+                )
+                .order_by(WebhookDelivery.due_at)
+                .limit(1)
+            )
+            if session.get_bind().dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            delivery_id = session.execute(query).scalar_one_or_none()
+            if delivery_id is None:
+                return None
+            return session.execute(
+                update(WebhookDelivery)
+                .where(
+                    WebhookDelivery.id == delivery_id,
+                    WebhookDelivery.status == DeliveryStatus.QUEUED,
+                )
+                .values(
+                    status=DeliveryStatus.SENDING,
+                    claimed_at=now,
+                    attempts=WebhookDelivery.attempts + 1,
+                    updated_at=now,
+                )
+                .returning(WebhookDelivery)
+                .execution_options(synchronize_session=False)
+            ).scalar_one_or_none()
+
+    def deliver_due(self, *, budget_s: float = 30.0) -> int:
+        """Deliver due webhooks until none is due or the budget is spent; returns tries."""
+        from dispatcher.service import job_to_dict
+
+        deadline = time.monotonic() + budget_s
+        tries = 0
+        while time.monotonic() < deadline:
+            delivery = self._claim()
+            if delivery is None:
+                break
+            with self.db.transaction() as session:
+                job = store.get_job(session, job_id=delivery.job_id)
+                assert job is not None
+                recipients = store.job_recipients(session, job_id=job.id)
+                body = json.dumps(job_to_dict(job, recipients)).encode()
+            self._try(delivery, body)
+            tries += 1
+        return tries
+
+    def _try(self, delivery: WebhookDelivery, body: bytes) -> None:
+        assert self.settings.webhook_secret is not None
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            EVENT_HEADER: "job.completed",
+            DELIVERY_HEADER: str(delivery.id),
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(
+                self.settings.webhook_secret.get_secret_value(), timestamp, body
+            ),
+        }
+        started = time.perf_counter()
+        status: int | None = None
+        error: str | None = None
+        try:
+            response = self._session.post(
+                delivery.url,
+                data=body,
+                headers=headers,
+                timeout=self.settings.webhook_timeout_s,
+                allow_redirects=False,
+            )
+            status = response.status_code
+            response.close()
+            if not 200 <= status < 300:
+                error = f"HTTP {status}"
+        except requests.RequestException as exc:
+            error = f"{type(exc).__name__}: {redaction.redact(str(exc))}"[:500]
+        latency_ms = (time.perf_counter() - started) * 1000
+        now = utcnow()
+        if error is None:
+            values: dict[str, object] = {"status": DeliveryStatus.DELIVERED}
+        elif delivery.attempts >= self.settings.webhook_max_attempts:
+            values = {"status": DeliveryStatus.FAILED}
+            log.warning(
+                "webhook for job %s failed after %d tries: %s",
+                delivery.job_id,
+                delivery.attempts,
+                error,
+            )
+        else:
+            wait_s = min(self.settings.webhook_backoff_s * 2 ** (delivery.attempts - 1), 3600.0)
+            values = {"status": DeliveryStatus.QUEUED, "due_at": now + dt.timedelta(seconds=wait_s)}
+        with self.db.transaction() as session:
+            session.add(
+                WebhookAttempt(
+                    delivery_id=delivery.id,
+                    at=now,
+                    http_status=status,
+                    error=error,
+                    latency_ms=latency_ms,
+                )
+            )
+            session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id == delivery.id)
+                .values(claimed_at=None, updated_at=now, **values)
+                .execution_options(synchronize_session=False)
+            )
