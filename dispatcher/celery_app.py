@@ -90,7 +90,13 @@ class CeleryWaker:
         with self.app.connection_for_read() as connection:
             # queue_declare is on every kombu channel, but typed only on AMQP's.
             channel: Any = connection.default_channel
-            declared = channel.queue_declare(QUEUE_DISPATCH, passive=True)
+            try:
+                declared = channel.queue_declare(QUEUE_DISPATCH, passive=True)
+            except Exception as exc:
+                # Redis drops an empty list, so "no such queue" means nothing waits.
+                if getattr(exc, "reply_code", None) == 404:
+                    return 0
+                raise
             return int(declared.message_count)
 
 

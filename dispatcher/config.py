@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import urllib3
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -228,9 +229,17 @@ class Settings(BaseSettings):
             if url is None:
                 continue
             parts = urlsplit(url)
-            if parts.username or parts.password or parts.query:
+            if "@" in url or parts.username or parts.password or parts.query:
                 # Credentials go in the POST body only; a URL is logged by every proxy.
                 raise ValueError(f"{name} must not carry credentials or a query string")
+            try:
+                parts.port  # noqa: B018 - parsing the port is the check
+                client_host = urllib3.util.parse_url(url).host
+            except (ValueError, urllib3.exceptions.LocationParseError):
+                client_host = None
+            if client_host != parts.hostname:
+                # Both parsers must read the same host, or the client would go elsewhere.
+                raise ValueError(f"{name} is not a well-formed URL")
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 # The URL is not echoed: a malformed one may still hold a password.
                 raise ValueError(f"{name} must be an http(s) URL with a host")

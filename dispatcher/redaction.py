@@ -8,6 +8,8 @@ exception text.
 
 from __future__ import annotations
 
+import html
+import json
 import logging
 import threading
 from collections.abc import Iterable
@@ -22,8 +24,16 @@ _secrets: frozenset[str] = frozenset()
 
 
 def _forms(secret: str) -> set[str]:
-    # A password also travels URL-encoded in a form body or query string.
-    return {secret, quote(secret, safe=""), quote_plus(secret, safe="")}
+    # A password also travels URL-encoded in a form body or query string, and comes
+    # back HTML-escaped in an error page or JSON-escaped in an API's reply.
+    return {
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+        html.escape(secret),
+        html.escape(secret, quote=False),
+        json.dumps(secret)[1:-1],
+    }
 
 
 def register_secret(secret: str | None) -> None:
