@@ -126,6 +126,14 @@ def purge_wakeups(url: str) -> int:
     return int(_channel_call(url, "queue_purge", QUEUE_DISPATCH) or 0)
 
 
+# The pipeline's own tests of these flows, collected again here so they run with this
+# module's broker_url: the same assertions on RabbitMQ, with no second copy to drift.
+from test_pipeline import (  # noqa: E402
+    test_duplicate_wakeups_and_racing_workers_make_one_call_per_batch,  # noqa: F401
+    test_mixed_reply_retries_only_the_transient_recipient,  # noqa: F401
+)
+
+
 @pytest.fixture
 def broker_url(rabbitmq_vhost: str) -> str:
     """Overrides conftest's Redis broker: the session's RabbitMQ vhost, emptied."""
@@ -160,55 +168,6 @@ def test_multi_recipient_job_is_sent_with_ids_stored(pipeline: Pipeline) -> None
     assert [(r["number"], r["gateway_message_id"]) for r in view["recipients"]] == [
         (n, str(FIRST_MESSAGE_ID)) for n in numbers
     ]
-
-
-def test_mixed_reply_retries_only_the_transient_recipient(pipeline: Pipeline) -> None:
-    pipeline.sim.configure(number_rules={number(3): "INVALID_NUMBER", number(4): "GATEWAY_ERROR*1"})
-    pipeline.start_workers()
-
-    result = pipeline.enqueue([number(1), number(3), number(4)], "Mixed")
-    pipeline.wait_for(result.job_id)
-
-    by_number = {r.number: r for r in recipients_of(pipeline.db, result.job_id)}
-    assert [
-        (by_number[n].status, by_number[n].attempts, by_number[n].error_code)
-        for n in (number(1), number(3), number(4))
-    ] == [("sent", 1, None), ("failed", 1, "INVALID_NUMBER"), ("sent", 2, None)]
-    first, second = attempts_of(pipeline.db, result.job_id)
-    assert (first.numbers, first.outcome) == (
-        f"{number(1)},{number(3)},{number(4)}",
-        AttemptOutcome.PARTIAL,
-    )
-    assert (second.numbers, second.outcome) == (number(4), AttemptOutcome.ACCEPTED)
-    assert send_requests(pipeline.sim) == 2
-    pipeline.check_invariants()
-
-
-def test_duplicate_wakeups_and_racing_workers_make_one_call_per_batch(
-    pipeline: Pipeline,
-) -> None:
-    pipeline.sim.configure(latency_ms=100)
-    pipeline.start_workers(2)
-    waker = pipeline.producer.waker
-
-    job_ids = []
-    for index in range(8):
-        result = pipeline.enqueue([number(10 * index), number(10 * index + 1)], f"Race {index}")
-        job_ids.append(result.job_id)
-        # The producer's own wake-up, then one message delivered twice more.
-        task_id = f"duplicate-{index}-{result.job_id}"
-        waker.send(task_id)
-        waker.send(task_id)
-    assert waker.sent == 8 * 3
-    pipeline.wait_for(*job_ids)
-
-    batches = batches_of(pipeline.db)
-    assert len(batches) == 8
-    assert {(b.status, b.attempts) for b in batches} == {(BatchStatus.DONE, 1)}
-    attempts = attempts_of(pipeline.db)
-    assert sorted(a.batch_id for a in attempts) == sorted(b.id for b in batches)
-    assert send_requests(pipeline.sim) == 8
-    pipeline.check_invariants()
 
 
 def test_a_lost_wakeup_is_recovered_by_the_sweeper(pipeline: Pipeline, broker_url: str) -> None:
