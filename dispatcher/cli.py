@@ -175,6 +175,30 @@ def sweep(loop: bool) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="Log each request's method, path (never its query string), status and duration.",
+)
+@friendly_errors
+def serve(host: str, port: int, access_log: bool) -> None:
+    """Serve the HTTP API (/v1), the gateway drop-in (/smsgateway) and /healthz."""
+    from dispatcher import runtime
+    from dispatcher.api import create_app
+    from dispatcher.api.server import run
+
+    _require_schema()
+    if access_log:
+        # The CLI's default level is WARNING; a server without its access log is blind.
+        for name in ("dispatcher.api.access", "uvicorn.error"):
+            logging.getLogger(name).setLevel(logging.INFO)
+    run(create_app(runtime.service()), host=host, port=port)
+
+
+@main.command()
 @click.argument("text")
 @click.option(
     "--to",

@@ -170,7 +170,7 @@ class Job(Base):
     recipient_count: Mapped[int] = mapped_column(Integer)
     refused_count: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[str] = mapped_column(String(200), default="python")
-    """The API key's name, or ``python``/``cli``/``dropin:<key>``: who enqueued it."""
+    """Who enqueued it: ``python``, ``cli``, ``api:<key name>`` or ``dropin:<key name>``."""
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     """SHA-256 of the request, to tell a replay from a different request under one key."""

@@ -81,7 +81,10 @@ def prepare(raw_numbers: Iterable[object], default_region: str = "GB") -> Recipi
         try:
             number = normalise(raw, default_region)
         except InvalidNumberError as exc:
-            result.refused.append(Refused(raw if isinstance(raw, str) else repr(raw), exc.reason))
+            shown = raw if isinstance(raw, str) and raw.isprintable() else repr(raw)
+            # Kept for the audit as given, unless it holds control characters (a NUL
+            # cannot even be stored in PostgreSQL text): then its repr.
+            result.refused.append(Refused(shown, exc.reason))
             continue
         if number in seen:
             result.duplicates += 1

@@ -1186,6 +1186,8 @@ def job_to_dict(job: Job, recipients: Sequence[Recipient]) -> dict[str, object]:
         "maxconcat": job.maxconcat,
         "parts": job.parts,
         "encoding": job.encoding,
+        "reference": job.reference,
+        "created_by": job.created_by,
         "counts": dict(counts),
         "recipients": [
             {

@@ -55,7 +55,11 @@ def check_callback_url(url: object, settings: Settings) -> str | None:
         return None
     if not isinstance(url, str):
         raise InvalidOptionError(f"callback_url must be a string, not {type(url).__name__}")
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - parsing the port is part of the check
+    except ValueError:
+        raise InvalidOptionError("callback_url is not a well-formed URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidOptionError("callback_url must be an http(s) URL with a host")
     if parts.username or parts.password:

@@ -1,0 +1,105 @@
+"""The ASGI application of ``dispatcher serve``: ``/v1``, the drop-in endpoint, ``/healthz``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from dispatcher import __version__
+from dispatcher.api import dropin, errors, v1
+from dispatcher.api.auth import Authenticator
+from dispatcher.api.health import OK, HealthChecker
+from dispatcher.api.middleware import AccessLogMiddleware, BodyLimitMiddleware
+from dispatcher.api.ratelimit import LocalTokenBucket, NoLimit, RateLimiter, RedisTokenBucket
+from dispatcher.api.schemas import Health
+from dispatcher.config import Settings
+from dispatcher.keys import KeyStore
+from dispatcher.service import Dispatcher
+
+# Redis answers in microseconds; one that takes a second is as good as away.
+REDIS_TIMEOUT_S = 1.0
+
+DESCRIPTION = """\
+Queue SMS for the IntelliSoftware gateway and follow each recipient's outcome.
+
+Authenticate with `Authorization: Bearer <token>`; create a key with
+`dispatcher keys create NAME --scope send,read`. Errors are
+`{"error": {"code": ..., "message": ...}}`.
+"""
+
+
+def _redis_client(settings: Settings) -> redis.Redis | None:
+    url = settings.effective_broker_url
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    return redis.Redis.from_url(
+        url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+    )
+
+
+def _limiter(settings: Settings, client: redis.Redis | None) -> RateLimiter:
+    if settings.api_rate_per_s <= 0:
+        return NoLimit()
+    if client is not None:
+        return RedisTokenBucket(client, settings.api_rate_per_s, settings.api_burst)
+    return LocalTokenBucket(settings.api_rate_per_s, settings.api_burst)
+
+
+def create_app(service: Dispatcher | None = None) -> FastAPI:
+    """The HTTP API on ``service`` (default: the process's, from DISPATCHER_* settings).
+
+    The app does not close a service it was given; it closes the Redis connection
+    it opens for rate limits and health checks when it shuts down.
+    """
+    if service is None:
+        from dispatcher import runtime
+
+        service = runtime.service()
+    settings = service.settings
+    client = _redis_client(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if client is not None:
+                client.close()
+
+    app = FastAPI(
+        title="sms-dispatcher",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.service = service
+    app.state.authenticator = Authenticator(KeyStore(service.db), _limiter(settings, client))
+    health = HealthChecker(settings, service.db, client)
+
+    errors.install(app)
+    app.include_router(v1.router)
+    app.include_router(dropin.router)
+
+    @app.get(
+        "/healthz",
+        response_model=Health,
+        tags=["health"],
+        summary="Database and broker reachable",
+        responses={503: {"model": Health, "description": "One of them is not."}},
+    )
+    async def healthz() -> JSONResponse:
+        """200 when both answer; 503 naming which did not. No key needed."""
+        result = await health.check()
+        healthy = all(value == OK for value in result.values())
+        return JSONResponse(result, status_code=200 if healthy else 503)
+
+    # Middleware runs outermost-last-added: the access log sees the 413s too.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLogMiddleware)
+    return app

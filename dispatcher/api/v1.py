@@ -1,0 +1,274 @@
+"""``/v1``: the producer and operator API, JSON over bearer API keys (SPEC section 5).
+
+Routes are thin: check the caller, call the service, shape the answer. Every
+refusal is translated in ``dispatcher.api.errors``. The service calls block on
+the database, so the routes are plain functions, which FastAPI runs in its
+thread pool.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+
+from dispatcher.api.auth import require
+from dispatcher.api.errors import ApiError
+from dispatcher.api.queries import (
+    InvalidCursorError,
+    JobFilter,
+    decode_cursor,
+    is_job_id,
+    job_status,
+    list_jobs,
+)
+from dispatcher.api.schemas import (
+    CancelResult,
+    ErrorBody,
+    JobCreate,
+    JobCreated,
+    JobPage,
+    JobSummary,
+    JobView,
+    RefusedNumber,
+    RetryRequest,
+    RetryResult,
+)
+from dispatcher.errors import InvalidNumberError
+from dispatcher.gateway.protocol import MAX_RECIPIENTS_PER_SUBMISSION
+from dispatcher.keys import KeyInfo
+from dispatcher.models import RecipientStatus, Scope
+from dispatcher.numbers import normalise
+from dispatcher.service import MAX_LABEL_LENGTH, Dispatcher
+
+MAX_PAGE_SIZE = 200
+DEFAULT_PAGE_SIZE = 50
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in (
+        (400, "The body is not JSON, or the cursor is not one this API gave."),
+        (401, "No API key, or an unknown or revoked one."),
+        (403, "The key lacks the scope this route needs."),
+        (422, "The request is not valid; nothing was written."),
+        (429, "The key is over its rate; see Retry-After."),
+        (503, "The database is unavailable; see Retry-After."),
+    )
+}
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such job."}
+}
+
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=_ERRORS)
+
+SendKey = Annotated[KeyInfo, Depends(require(Scope.SEND))]
+ReadKey = Annotated[KeyInfo, Depends(require(Scope.READ))]
+OperateKey = Annotated[KeyInfo, Depends(require(Scope.OPERATE))]
+JobId = Annotated[str, Path(description="A job id, as `POST /v1/jobs` returned it.")]
+
+
+def _service(request: Request) -> Dispatcher:
+    service: Dispatcher = request.app.state.service
+    return service
+
+
+def api_actor(key: KeyInfo) -> str:
+    """Who the audit trail names for a ``/v1`` request."""
+    return f"api:{key.name}"
+
+
+def _known_job(job_id: str) -> str:
+    # An id that cannot exist is answered without a query (and a NUL in it never
+    # reaches PostgreSQL).
+    if not is_job_id(job_id):
+        raise ApiError(404, "not_found", "no job with that id")
+    return job_id
+
+
+@router.post(
+    "/jobs",
+    status_code=201,
+    response_model=JobCreated,
+    summary="Queue a text for one or more numbers",
+    responses={
+        200: {"model": JobCreated, "description": "A replay of an Idempotency-Key."},
+        409: {"model": ErrorBody, "description": "Idempotency-Key used for another request."},
+        413: {"model": ErrorBody, "description": "The body is too large."},
+    },
+)
+def create_job(
+    request: Request,
+    response: Response,
+    body: JobCreate,
+    key: SendKey,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            max_length=MAX_LABEL_LENGTH,
+            description="The same key and body again returns the first job (200, "
+            "`Idempotent-Replayed: true`) and sends nothing; another body is a 409.",
+        ),
+    ] = None,
+) -> JobCreated:
+    """Commit the job before answering: a 201 means it will be sent.
+
+    Numbers that cannot be phone numbers are listed in ``refused`` and recorded
+    as failed; the request is refused whole (422, nothing written) only when no
+    number is usable or the text or an option is wrong.
+    """
+    service = _service(request)
+    numbers = body.to.split(",") if isinstance(body.to, str) else list(body.to)
+    cap = service.settings.max_recipients_per_job
+    if len(numbers) > cap:
+        raise ApiError(
+            422,
+            "too_many_recipients",
+            f"{len(numbers)} numbers in one job; at most {cap} "
+            "(DISPATCHER_MAX_RECIPIENTS_PER_JOB): split the request",
+        )
+    result = service.enqueue(
+        numbers,
+        body.text,
+        sender=body.sender,
+        maxconcat=body.maxconcat,
+        kind=body.kind,
+        idempotency_key=idempotency_key,
+        reference=body.reference,
+        callback_url=body.callback_url,
+        actor=api_actor(key),
+    )
+    if result.replayed:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+        status = job_status(service.db, result.job_id)
+        # The first answer's count: a replay writes no batch of its own.
+        batches = -(-len(result.accepted) // MAX_RECIPIENTS_PER_SUBMISSION)
+    else:
+        status, batches = "in_progress", result.batches
+    return JobCreated(
+        id=result.job_id,
+        status=status,
+        accepted=len(result.accepted),
+        refused=[RefusedNumber(number=n, reason=r) for n, r in result.refused],
+        parts=result.parts,
+        batches=batches,
+        replayed=result.replayed,
+    )
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobView,
+    summary="A job and each recipient's outcome",
+    responses=_NOT_FOUND,
+)
+def get_job(request: Request, job_id: JobId, key: ReadKey) -> dict[str, object]:
+    """Each recipient's status, gateway message ID, error code and attempts."""
+    return _service(request).job_view(_known_job(job_id))
+
+
+@router.get(
+    "/jobs",
+    response_model=JobPage,
+    summary="Jobs, newest first, filtered and paginated",
+)
+def get_jobs(
+    request: Request,
+    key: ReadKey,
+    status: Annotated[
+        RecipientStatus | None, Query(description="Jobs with a recipient in this status.")
+    ] = None,
+    number: Annotated[
+        str | None,
+        Query(max_length=64, description="Jobs that went to this number (any format)."),
+    ] = None,
+    reference: Annotated[str | None, Query(max_length=MAX_LABEL_LENGTH)] = None,
+    since: Annotated[
+        dt.datetime | None, Query(description="Created at or after (ISO 8601; UTC if no zone).")
+    ] = None,
+    until: Annotated[dt.datetime | None, Query(description="Created before.")] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> JobPage:
+    """Pass each page's ``next_cursor`` as ``cursor`` until it is null."""
+    service = _service(request)
+    try:
+        after = decode_cursor(cursor) if cursor is not None else None
+    except InvalidCursorError as exc:
+        raise ApiError(400, "invalid_cursor", str(exc)) from None
+    wanted_number = None
+    if number is not None:
+        try:
+            wanted_number = normalise(number, service.settings.default_region)
+        except InvalidNumberError as exc:
+            raise ApiError(422, "invalid_number", str(exc)) from None
+    if reference is not None and not reference.isprintable():
+        raise ApiError(422, "invalid_option", "reference must not contain control characters")
+    selection = JobFilter(
+        status=status,
+        number=wanted_number,
+        reference=reference.strip() if reference is not None else None,
+        since=_utc(since),
+        until=_utc(until),
+    )
+    jobs, next_cursor = list_jobs(service.db, selection=selection, limit=limit, after=after)
+    return JobPage(jobs=[JobSummary(**job) for job in jobs], next_cursor=next_cursor)
+
+
+@router.post(
+    "/jobs/{job_id}/retry",
+    response_model=RetryResult,
+    summary="Queue a job's failed (or, confirmed, unknown) recipients again",
+    responses={
+        **_NOT_FOUND,
+        409: {
+            "model": ErrorBody,
+            "description": "Unknown recipients may already have been sent; "
+            "retrying them needs confirm_unknown.",
+        },
+    },
+)
+def retry_job(
+    request: Request,
+    job_id: JobId,
+    key: OperateKey,
+    body: Annotated[RetryRequest | None, Body()] = None,
+) -> RetryResult:
+    """Audited with the key's name as the actor. Numbers refused at enqueue stay failed."""
+    wanted = body or RetryRequest()
+    result = _service(request).retry(
+        actor=api_actor(key),
+        job_id=_known_job(job_id),
+        statuses=list(wanted.statuses),
+        error_code=wanted.error_code,
+        confirm_unknown=wanted.confirm_unknown,
+    )
+    return RetryResult(retried=result.affected, jobs=result.jobs)
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=CancelResult,
+    summary="Cancel a job's recipients that no worker has claimed",
+    responses=_NOT_FOUND,
+)
+def cancel_job(request: Request, job_id: JobId, key: OperateKey) -> CancelResult:
+    """Recipients already being submitted, and final ones, keep their course. Audited."""
+    result = _service(request).cancel(_known_job(job_id), actor=api_actor(key))
+    return CancelResult(cancelled=result.affected, job=job_id)
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    """A time from the query, in UTC (a time without a zone is read as UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        raise ApiError(422, "invalid_option", "that time is out of range in UTC") from None
