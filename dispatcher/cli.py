@@ -169,8 +169,9 @@ def sweep(loop: bool) -> None:
         return
     result = runtime.service().sweep()
     click.echo(
-        f"marked {result['abandoned_recipients']} recipients unknown; "
-        f"{result['due_batches']} batches due"
+        f"marked {result['abandoned_recipients']} recipients unknown (worker lost); "
+        f"failed {result['overdue_failed']} past the retry age; "
+        f"queued {result['webhooks_queued']} webhooks; woke {result['woken']} workers"
     )
 
 

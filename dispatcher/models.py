@@ -106,9 +106,12 @@ RECIPIENT_TRANSITIONS: dict[RecipientStatus, frozenset[RecipientStatus]] = {
     _S.QUEUED: frozenset({_S.SUBMITTING, _S.CANCELLED, _S.EXPIRED, _S.FAILED}),
     _S.SUBMITTING: frozenset({_S.SENT, _S.FAILED, _S.UNKNOWN, _S.RETRY_WAIT, _S.QUEUED}),
     _S.RETRY_WAIT: frozenset({_S.SUBMITTING, _S.CANCELLED, _S.EXPIRED, _S.FAILED}),
-    # Only an operator's explicit, audited retry leaves a final failure state.
+    # Only an operator's explicit, audited retry leaves a final failure state...
     _S.FAILED: frozenset({_S.QUEUED}),
-    _S.UNKNOWN: frozenset({_S.QUEUED}),
+    # ...except that the real reply of the very attempt the sweeper gave up on
+    # (WORKER_LOST) replaces its guess when it arrives late: the gateway's answer
+    # is the truth, and an accepted ID must not be lost.
+    _S.UNKNOWN: frozenset({_S.QUEUED, _S.SENT, _S.FAILED, _S.RETRY_WAIT}),
     _S.SENT: frozenset(),
     _S.CANCELLED: frozenset(),
     _S.EXPIRED: frozenset(),

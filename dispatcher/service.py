@@ -65,6 +65,7 @@ from dispatcher.models import (
 from dispatcher.numbers import RecipientList, chunk, prepare
 from dispatcher.parts import TextInfo, check_maxconcat, check_text
 from dispatcher.retry import RetryPolicy
+from dispatcher.store import WORKER_LOST
 from dispatcher.webhooks import Webhooks, check_callback_url
 
 log = logging.getLogger(__name__)
@@ -606,7 +607,12 @@ class Dispatcher:
                 moved = store.transition(
                     session,
                     ids=ids,
-                    from_statuses=[_S.SUBMITTING],
+                    # A reply that outlived the submitting timeout (the database was
+                    # away) still belongs to these recipients: it replaces the
+                    # sweeper's WORKER_LOST guess, but nothing else.
+                    from_statuses=[_S.SUBMITTING, _S.UNKNOWN],
+                    guard=(Recipient.status == str(_S.SUBMITTING))
+                    | (Recipient.error_code == WORKER_LOST),
                     to_status=key.status,
                     at=now,
                     cause=key.cause,

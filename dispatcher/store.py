@@ -38,6 +38,8 @@ from dispatcher.models import (
 )
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+WORKER_LOST = "WORKER_LOST"
+"""The error code of recipients whose worker never reported back."""
 
 
 def new_job_id() -> str:
@@ -147,17 +149,20 @@ def transition(
     actor: str,
     attempt_id: int | None = None,
     values: dict[str, Any] | None = None,
+    guard: ColumnElement[bool] | None = None,
 ) -> int:
     """Move recipients ``ids`` that are in one of ``from_statuses`` to ``to_status``.
 
     Records one status event per recipient moved; returns how many moved. The
-    status condition makes it a compare-and-set: a recipient something else has
-    moved meanwhile is left alone.
+    status condition (and ``guard``, if given) makes it a compare-and-set: a
+    recipient something else has moved meanwhile is left alone.
     """
     if not ids:
         return 0
     allowed = [str(s) for s in from_statuses]
     where = Recipient.id.in_(list(ids)) & Recipient.status.in_(allowed)
+    if guard is not None:
+        where = where & guard
     record_transitions(
         session,
         where=where,
@@ -334,7 +339,7 @@ def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: s
         cause=cause,
         actor="sweeper",
         attempt_id=in_flight[-1] if in_flight else None,
-        values={"error_code": "WORKER_LOST", "error_detail": cause[:500]},
+        values={"error_code": WORKER_LOST, "error_detail": cause[:500]},
     )
 
 

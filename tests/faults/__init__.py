@@ -1,0 +1,1 @@
+"""Fault injection: real workers against private PostgreSQL and Redis they can break."""
