@@ -21,7 +21,7 @@ from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
 from dispatcher.service import Dispatcher
 from dispatcher.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
-from helpers import make_settings, number
+from helpers import Pipeline, make_settings, number, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -180,3 +180,22 @@ def test_bad_callback_urls_are_refused_before_anything_is_written(
 def test_callbacks_need_a_signing_secret(service: Dispatcher) -> None:
     with pytest.raises(InvalidOptionError, match="DISPATCHER_WEBHOOK_SECRET"):
         service.enqueue(number(1), "x", callback_url="https://example.com/hook")
+
+
+@pytest.mark.services
+def test_a_real_worker_delivers_the_webhook(pipeline: Pipeline, receiver: Receiver) -> None:
+    # The whole path: enqueue, a worker sends, its sweeper queues the delivery and
+    # wakes the dispatch task, which POSTs it.
+    pipeline.env = pipeline.env.with_vars(webhook_secret=SECRET)
+    pipeline.start_workers(1)
+    job = pipeline.enqueue([number(1), number(2)], "e2e", callback_url=receiver.url).job_id
+
+    wait_until(lambda: len(receiver.received) == 1, timeout_s=60)
+
+    [(headers, body)] = receiver.received
+    assert json.loads(body)["id"] == job
+    assert headers[SIGNATURE_HEADER].startswith("sha256=")
+    wait_until(
+        lambda: [d.status for d in deliveries(pipeline.db)] == [DeliveryStatus.DELIVERED],
+        timeout_s=10,
+    )
