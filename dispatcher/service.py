@@ -31,10 +31,10 @@ from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import func
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
-from sqlalchemy.orm import Session
 
 from dispatcher import store
 from dispatcher.config import Settings
+from dispatcher.control import UNPAUSED, Controls, control_view
 from dispatcher.db import Database
 from dispatcher.errors import (
     ConfigurationError,
@@ -76,13 +76,6 @@ RECORD_RETRY_BUDGET_S = 300.0
 
 _S = RecipientStatus
 _SENDABLE = (_S.QUEUED, _S.RETRY_WAIT)
-_UNPAUSED: dict[str, object] = {
-    "paused": False,
-    "pause_reason": None,
-    "pause_detail": None,
-    "paused_at": None,
-    "paused_by": None,
-}
 
 
 class Waker(Protocol):
@@ -191,6 +184,7 @@ class Dispatcher:
         self._client: GatewayClient | None = None
         self._client_lock = threading.Lock()
         self.webhooks = Webhooks(settings, self.db)
+        self.controls = Controls(settings)
         self.limiter = CallLimiter(
             max_in_flight=settings.gateway_max_in_flight,
             max_per_second=settings.gateway_max_per_second,
@@ -423,7 +417,7 @@ class Dispatcher:
         while True:
             now = utcnow()
             with self.db.transaction() as session:
-                gate = self._gate(session, now)
+                gate = self.controls.gate(session, now)
                 if gate is None:
                     return None
                 probe, retry_at = gate
@@ -490,37 +484,6 @@ class Dispatcher:
                     probe=probe,
                 )
 
-    def _gate(self, session: Session, now: dt.datetime) -> tuple[bool, dt.datetime | None] | None:
-        """May a batch be claimed now? None: no; (probe, retry_at): yes, maybe as the probe.
-
-        Read in the claim's own transaction, so a pause committed by one worker
-        stops every other worker's next claim.
-        """
-        control = store.get_control(session)
-        if control.paused:
-            return None
-        state = BreakerState(control.breaker_state)
-        if state is BreakerState.CLOSED:
-            return False, None
-        retry_at = control.breaker_retry_at
-        if retry_at is not None and retry_at > now:
-            return None
-        # The probe's turn (or a probe whose worker died, its lease expired): exactly
-        # one claimer wins this compare-and-set and sends one batch.
-        won = store.update_control(
-            session,
-            values={
-                "breaker_state": BreakerState.PROBING,
-                "breaker_retry_at": now + dt.timedelta(seconds=self.settings.submitting_timeout_s),
-            },
-            where=(DispatchControl.breaker_state == str(state))
-            & (
-                DispatchControl.breaker_retry_at.is_(None)
-                | (DispatchControl.breaker_retry_at <= now)
-            ),
-        )
-        return (True, retry_at) if won else None
-
     def submit(self, claim: Claim) -> Submission:
         """Make the HTTP call for a claimed batch."""
         return self.client.submit([r.number for r in claim.recipients], claim.message)
@@ -560,8 +523,10 @@ class Dispatcher:
         by_number = {r.number: r for r in claim.recipients}
         all_transient = all(o.outcome is Outcome.TRANSIENT for o in submission.outcomes)
         with self.db.transaction() as session:
-            outage = self._update_breaker(session, claim, now, all_transient=all_transient)
-            self._pause_for(session, submission, worker)
+            outage = self.controls.update_breaker(
+                session, now, probe=claim.probe, all_transient=all_transient
+            )
+            self.controls.pause_for(session, submission.outcomes, worker)
             groups: dict[_GroupKey, list[int]] = defaultdict(list)
             retry_at: dt.datetime | None = None
             for outcome in submission.outcomes:
@@ -630,112 +595,6 @@ class Dispatcher:
                     )
             store.settle_batch(session, batch_id=claim.batch_id, now=now)
         self._log_outcomes(claim, submission)
-
-    def _update_breaker(
-        self, session: Session, claim: Claim, now: dt.datetime, *, all_transient: bool
-    ) -> bool:
-        """Count whole-submission transient failures; True while the breaker is open.
-
-        A success only writes when there is a count to reset, so the control row
-        is not a hot spot that every worker updates on every attempt.
-        """
-        control = store.get_control(session)
-        if claim.probe:
-            if all_transient:
-                trips = control.breaker_trips + 1
-                self._open_breaker(session, now, trips=trips)
-                log.warning("breaker probe failed; dispatch stays stopped (trip %d)", trips)
-                return True
-            store.update_control(
-                session,
-                values={
-                    "breaker_state": BreakerState.CLOSED,
-                    "breaker_failures": 0,
-                    "breaker_trips": 0,
-                    "breaker_retry_at": None,
-                },
-            )
-            log.warning("breaker probe succeeded; dispatch resumes")
-            return False
-        if not all_transient:
-            if control.breaker_failures:
-                store.update_control(
-                    session,
-                    values={"breaker_failures": 0},
-                    where=DispatchControl.breaker_failures > 0,
-                )
-            return False
-        store.update_control(
-            session, values={"breaker_failures": DispatchControl.breaker_failures + 1}
-        )
-        control = store.get_control(session)
-        if BreakerState(control.breaker_state) is not BreakerState.CLOSED:
-            return True
-        if control.breaker_failures >= self.settings.breaker_threshold:
-            self._open_breaker(session, now, trips=1)
-            log.error(
-                "gateway outage: %d submissions in a row failed transiently; dispatch "
-                "stops and probes in %g s",
-                control.breaker_failures,
-                self.settings.breaker_probe_s,
-            )
-            return True
-        return False
-
-    def _open_breaker(self, session: Session, now: dt.datetime, *, trips: int) -> None:
-        wait_s = min(
-            self.settings.breaker_probe_max_s,
-            self.settings.breaker_probe_s * 2.0 ** min(trips - 1, 30),
-        )
-        store.update_control(
-            session,
-            values={
-                "breaker_state": BreakerState.OPEN,
-                "breaker_trips": trips,
-                "breaker_opened_at": now if trips == 1 else DispatchControl.breaker_opened_at,
-                "breaker_retry_at": now + dt.timedelta(seconds=wait_s),
-            },
-        )
-
-    def _pause_for(self, session: Session, submission: Submission, worker: str) -> None:
-        """Pause dispatch when the reply says every other submission would fail too."""
-        outcomes = {o.outcome for o in submission.outcomes}
-        if Outcome.LOGIN_INVALID in outcomes:
-            reason, detail = (
-                PauseReason.LOGIN_INVALID,
-                "the gateway refused the credentials (LOGIN_INVALID); fix "
-                "DISPATCHER_GATEWAY_USERNAME/PASSWORD, then `dispatcher resume`",
-            )
-        elif Outcome.NO_CREDIT in outcomes:
-            reason, detail = (
-                PauseReason.NO_CREDIT,
-                "the account is out of credit (INSUFFICIENT_CREDIT); resumes when a balance "
-                f"check finds more than {self.settings.credit_resume_threshold:g}",
-            )
-        else:
-            return
-        self._set_pause(session, reason=reason, detail=detail, actor=worker)
-
-    def _set_pause(self, session: Session, *, reason: PauseReason, detail: str, actor: str) -> bool:
-        # A credentials pause outranks the others: it needs a person whatever the balance.
-        where = (DispatchControl.paused.is_(False)) | (
-            DispatchControl.pause_reason != str(PauseReason.LOGIN_INVALID)
-        )
-        paused = store.update_control(
-            session,
-            values={
-                "paused": True,
-                "pause_reason": str(reason),
-                "pause_detail": detail[:500],
-                "paused_at": utcnow(),
-                "paused_by": actor[:200],
-            },
-            where=where,
-        )
-        if paused:
-            level = logging.WARNING if reason is PauseReason.MANUAL else logging.ERROR
-            log.log(level, "dispatch paused (%s) by %s: %s", reason, actor, detail)
-        return paused
 
     def _status_for(self, outcome: RecipientOutcome, made: int) -> tuple[RecipientStatus, str]:
         code = outcome.error_code
@@ -936,7 +795,7 @@ class Dispatcher:
     def pause(self, *, actor: str, detail: str = "paused by an operator") -> dict[str, Any]:
         """Stop all claims until ``resume``; calls in flight finish and are recorded."""
         with self.db.transaction() as session:
-            changed = self._set_pause(
+            changed = self.controls.set_pause(
                 session, reason=PauseReason.MANUAL, detail=detail, actor=actor
             )
             store.record_action(
@@ -954,7 +813,7 @@ class Dispatcher:
         with self.db.transaction() as session:
             was = store.get_control(session)
             reason = was.pause_reason
-            store.update_control(session, values=_UNPAUSED)
+            store.update_control(session, values=UNPAUSED)
             store.record_action(
                 session,
                 actor=actor,
@@ -971,24 +830,7 @@ class Dispatcher:
     def control(self) -> dict[str, Any]:
         """Paused or not (with reason, time and who), and the breaker's state."""
         with self.db.transaction() as session:
-            c = store.get_control(session)
-            return {
-                "paused": c.paused,
-                "pause_reason": c.pause_reason,
-                "pause_detail": c.pause_detail,
-                "paused_at": c.paused_at.isoformat() if c.paused_at else None,
-                "paused_by": c.paused_by,
-                "breaker_state": c.breaker_state,
-                "breaker_failures": c.breaker_failures,
-                "breaker_opened_at": c.breaker_opened_at.isoformat()
-                if c.breaker_opened_at
-                else None,
-                "breaker_retry_at": c.breaker_retry_at.isoformat() if c.breaker_retry_at else None,
-                "last_balance": c.last_balance,
-                "credit_checked_at": c.credit_checked_at.isoformat()
-                if c.credit_checked_at
-                else None,
-            }
+            return control_view(store.get_control(session))
 
     # --- sweeping ------------------------------------------------------------------
 
@@ -1085,7 +927,7 @@ class Dispatcher:
             with self.db.transaction() as session:
                 store.update_control(
                     session,
-                    values=_UNPAUSED,
+                    values=UNPAUSED,
                     where=DispatchControl.pause_reason == str(PauseReason.NO_CREDIT),
                 )
 
