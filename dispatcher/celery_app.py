@@ -10,6 +10,7 @@ database, not on the CPU.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -29,8 +30,6 @@ def broker_options(settings: Settings) -> dict[str, Any]:
     url = settings.effective_broker_url
     if url.startswith("filesystem://"):
         folder = settings.broker_folder
-        for sub in ("queue", "processed", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(folder / "queue"),
             "data_folder_out": str(folder / "queue"),
@@ -43,6 +42,18 @@ def broker_options(settings: Settings) -> dict[str, Any]:
         # slow task's message is not handed to a second worker while it runs.
         return {"visibility_timeout": 3600}
     return {}
+
+
+_FOLDER_OPTIONS = ("data_folder_in", "data_folder_out", "processed_folder", "control_folder")
+
+
+def ensure_broker_folders(celery: Celery) -> None:
+    """Create the file broker's folders, if that is the broker; called before use, not
+    at import, so importing this module writes nothing to the working directory."""
+    options = celery.conf.broker_transport_options or {}
+    for key in _FOLDER_OPTIONS:
+        if key in options:
+            Path(options[key]).mkdir(parents=True, exist_ok=True)
 
 
 def make_celery(settings: Settings) -> Celery:
@@ -82,11 +93,13 @@ class CeleryWaker:
         self.app = celery
 
     def __call__(self, count: int) -> None:
+        ensure_broker_folders(self.app)
         for _ in range(count):
             self.app.send_task(TASK_DISPATCH, queue=QUEUE_DISPATCH, expires=WAKE_EXPIRES_S)
 
     def pending(self) -> int:
         """Messages waiting in the dispatch queue (declared passively: never creates it)."""
+        ensure_broker_folders(self.app)
         with self.app.connection_for_read() as connection:
             # queue_declare is on every kombu channel, but typed only on AMQP's.
             channel: Any = connection.default_channel

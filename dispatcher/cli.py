@@ -136,8 +136,9 @@ def worker(concurrency: int | None, loglevel: str, hostname: str | None, migrate
 
         migrations.upgrade(runtime.service().db)
     _require_schema()
-    from dispatcher.celery_app import app
+    from dispatcher.celery_app import app, ensure_broker_folders
 
+    ensure_broker_folders(app)
     argv = [
         "worker",
         f"--loglevel={loglevel}",
