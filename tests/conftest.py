@@ -38,6 +38,7 @@ from helpers import (
     DispatcherEnv,
     Pipeline,
     WorkerFactory,
+    apply_env,
     make_settings,
     pg_admin,
     scratch_pg_database,
@@ -177,15 +178,6 @@ def gateway_vars(sim: GatewaySimulator) -> dict[str, str]:
     return {ENV_PREFIX + name: value for name, value in values.items()}
 
 
-def _apply(env: DispatcherEnv, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make the test process's environment match the workers' (no stray DISPATCHER_*)."""
-    for name in list(os.environ):
-        if name.upper().startswith(ENV_PREFIX):
-            monkeypatch.delenv(name)
-    for name, value in env.variables.items():
-        monkeypatch.setenv(name, value)
-
-
 @pytest.fixture
 def pipeline_env(
     pg_db: Database,
@@ -203,7 +195,7 @@ def pipeline_env(
             ENV_PREFIX + "DATA_DIR": str(tmp_path / "data"),
         }
     )
-    _apply(env, monkeypatch)
+    apply_env(env, monkeypatch)
     return env
 
 
@@ -215,7 +207,7 @@ def embedded_env(
     env = DispatcherEnv(
         {**gateway_vars(simulator), ENV_PREFIX + "DATA_DIR": str(tmp_path / "data")}
     )
-    _apply(env, monkeypatch)
+    apply_env(env, monkeypatch)
     return env
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
+import pytest
 from celery import Celery
 from psycopg import sql
 from sqlalchemy import func, select
@@ -549,3 +550,12 @@ def make_settings(
         "max_attempts": 3,
     }
     return load_settings(**(values | overrides))
+
+
+def apply_env(env: DispatcherEnv, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the test process's environment match the workers' (no stray DISPATCHER_*)."""
+    for name in list(os.environ):
+        if name.upper().startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    for name, value in env.variables.items():
+        monkeypatch.setenv(name, value)

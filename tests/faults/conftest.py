@@ -31,6 +31,7 @@ from helpers import (
     Pipeline,
     WorkerFactory,
     WorkerProcess,
+    apply_env,
     send_requests,
     truncate_all,
 )
@@ -153,15 +154,6 @@ def kill(worker: WorkerProcess) -> None:
     worker.process.wait(timeout=10)
 
 
-def _apply(env: DispatcherEnv, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make this process's environment match the workers' (no stray DISPATCHER_*)."""
-    for name in list(os.environ):
-        if name.upper().startswith(ENV_PREFIX):
-            monkeypatch.delenv(name)
-    for name, value in env.variables.items():
-        monkeypatch.setenv(name, value)
-
-
 @pytest.fixture
 def fault_env(
     fault_db: Database,
@@ -182,7 +174,7 @@ def fault_env(
         "GATEWAY_PASSWORD": config.password,
     }
     env = DispatcherEnv({ENV_PREFIX + name: value for name, value in values.items()})
-    _apply(env, monkeypatch)
+    apply_env(env, monkeypatch)
     return env
 
 
