@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, func, insert, literal, null, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -34,9 +34,11 @@ from dispatcher.models import (
     Recipient,
     RecipientStatus,
     StatusEvent,
+    WebhookDelivery,
     utcnow,
 )
 
+_R = TypeVar("_R")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 WORKER_LOST = "WORKER_LOST"
 """The error code of recipients whose worker never reported back."""
@@ -193,33 +195,66 @@ def due_batches(now: dt.datetime) -> Select[int]:
     )
 
 
-def claim_next_batch(session: Session, *, now: dt.datetime, worker: str) -> Batch | None:
-    """Claim the oldest due batch for ``worker``: ``queued`` to ``submitting``.
-
-    On PostgreSQL, ``FOR UPDATE SKIP LOCKED`` lets concurrent workers pass over
-    a row another is claiming; on SQLite the ``BEGIN IMMEDIATE`` transaction
-    already admits one writer at a time. Either way the update re-checks the
-    status, so two claimers can never both win.
-    """
-    query = due_batches(now).limit(1)
+def skip_locked(session: Session, query: Select[_R]) -> Select[_R]:
+    """``query`` with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent workers
+    pass over rows another is taking; SQLite's ``BEGIN IMMEDIATE`` already admits
+    one writer at a time and has no row locks."""
     if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    batch_id = session.execute(query).scalar_one_or_none()
-    if batch_id is None:
+        return query.with_for_update(skip_locked=True)
+    return query
+
+
+_Claimable = TypeVar("_Claimable", Batch, WebhookDelivery)
+
+
+def claim_oldest_due(
+    session: Session,
+    model: type[_Claimable],
+    *,
+    now: dt.datetime,
+    queued: str,
+    claimed: str,
+    **values: Any,
+) -> _Claimable | None:
+    """Claim the oldest row of ``model`` due at ``now``: ``queued`` to ``claimed``.
+
+    The update re-checks the status, so two claimers can never both win, whatever
+    the database; ``values`` are set along with the claim.
+    """
+    query = (
+        select(model.id)
+        .where(model.status == queued, model.due_at <= now)
+        .order_by(model.due_at, model.id)
+        .limit(1)
+    )
+    row_id = session.execute(skip_locked(session, query)).scalar_one_or_none()
+    if row_id is None:
         return None
     return session.execute(
-        update(Batch)
-        .where(Batch.id == batch_id, Batch.status == BatchStatus.QUEUED)
+        update(model)
+        .where(model.id == row_id, model.status == queued)
         .values(
-            status=BatchStatus.SUBMITTING,
+            status=claimed,
             claimed_at=now,
-            claimed_by=worker,
-            attempts=Batch.attempts + 1,
+            attempts=model.attempts + 1,
             updated_at=now,
+            **values,
         )
-        .returning(Batch)
+        .returning(model)
         .execution_options(synchronize_session=False)
     ).scalar_one_or_none()
+
+
+def claim_next_batch(session: Session, *, now: dt.datetime, worker: str) -> Batch | None:
+    """Claim the oldest due batch for ``worker``: ``queued`` to ``submitting``."""
+    return claim_oldest_due(
+        session,
+        Batch,
+        now=now,
+        queued=BatchStatus.QUEUED,
+        claimed=BatchStatus.SUBMITTING,
+        claimed_by=worker,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,9 +330,7 @@ def stale_submitting_batches(
         .order_by(Batch.claimed_at)
         .limit(limit)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return list(session.execute(query).scalars())
+    return list(session.execute(skip_locked(session, query)).scalars())
 
 
 def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: str) -> int:

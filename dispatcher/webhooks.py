@@ -163,37 +163,14 @@ class Webhooks:
             return int(result.rowcount)  # type: ignore[attr-defined]
 
     def _claim(self) -> WebhookDelivery | None:
-        now = utcnow()
         with self.db.transaction() as session:
-            query = (
-                select(WebhookDelivery.id)
-                .where(
-                    WebhookDelivery.status == DeliveryStatus.QUEUED,
-                    WebhookDelivery.due_at <= now,
-                )
-                .order_by(WebhookDelivery.due_at)
-                .limit(1)
+            return store.claim_oldest_due(
+                session,
+                WebhookDelivery,
+                now=utcnow(),
+                queued=DeliveryStatus.QUEUED,
+                claimed=DeliveryStatus.SENDING,
             )
-            if session.get_bind().dialect.name == "postgresql":
-                query = query.with_for_update(skip_locked=True)
-            delivery_id = session.execute(query).scalar_one_or_none()
-            if delivery_id is None:
-                return None
-            return session.execute(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.id == delivery_id,
-                    WebhookDelivery.status == DeliveryStatus.QUEUED,
-                )
-                .values(
-                    status=DeliveryStatus.SENDING,
-                    claimed_at=now,
-                    attempts=WebhookDelivery.attempts + 1,
-                    updated_at=now,
-                )
-                .returning(WebhookDelivery)
-                .execution_options(synchronize_session=False)
-            ).scalar_one_or_none()
 
     def deliver_due(self, *, budget_s: float = 30.0) -> int:
         """Deliver due webhooks until none is due or the budget is spent; returns tries."""
