@@ -182,6 +182,14 @@ class Job(Base):
     callback_url: Mapped[str | None] = mapped_column(String(2000))
     callback_state: Mapped[str | None] = mapped_column(String(10))
     """``waiting`` until every recipient is final, then ``queued`` (a delivery exists)."""
+    send_at: Mapped[dt.datetime | None]
+    """When the producer asked for it to go; None means at once."""
+    priority: Mapped[str] = mapped_column(String(8), default="normal", server_default="normal")
+    """``high``, ``normal`` or ``bulk``: which lane its batches are claimed in."""
+    expires_at: Mapped[dt.datetime | None]
+    """After this, recipients still unsent end ``expired`` instead of going late."""
+    purged_at: Mapped[dt.datetime | None]
+    """When retention removed its text and numbers (the counts stay)."""
 
     __table_args__ = (
         Index(None, "created_at"),
@@ -212,13 +220,19 @@ class Batch(Base):
     claimed_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    lane: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    """The job's priority as a claim order: 0 high, 1 normal, 2 bulk."""
+    expires_at: Mapped[dt.datetime | None]
+    """The job's expiry, copied so the claim needs no join."""
 
     __table_args__ = (
         Index(None, "job_id"),
         # The claim query and the sweeper read only these rows; partial indexes stay
-        # small however much history the table holds.
+        # small however much history the table holds. The claim probes one lane at a
+        # time, so scheduled work far in the future never stands before due work.
         Index(
             "ix_batches_due",
+            "lane",
             "due_at",
             postgresql_where=sql("status = 'queued'"),
             sqlite_where=sql("status = 'queued'"),
@@ -388,6 +402,8 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     created_by: Mapped[str] = mapped_column(String(200))
     revoked_at: Mapped[dt.datetime | None]
+    allowed_senders: Mapped[str | None] = mapped_column(String(1000))
+    """Comma-separated sender IDs this key may use; None allows any valid sender."""
 
     @property
     def scope_set(self) -> frozenset[Scope]:
@@ -461,3 +477,52 @@ class WebhookAttempt(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index(None, "delivery_id"),)
+
+
+class WorkerHeartbeat(Base):
+    """A worker's liveness: written by the worker itself each time it consumes or idles.
+
+    A heartbeat proves the process runs and reaches the database; ``consumed_at``
+    proves it takes wake-ups off the broker.
+    """
+
+    __tablename__ = "worker_heartbeats"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[dt.datetime]
+    seen_at: Mapped[dt.datetime]
+    consumed_at: Mapped[dt.datetime | None]
+    batches: Mapped[int] = mapped_column(BigInteger, default=0)
+    """Batches this worker submitted since it started."""
+    state: Mapped[str] = mapped_column(String(12), default="running")
+    """``running`` or ``stopped`` (a clean shutdown)."""
+
+
+class StatsMinute(Base):
+    """Periodic rollups: one value per minute, metric and label (for charts and metrics).
+
+    Written only by the rollup step, which recomputes recent minutes whole, so no
+    worker ever updates a shared counter row.
+    """
+
+    __tablename__ = "stats_minutes"
+
+    bucket_at: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    label: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index(None, "name", "bucket_at"),)
+
+
+class StatusCount(Base):
+    """How many recipients stand in each status, as of the last rollup."""
+
+    __tablename__ = "status_counts"
+
+    status: Mapped[str] = mapped_column(String(12), primary_key=True)
+    recipients: Mapped[int] = mapped_column(BigInteger)
+    computed_at: Mapped[dt.datetime]
