@@ -71,6 +71,27 @@ def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
 
 
+class IsoTime(click.ParamType[dt.datetime]):
+    """An ISO 8601 date or time (``2026-11-24``, ``2026-11-24T09:00:00+01:00``,
+    ``...Z``); a time without a zone is read as UTC."""
+
+    name = "ISO_TIME"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> dt.datetime:
+        if isinstance(value, dt.datetime):
+            return value
+        try:
+            parsed = dt.datetime.fromisoformat(str(value).strip())
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 date or time (2026-11-24T09:00:00Z)")
+        try:
+            return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed
+        except OverflowError:  # pragma: no cover - fromisoformat bounds it first
+            self.fail(f"{value!r} is out of range")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dispatcher")
 @click.option(
@@ -382,8 +403,9 @@ def state(as_json: bool) -> None:
     help="Which recipients; repeatable.",
 )
 @click.option("--error-code", default=None, help="Only recipients that failed with this code.")
-@click.option("--since", default=None, type=click.DateTime(), help="Changed at or after (UTC).")
-@click.option("--until", default=None, type=click.DateTime(), help="Changed before (UTC).")
+@click.option("--since", default=None, type=IsoTime(), help="Changed at or after (ISO 8601).")
+@click.option("--until", default=None, type=IsoTime(), help="Changed before (ISO 8601).")
+@click.option("--number", default=None, help="Only recipients with this number (any format).")
 @click.option(
     "--yes-may-double-send",
     "confirm_unknown",
@@ -398,24 +420,46 @@ def retry(
     error_code: str | None,
     since: dt.datetime | None,
     until: dt.datetime | None,
+    number: str | None,
     confirm_unknown: bool,
     as_json: bool,
 ) -> None:
-    """Queue failed (or, confirmed, unknown) recipients again; audited."""
+    """Queue failed (or, confirmed, unknown) recipients again; audited.
+
+    Retrying `unknown` recipients may send them twice: it needs
+    --yes-may-double-send, or a yes at the prompt when run at a terminal.
+    """
     from dispatcher import runtime
+    from dispatcher.errors import ConfirmationRequiredError
+    from dispatcher.numbers import normalise
 
     _require_schema()
-    if job_id is None and not (error_code or since or until):
-        raise click.UsageError("say which recipients: --job, --error-code, --since or --until")
-    result = runtime.service().retry(
-        actor=_operator(),
-        job_id=job_id,
-        statuses=statuses,
-        error_code=error_code,
-        since=_utc(since),
-        until=_utc(until),
-        confirm_unknown=confirm_unknown,
-    )
+    if job_id is None and not (error_code or since or until or number):
+        raise click.UsageError(
+            "say which recipients: --job, --error-code, --number, --since or --until"
+        )
+    svc = runtime.service()
+    numbers = [normalise(number, svc.settings.default_region)] if number else None
+
+    def run(confirmed: bool) -> Any:
+        return svc.retry(
+            actor=_operator(),
+            job_id=job_id,
+            statuses=statuses,
+            error_code=error_code,
+            since=_utc(since),
+            until=_utc(until),
+            numbers=numbers,
+            confirm_unknown=confirmed,
+        )
+
+    try:
+        result = run(confirm_unknown)
+    except ConfirmationRequiredError as exc:
+        if not _interactive():
+            raise ConfirmationRequiredError(f"{exc}: pass --yes-may-double-send") from None
+        click.confirm(f"{exc}. Retry them anyway?", abort=True, err=True)
+        result = run(True)
     if as_json:
         _emit_json({"retried": result.affected, "jobs": result.jobs})
         return
@@ -496,11 +540,169 @@ def keys_revoke(name: str) -> None:
     click.echo(f"key {info.name} revoked at {info.revoked_at}")
 
 
+def _interactive() -> bool:
+    """Whether a person at a terminal can answer a question."""
+    return sys.stdin.isatty()
+
+
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
     """A naive time from the command line, read as UTC."""
     if value is None:
         return None
     return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+@main.command()
+@click.option("--since", default=None, type=IsoTime(), help="From this time (ISO 8601).")
+@click.option("--until", default=None, type=IsoTime(), help="Before this time (ISO 8601).")
+@click.option("--number", default=None, help="Only this number (any format).")
+@click.option("--job", "job_id", default=None, help="Only this job.")
+@click.option(
+    "--kind",
+    default="events",
+    show_default=True,
+    type=click.Choice(["events", "recipients"]),
+    help="events: one row per status change; recipients: one row per recipient.",
+)
+@click.option(
+    "--output",
+    "-o",
+    default="-",
+    show_default=True,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="CSV file to write; - for standard output.",
+)
+@friendly_errors
+def export(
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    number: str | None,
+    job_id: str | None,
+    kind: str,
+    output: str,
+) -> None:
+    """Write the audit of a time range, a number or a job as CSV (no message text).
+
+    Times are ISO 8601 with their zone. --kind events answers "what happened to the
+    SMS to this number on Tuesday" step by step; --kind recipients gives where each
+    recipient of the jobs created in the range ended.
+    """
+    from pathlib import Path
+
+    from dispatcher import runtime
+    from dispatcher.audit import export_csv
+
+    _require_schema()
+    svc = runtime.service()
+    # Checked before the file is opened: a bad argument leaves nothing behind.
+    lines = export_csv(
+        svc.db,
+        since=since,
+        until=until,
+        number=number,
+        job_id=job_id,
+        kind=kind,
+        default_region=svc.settings.default_region,
+    )
+    if output == "-":
+        for line in lines:
+            sys.stdout.write(line)
+        sys.stdout.flush()
+        return
+    path = Path(output)
+    rows = -1
+    try:
+        with path.open("w", encoding="utf-8", newline="") as out:
+            for line in lines:
+                out.write(line)
+                rows += 1
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    click.echo(f"wrote {rows} rows to {path}", err=True)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Count what would be purged; change nothing.")
+@click.option(
+    "--days",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Purge jobs older than this (default: DISPATCHER_RETENTION_DAYS).",
+)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def purge(dry_run: bool, days: int | None, as_json: bool) -> None:
+    """Remove the text and numbers of finished jobs past the retention period.
+
+    Counts, statuses, gateway IDs, error codes and times stay. Audited as actor
+    `retention`. The sweeper does the same on its own when DISPATCHER_RETENTION_DAYS
+    is set.
+    """
+    from dataclasses import asdict
+
+    from dispatcher import audit, runtime
+
+    _require_schema()
+    svc = runtime.service()
+    retention_days = days or svc.settings.retention_days
+    if retention_days is None:
+        raise ConfigurationError("DISPATCHER_RETENTION_DAYS is not set: pass --days N")
+    report = audit.purge(svc.db, retention_days=retention_days, dry_run=dry_run)
+    if as_json:
+        _emit_json(asdict(report))
+        return
+    verb = "would purge" if dry_run else "purged"
+    click.echo(
+        f"{verb} {report.jobs} jobs ({report.recipients} recipients) created before "
+        f"{report.cutoff.isoformat()}"
+        + ("" if dry_run else f"; {report.attempts} attempts and {report.events} events rewritten")
+    )
+
+
+@main.command()
+@click.argument("number")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def erase(number: str, yes: bool, as_json: bool) -> None:
+    """Remove one person's NUMBER (any format) everywhere; - reads it from stdin.
+
+    Recipients with it get a marker instead, attempts and history lose it, and the
+    text of jobs sent only to it goes; waiting ones are cancelled first. Audited
+    without the number. Reading it from stdin keeps it out of shell history.
+    """
+    from dataclasses import asdict
+
+    from dispatcher import audit, runtime
+
+    _require_schema()
+    if number == "-":
+        number = sys.stdin.readline().strip()
+        if not yes:
+            raise click.UsageError("reading the number from stdin needs --yes")
+    svc = runtime.service()
+    region = svc.settings.default_region
+    preview = audit.erase_preview(svc.db, number, default_region=region)
+    shown = "…" + preview.number[-4:]
+    if not yes:
+        if not _interactive():
+            raise click.UsageError("erase cannot be undone: confirm with --yes")
+        click.confirm(
+            f"Erase the number ending {shown} from {preview.recipients} recipients "
+            "everywhere? This cannot be undone",
+            abort=True,
+            err=True,
+        )
+    counts = audit.erase(svc.db, number, actor=_operator(), default_region=region)
+    if as_json:
+        _emit_json(asdict(counts))
+        return
+    click.echo(
+        f"erased the number ending {shown}: {counts.recipients} recipients, "
+        f"{counts.attempts} attempts, {counts.events} history rows changed; "
+        f"{counts.cancelled} waiting recipients cancelled; text removed from {counts.jobs} jobs"
+    )
 
 
 @main.command(

@@ -147,6 +147,18 @@ class Settings(BaseSettings):
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     webhook_backoff_s: float = Field(default=10.0, gt=0)
 
+    retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Days after which a finished job's text and numbers are purged (the "
+        "counts, statuses, gateway IDs and times stay); unset: kept forever.",
+    )
+    retention_check_interval_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How often each sweeper runs the retention purge when retention is set.",
+    )
+
     default_region: str = Field(
         default="GB", description="Region assumed for numbers written without +country."
     )
@@ -194,6 +206,14 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _blank_is_none(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("retention_days", mode="before")
+    @classmethod
+    def _blank_retention_is_none(cls, value: Any) -> Any:
+        # An empty variable means "not set": keep forever.
         if isinstance(value, str) and not value.strip():
             return None
         return value

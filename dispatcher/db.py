@@ -66,6 +66,7 @@ def make_engine(
         engine = create_engine(
             url,
             echo=echo,
+            hide_parameters=True,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
         )
         _sqlite_setup(engine, foreign_keys=sqlite_foreign_keys)
@@ -73,6 +74,9 @@ def make_engine(
     return create_engine(
         url,
         echo=echo,
+        # A failed statement's parameters are message text and numbers: keep them out
+        # of exception messages and so out of every log and traceback.
+        hide_parameters=True,
         pool_size=pool_size,
         max_overflow=pool_size,
         # A connection broken by a database restart is replaced instead of failing

@@ -33,6 +33,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from dispatcher import store
+from dispatcher.audit import RetentionSchedule
 from dispatcher.config import Settings
 from dispatcher.control import UNPAUSED, Controls, control_view
 from dispatcher.db import Database
@@ -189,6 +190,7 @@ class Dispatcher:
             max_in_flight=settings.gateway_max_in_flight,
             max_per_second=settings.gateway_max_per_second,
         )
+        self.retention = RetentionSchedule(settings, self.db)
 
     @property
     def client(self) -> GatewayClient:
@@ -767,19 +769,9 @@ class Dispatcher:
                     ),
                 )
             ]
-            batches = store.batches_of(session, recipient_ids=ids) if ids else []
-            moved = store.transition(
-                session,
-                ids=ids,
-                from_statuses=_SENDABLE,
-                to_status=_S.CANCELLED,
-                at=now,
-                cause=f"cancelled by {actor}",
-                actor=actor,
-                values={"next_attempt_at": None},
+            moved = store.cancel_waiting(
+                session, ids=ids, at=now, cause=f"cancelled by {actor}", actor=actor
             )
-            for batch_id in batches:
-                store.settle_batch_if_idle(session, batch_id=batch_id, now=now)
             store.record_action(
                 session, actor=actor, action="cancel", target=job_id, detail={}, affected=moved
             )
@@ -836,7 +828,8 @@ class Dispatcher:
 
     def sweep(self) -> dict[str, int]:
         """One sweep: close abandoned batches as unknown, fail retries past their age,
-        check credit while paused for it, and wake workers for due work."""
+        check credit while paused for it, wake workers for due work, and purge what is
+        past ``DISPATCHER_RETENTION_DAYS`` (at most every retention check interval)."""
         abandoned = self._close_abandoned()
         too_old = self._fail_overdue_retries()
         self._check_credit()
@@ -847,11 +840,14 @@ class Dispatcher:
             # Deliveries ride on the dispatch task, paused or not.
             self._wake(1)
             woken = 1
+        # Last: the purge is the one step that can wait for the next sweep.
+        purged = self.retention.maybe_purge()
         return {
             "abandoned_recipients": abandoned,
             "overdue_failed": too_old,
             "webhooks_queued": webhooks,
             "woken": woken,
+            "purged_jobs": purged,
         }
 
     def _close_abandoned(self) -> int:

@@ -16,10 +16,10 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, func, insert, literal, null, select, update
+from sqlalchemy import ColumnElement, Select, exists, func, insert, literal, null, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import QueryableAttribute, Session
 
 from dispatcher.models import (
     CONTROL_ROW_ID,
@@ -682,3 +682,381 @@ def operator_actions(session: Session, *, limit: int = 100) -> list[OperatorActi
             select(OperatorAction).order_by(OperatorAction.id.desc()).limit(limit)
         ).scalars()
     )
+
+
+# --- audit export, retention and erasure ----------------------------------------------
+
+PURGED = "purged"
+"""What replaces a number once retention has removed it."""
+AnySelect = Select[*tuple[Any, ...]]
+KeyColumn = ColumnElement[Any] | QueryableAttribute[Any]
+"""A column of a keyset: a model attribute or an expression."""
+ERASED = "erased"
+"""What replaces a number erased on its owner's request."""
+NUMBER_MARKERS = frozenset({PURGED, ERASED})
+MIN_SCRUB_LENGTH = 5
+"""Shorter stored inputs (a refused ``12``) are not numbers anyone owns, and replacing
+them inside free text would mangle attempt counts and codes."""
+
+
+def keyset_after(key: Sequence[KeyColumn], values: Sequence[Any]) -> ColumnElement[bool]:
+    """Rows strictly after ``values`` in the order of ``key``.
+
+    Written as ``k0 >= v0 AND (k0 > v0 OR (k0 = v0 AND ...))`` rather than a row
+    comparison, so an index whose first column is ``k0`` bounds the scan on every
+    database.
+    """
+    head, rest = key[0], key[1:]
+    after: ColumnElement[bool] = head > values[0]
+    if not rest:
+        return after
+    tie: ColumnElement[bool] = head == values[0]
+    bound: ColumnElement[bool] = head >= values[0]
+    return bound & (after | (tie & keyset_after(rest, values[1:])))
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSelection:
+    """What an audit export holds: a time range, a number, a job, or several."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    number: str | None = None
+    job_id: str | None = None
+
+
+def audit_events_query(
+    selection: AuditSelection,
+) -> tuple[AnySelect, list[KeyColumn]]:
+    """The status events of a selection with their recipient, job and attempt, and the
+    key that pages them.
+
+    Per number, it walks ``recipients(number, created_at)`` and each recipient's
+    events together; per job, the job's events; per range, ``status_events(at)``.
+    """
+    query: AnySelect = (
+        select(
+            StatusEvent.at.label("at"),
+            Job.id.label("job_id"),
+            Job.reference.label("reference"),
+            Job.created_by.label("created_by"),
+            Recipient.id.label("recipient_id"),
+            Recipient.number.label("number"),
+            StatusEvent.from_status.label("from_status"),
+            StatusEvent.to_status.label("to_status"),
+            StatusEvent.cause.label("cause"),
+            StatusEvent.actor.label("actor"),
+            StatusEvent.attempt_id.label("attempt_id"),
+            Attempt.attempt_no.label("attempt_no"),
+            Attempt.host.label("host"),
+            Attempt.http_status.label("http_status"),
+            Recipient.status.label("current_status"),
+            Recipient.gateway_message_id.label("gateway_message_id"),
+            Recipient.error_code.label("error_code"),
+            Recipient.attempts.label("attempts"),
+            StatusEvent.id.label("event_id"),
+            Recipient.created_at.label("recipient_created_at"),
+        )
+        .select_from(StatusEvent)
+        .join(Recipient, Recipient.id == StatusEvent.recipient_id)
+        .join(Job, Job.id == StatusEvent.job_id)
+        .outerjoin(Attempt, Attempt.id == StatusEvent.attempt_id)
+    )
+    key: list[KeyColumn]
+    if selection.number is not None:
+        query = query.where(Recipient.number == selection.number)
+        if selection.until is not None:
+            # Nothing happens to a recipient before it exists.
+            query = query.where(Recipient.created_at < selection.until)
+        key = [Recipient.created_at, Recipient.id, StatusEvent.id]
+    elif selection.job_id is not None:
+        key = [StatusEvent.id]
+    else:
+        key = [StatusEvent.at, StatusEvent.id]
+    if selection.job_id is not None:
+        query = query.where(StatusEvent.job_id == selection.job_id)
+    if selection.since is not None:
+        query = query.where(StatusEvent.at >= selection.since)
+    if selection.until is not None:
+        query = query.where(StatusEvent.at < selection.until)
+    return query, key
+
+
+def audit_recipients_query(
+    selection: AuditSelection,
+) -> tuple[AnySelect, list[KeyColumn]]:
+    """The recipients of a selection (jobs created in its range) with their job, and the
+    key that pages them: per number ``recipients(number, created_at)``, per job its
+    recipients, per range ``jobs(created_at)`` and each job's recipients."""
+    query: AnySelect = select(
+        Recipient.created_at.label("created_at"),
+        Job.id.label("job_id"),
+        Job.reference.label("reference"),
+        Job.created_by.label("created_by"),
+        Recipient.id.label("recipient_id"),
+        Recipient.number.label("number"),
+        Recipient.status.label("status"),
+        Recipient.gateway_message_id.label("gateway_message_id"),
+        Recipient.error_code.label("error_code"),
+        Recipient.error_detail.label("error_detail"),
+        Recipient.attempts.label("attempts"),
+        Recipient.next_attempt_at.label("next_attempt_at"),
+        Recipient.updated_at.label("updated_at"),
+        Job.purged_at.label("purged_at"),
+        Job.created_at.label("job_created_at"),
+    ).join(Job, Job.id == Recipient.job_id)
+    key: list[KeyColumn]
+    created: KeyColumn = Recipient.created_at
+    if selection.number is not None:
+        query = query.where(Recipient.number == selection.number)
+        key = [Recipient.created_at, Recipient.id]
+    elif selection.job_id is not None:
+        key = [Recipient.id]
+    else:
+        created = Job.created_at
+        key = [Job.created_at, Job.id, Recipient.id]
+    if selection.job_id is not None:
+        query = query.where(Recipient.job_id == selection.job_id)
+    if selection.since is not None:
+        query = query.where(created >= selection.since)
+    if selection.until is not None:
+        query = query.where(created < selection.until)
+    return query, key
+
+
+def keyset_page(
+    session: Session,
+    *,
+    query: AnySelect,
+    key: Sequence[KeyColumn],
+    after: Sequence[Any] | None,
+    limit: int,
+) -> list[Any]:
+    """One page of ``query`` in the order of ``key``, strictly after ``after``.
+
+    Each row ends with the values of ``key``, to pass back as ``after`` for the next page.
+    """
+    if after is not None:
+        query = query.where(keyset_after(key, after))
+    query = query.add_columns(*(column.label(f"_key{i}") for i, column in enumerate(key)))
+    return list(session.execute(query.order_by(*key).limit(limit)))
+
+
+def _pending_recipient_of_job() -> ColumnElement[bool]:
+    pending = [str(s) for s in RecipientStatus if not s.is_final]
+    return exists().where(Recipient.job_id == Job.id, Recipient.status.in_(pending))
+
+
+def purgeable_jobs(
+    session: Session,
+    *,
+    created_before: dt.datetime,
+    after: tuple[dt.datetime, str] | None,
+    limit: int,
+) -> list[tuple[str, dt.datetime]]:
+    """(id, created_at) of unpurged jobs created before ``created_before`` whose
+    recipients are all final, oldest first (locked, skipping those another purger has)."""
+    query = (
+        select(Job.id, Job.created_at)
+        .where(
+            Job.created_at < created_before,
+            Job.purged_at.is_(None),
+            ~_pending_recipient_of_job(),
+        )
+        .order_by(Job.created_at, Job.id)
+        .limit(limit)
+    )
+    if after is not None:
+        query = query.where(keyset_after([Job.created_at, Job.id], after))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True, of=Job)
+    return [(row[0], row[1]) for row in session.execute(query)]
+
+
+def count_purgeable(session: Session, *, created_before: dt.datetime) -> tuple[int, int]:
+    """How many jobs, and recipients of them, a purge at this cutoff would touch."""
+    jobs = (
+        select(Job.id)
+        .where(
+            Job.created_at < created_before,
+            Job.purged_at.is_(None),
+            ~_pending_recipient_of_job(),
+        )
+        .subquery()
+    )
+    n_jobs = session.execute(select(func.count()).select_from(jobs)).scalar_one()
+    n_recipients = session.execute(
+        select(func.count()).select_from(Recipient).where(Recipient.job_id.in_(select(jobs.c.id)))
+    ).scalar_one()
+    return int(n_jobs), int(n_recipients)
+
+
+def _names_own_number(column: KeyColumn) -> ColumnElement[bool]:
+    return (func.length(Recipient.number) >= MIN_SCRUB_LENGTH) & column.contains(
+        Recipient.number, autoescape=False
+    )
+
+
+def events_naming_their_number(
+    session: Session, *, recipients: ColumnElement[bool]
+) -> list[tuple[int, str, str]]:
+    """(event id, cause, number) of the events of ``recipients`` whose cause quotes
+    the recipient's own number."""
+    rows = session.execute(
+        select(StatusEvent.id, StatusEvent.cause, Recipient.number)
+        .join(Recipient, Recipient.id == StatusEvent.recipient_id)
+        .where(recipients, _names_own_number(StatusEvent.cause))
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def details_naming_their_number(
+    session: Session, *, recipients: ColumnElement[bool]
+) -> list[tuple[int, str, str]]:
+    """(recipient id, error detail, number) of ``recipients`` whose detail quotes it."""
+    rows = session.execute(
+        select(Recipient.id, Recipient.error_detail, Recipient.number).where(
+            recipients, _names_own_number(Recipient.error_detail)
+        )
+    )
+    return [(r[0], r[1] or "", r[2]) for r in rows]
+
+
+def set_event_causes(session: Session, *, causes: dict[int, str]) -> None:
+    """Rewrite some events' causes (the history keeps its rows and times)."""
+    if causes:
+        session.execute(
+            update(StatusEvent),
+            [{"id": event_id, "cause": cause} for event_id, cause in causes.items()],
+        )
+
+
+def set_error_details(session: Session, *, details: dict[int, str]) -> None:
+    """Rewrite some recipients' error details."""
+    if details:
+        session.execute(
+            update(Recipient),
+            [{"id": rid, "error_detail": detail} for rid, detail in details.items()],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptText:
+    """The fields of an attempt that can name numbers."""
+
+    id: int
+    numbers: str
+    request: str | None
+    raw_reply: str | None
+    error: str | None
+
+
+def attempt_texts(session: Session, *, job_ids: Collection[str]) -> list[AttemptText]:
+    """The number-bearing fields of these jobs' attempts."""
+    rows = session.execute(
+        select(Attempt.id, Attempt.numbers, Attempt.request, Attempt.raw_reply, Attempt.error)
+        .where(Attempt.job_id.in_(list(job_ids)))
+        .order_by(Attempt.id)
+    )
+    return [AttemptText(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+
+def set_attempt_texts(session: Session, *, rows: Sequence[AttemptText]) -> None:
+    """Write back attempts' number-bearing fields."""
+    if rows:
+        session.execute(
+            update(Attempt),
+            [
+                {
+                    "id": r.id,
+                    "numbers": r.numbers,
+                    "request": r.request,
+                    "raw_reply": r.raw_reply,
+                    "error": r.error,
+                }
+                for r in rows
+            ],
+        )
+
+
+def replace_numbers(session: Session, *, recipients: ColumnElement[bool], marker: str) -> int:
+    """Replace the number of every recipient matching ``recipients`` by ``marker``."""
+    result = session.execute(
+        update(Recipient)
+        .where(recipients, Recipient.number.not_in(list(NUMBER_MARKERS)))
+        .values(number=marker)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def remove_job_texts(session: Session, *, job_ids: Collection[str], now: dt.datetime) -> int:
+    """Empty these jobs' texts (and the request digest, which a short text would not
+    protect) and stamp ``purged_at``; the counts and everything else stay."""
+    if not job_ids:
+        return 0
+    result = session.execute(
+        update(Job)
+        .where(Job.id.in_(list(job_ids)))
+        .values(text="", request_hash=None, purged_at=func.coalesce(Job.purged_at, now))
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def recipients_with_number(
+    session: Session, *, number: str, limit: int
+) -> list[tuple[int, str, str]]:
+    """(id, job id, status) of up to ``limit`` recipients with this number."""
+    rows = session.execute(
+        select(Recipient.id, Recipient.job_id, Recipient.status)
+        .where(Recipient.number == number)
+        .order_by(Recipient.created_at, Recipient.id)
+        .limit(limit)
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def count_with_number(session: Session, *, number: str) -> dict[str, int]:
+    """Recipients with this number, per status."""
+    rows = session.execute(
+        select(Recipient.status, func.count())
+        .where(Recipient.number == number)
+        .group_by(Recipient.status)
+    )
+    return {status: int(n) for status, n in rows}
+
+
+def jobs_only_to(session: Session, *, job_ids: Collection[str], number: str) -> list[str]:
+    """Those of ``job_ids`` whose every recipient has this number."""
+    if not job_ids:
+        return []
+    # Recipients erased or purged before belong to nobody any more.
+    other = exists().where(
+        Recipient.job_id == Job.id, Recipient.number.not_in([number, *NUMBER_MARKERS])
+    )
+    return list(session.execute(select(Job.id).where(Job.id.in_(list(job_ids)), ~other)).scalars())
+
+
+def cancel_waiting(
+    session: Session, *, ids: Collection[int], at: dt.datetime, cause: str, actor: str
+) -> int:
+    """Cancel those of ``ids`` still waiting to be sent (``queued``, ``retry_wait``), and
+    settle their batches if no worker holds them; returns how many were cancelled."""
+    if not ids:
+        return 0
+    waiting = [RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT]
+    batches = batches_of(session, recipient_ids=ids)
+    moved = transition(
+        session,
+        ids=ids,
+        from_statuses=waiting,
+        to_status=RecipientStatus.CANCELLED,
+        at=at,
+        cause=cause,
+        actor=actor,
+        values={"next_attempt_at": None},
+    )
+    for batch_id in batches:
+        settle_batch_if_idle(session, batch_id=batch_id, now=at)
+    return moved

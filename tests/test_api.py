@@ -853,7 +853,7 @@ def test_schemathesis_finds_no_server_error(api: Api) -> None:
     broken = [result.err() for result in results if not isinstance(result, Ok)]
     assert not broken, broken
     operations = [result.ok() for result in results if isinstance(result, Ok)]
-    assert len(operations) == 6
+    assert len(operations) == 7
     failures: list[str] = []
     with requests.Session() as http:
         for operation in operations:

@@ -12,6 +12,7 @@ import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
 
 from dispatcher.api.auth import require
 from dispatcher.api.errors import ApiError
@@ -35,6 +36,7 @@ from dispatcher.api.schemas import (
     RetryRequest,
     RetryResult,
 )
+from dispatcher.audit import ExportKind, export_csv
 from dispatcher.errors import InvalidNumberError
 from dispatcher.gateway.protocol import MAX_RECIPIENTS_PER_SUBMISSION
 from dispatcher.keys import KeyInfo
@@ -260,6 +262,52 @@ def cancel_job(request: Request, job_id: JobId, key: OperateKey) -> CancelResult
     """Recipients already being submitted, and final ones, keep their course. Audited."""
     result = _service(request).cancel(_known_job(job_id), actor=api_actor(key))
     return CancelResult(cancelled=result.affected, job=job_id)
+
+
+@router.get(
+    "/audit.csv",
+    summary="The audit of a time range, a number or a job, as CSV",
+    tags=["audit"],
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/csv": {}}, "description": "The rows, streamed."},
+        **_NOT_FOUND,
+    },
+)
+def audit_csv(
+    request: Request,
+    key: OperateKey,
+    since: Annotated[
+        dt.datetime | None, Query(description="From this time (ISO 8601; UTC if no zone).")
+    ] = None,
+    until: Annotated[dt.datetime | None, Query(description="Before this time.")] = None,
+    number: Annotated[
+        str | None, Query(max_length=64, description="Only this number (any format).")
+    ] = None,
+    job: Annotated[str | None, Query(max_length=26, description="Only this job.")] = None,
+    kind: Annotated[
+        ExportKind,
+        Query(description="`events`: a row per status change; `recipients`: per recipient."),
+    ] = ExportKind.EVENTS,
+) -> StreamingResponse:
+    """Needs the `operate` scope: it is a bulk export of every producer's recipients
+    (personal data), while `read` keys are what applications use to follow their own
+    jobs. Times carry their zone; message text is never in it."""
+    service = _service(request)
+    lines = export_csv(
+        service.db,
+        since=_utc(since),
+        until=_utc(until),
+        number=number,
+        job_id=_known_job(job) if job is not None else None,
+        kind=kind.value,
+        default_region=service.settings.default_region,
+    )
+    return StreamingResponse(
+        lines,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="audit-{kind.value}.csv"'},
+    )
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:

@@ -44,6 +44,8 @@ from dispatcher.gateway.protocol import Outcome, RecipientOutcome
 
 log = logging.getLogger(__name__)
 
+ECHO_MASK_MIN_LENGTH = 8
+
 USER_AGENT = "sms-dispatcher"
 # Replies are a line per recipient; anything far larger is not a gateway reply.
 MAX_REPLY_BYTES = 64 * 1024
@@ -316,7 +318,9 @@ class GatewayClient:
             numbers=numbers,
             outcomes=outcomes,
             http_status=response.status_code,
-            raw_reply=redaction.redact(protocol.decode_body(body), [self.config.password]),
+            raw_reply=redaction.redact(
+                protocol.decode_body(body), [self.config.password, *_echo_risk(message.text)]
+            ),
             latency_ms=latency_ms,
             hosts_tried=tried,
         )
@@ -346,3 +350,12 @@ class GatewayClient:
         raise PermanentGatewayError(
             f"balance check on {host} refused: {code}", code=code, host=host
         )
+
+
+def _echo_risk(text: str) -> list[str]:
+    """The message text, to mask in a stored reply (an error page may echo the form,
+    and the text can be a one-time code); not when it is so short or so numeric that
+    masking it could cut into a gateway message ID."""
+    if len(text) >= ECHO_MASK_MIN_LENGTH and not text.isdigit():
+        return [text]
+    return []
