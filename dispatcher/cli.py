@@ -120,12 +120,20 @@ def _require_schema() -> None:
 @click.option("--loglevel", "-l", default="INFO", show_default=True, help="Celery's log level.")
 @click.option("--hostname", "-n", default=None, help="Worker node name.")
 @click.option("--migrate/--no-migrate", default=False, help="Migrate the schema before starting.")
+@click.option(
+    "--lanes",
+    default=None,
+    help="Priority lanes to serve, comma-separated (high, normal, bulk); default "
+    "DISPATCHER_WORKER_LANES (all). `--lanes high` makes a dedicated OTP worker.",
+)
 @friendly_errors
-def worker(concurrency: int | None, loglevel: str, hostname: str | None, migrate: bool) -> None:
+def worker(
+    concurrency: int | None, loglevel: str, hostname: str | None, migrate: bool, lanes: str | None
+) -> None:
     """Run a Celery worker that claims and sends due batches (and sweeps)."""
     from dispatcher import runtime
 
-    settings = runtime.settings()
+    settings = runtime.configure(worker_lanes=lanes) if lanes else runtime.settings()
     if settings.gateway_username is None or settings.gateway_password is None:
         raise ConfigurationError(
             "DISPATCHER_GATEWAY_USERNAME and DISPATCHER_GATEWAY_PASSWORD must be set for a worker"
@@ -136,7 +144,7 @@ def worker(concurrency: int | None, loglevel: str, hostname: str | None, migrate
 
         migrations.upgrade(runtime.service().db)
     _require_schema()
-    from dispatcher.celery_app import app, ensure_broker_folders
+    from dispatcher.celery_app import app, ensure_broker_folders, worker_queues
 
     ensure_broker_folders(app)
     argv = [
@@ -144,6 +152,7 @@ def worker(concurrency: int | None, loglevel: str, hostname: str | None, migrate
         f"--loglevel={loglevel}",
         f"--concurrency={concurrency or settings.worker_concurrency}",
         "--pool=threads",
+        "--queues=" + ",".join(worker_queues(settings.worker_lanes)),
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
@@ -213,10 +222,41 @@ def serve(host: str, port: int, access_log: bool) -> None:
 @click.option("--sender", "-f", default=None, help="Up to 11 alphanumerics or 15 digits.")
 @click.option("--maxconcat", default=1, show_default=True, type=int, help="Most parts per SMS.")
 @click.option("--kind", default="text", show_default=True, type=click.Choice(["text", "voice"]))
+@click.option(
+    "--at",
+    "send_at",
+    default=None,
+    help="Send at this time, ISO 8601 with an offset (2026-11-24T09:00:00+01:00 or ...Z).",
+)
+@click.option(
+    "--priority",
+    default="normal",
+    show_default=True,
+    type=click.Choice(["high", "normal", "bulk"]),
+    help="Lane: high (one-time passwords) goes before normal, normal before bulk.",
+)
+@click.option(
+    "--valid-for",
+    "valid_for_s",
+    default=None,
+    type=float,
+    help="Seconds after its send time that the message may still go; later, unsent "
+    "recipients end `expired`. Default DISPATCHER_DEFAULT_VALIDITY_S (none).",
+)
+@click.option("--reference", default=None, help="Your own label, searchable with `jobs`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @friendly_errors
 def send(
-    text: str, to: Sequence[str], sender: str | None, maxconcat: int, kind: str, as_json: bool
+    text: str,
+    to: Sequence[str],
+    sender: str | None,
+    maxconcat: int,
+    kind: str,
+    send_at: str | None,
+    priority: str,
+    valid_for_s: float | None,
+    reference: str | None,
+    as_json: bool,
 ) -> None:
     """Queue TEXT for the given numbers and print the job id."""
     from dispatcher import runtime
@@ -225,7 +265,16 @@ def send(
 
     numbers = [n for item in to for n in item.split(",")]
     result = runtime.service().enqueue(
-        numbers, text, sender=sender, maxconcat=maxconcat, kind=kind, actor="cli"
+        numbers,
+        text,
+        sender=sender,
+        maxconcat=maxconcat,
+        kind=kind,
+        send_at=_iso_time("--at", send_at),
+        priority=priority,
+        valid_for_s=valid_for_s,
+        reference=reference,
+        actor="cli",
     )
     if as_json:
         _emit_json(
@@ -235,6 +284,10 @@ def send(
                 "refused": [{"number": n, "reason": r} for n, r in result.refused],
                 "batches": result.batches,
                 "parts": result.parts,
+                "credits": result.credits,
+                "priority": result.priority,
+                "send_at": result.send_at.isoformat() if result.send_at else None,
+                "expires_at": result.expires_at.isoformat() if result.expires_at else None,
             }
         )
         return
@@ -259,7 +312,14 @@ def status(job_id: str, as_json: bool) -> None:
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(view["counts"].items()))  # type: ignore[attr-defined]
     click.echo(f"job {view['id']}  {view['status']}  ({counts})")
-    click.echo(f"created {view['created_at']}  parts {view['parts']}  kind {view['kind']}")
+    click.echo(
+        f"created {view['created_at']}  kind {view['kind']}  priority {view['priority']}  "
+        f"parts {view['parts']}  credits {view['credits']} (estimated)"
+    )
+    if view["send_at"] or view["expires_at"]:
+        click.echo(f"send at {view['send_at'] or 'once queued'}  expires {view['expires_at']}")
+    if view["reference"]:
+        click.echo(f"reference {view['reference']}")
     recipients: list[dict[str, Any]] = view["recipients"]  # type: ignore[assignment]
     for r in recipients:
         detail = r["gateway_message_id"] or r["error_code"] or ""
@@ -278,9 +338,12 @@ def status(job_id: str, as_json: bool) -> None:
     ),
     help="Only jobs with a recipient in this status.",
 )
+@click.option("--reference", default=None, help="Only jobs with this reference (exact).")
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def jobs(limit: int, number: str | None, status_: str | None, as_json: bool) -> None:
+def jobs(
+    limit: int, number: str | None, status_: str | None, reference: str | None, as_json: bool
+) -> None:
     """List recent jobs with their recipients per status."""
     from dispatcher import runtime
 
@@ -291,7 +354,10 @@ def jobs(limit: int, number: str | None, status_: str | None, as_json: bool) -> 
     svc = runtime.service()
     wanted = normalise(number, svc.settings.default_region) if number else None
     rows = svc.list_jobs(
-        limit=limit, number=wanted, status=RecipientStatus(status_) if status_ else None
+        limit=limit,
+        number=wanted,
+        status=RecipientStatus(status_) if status_ else None,
+        reference=reference.strip() if reference else None,
     )
     if as_json:
         _emit_json(rows)
@@ -301,7 +367,11 @@ def jobs(limit: int, number: str | None, status_: str | None, as_json: bool) -> 
         return
     for row in rows:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(row["counts"].items()))
-        click.echo(f"{row['id']}  {row['created_at'][:19]}  {row['status']:<11}  {counts}")
+        label = f"  [{row['reference']}]" if row["reference"] else ""
+        click.echo(
+            f"{row['id']}  {row['created_at'][:19]}  {row['status']:<11}  {row['priority']:<6}  "
+            f"{counts}{label}"
+        )
 
 
 def _operator() -> str:
@@ -460,15 +530,23 @@ def _key_store() -> KeyStore:
     show_default=True,
     help="Comma-separated: send, read, operate.",
 )
+@click.option(
+    "--senders",
+    default=None,
+    help="Comma-separated senders this key may use; default: any valid sender.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def keys_create(name: str, scopes: str, as_json: bool) -> None:
+def keys_create(name: str, scopes: str, senders: str | None, as_json: bool) -> None:
     """Create a key; its token is printed once and never stored."""
-    token, info = _key_store().create(name, scopes, actor=_operator())
+    allowed = senders.split(",") if senders is not None else None
+    token, info = _key_store().create(name, scopes, actor=_operator(), senders=allowed)
     if as_json:
         _emit_json(info.as_dict() | {"token": token})
         return
     click.echo(f"key {info.name} ({', '.join(sorted(info.scopes))}) created.")
+    if info.allowed_senders is not None:
+        click.echo(f"allowed senders: {', '.join(info.allowed_senders)}")
     click.echo("token (shown once, keep it secret):")
     click.echo(token)
 
@@ -484,7 +562,10 @@ def keys_list(as_json: bool) -> None:
         return
     for info in infos:
         state = f"revoked {info.revoked_at}" if info.revoked_at else "active"
-        click.echo(f"{info.name:<24} {','.join(sorted(info.scopes)):<20} {state}")
+        senders = ",".join(info.allowed_senders) if info.allowed_senders is not None else "any"
+        click.echo(
+            f"{info.name:<24} {','.join(sorted(info.scopes)):<20} {state:<10} senders {senders}"
+        )
 
 
 @keys.command("revoke")
@@ -494,6 +575,19 @@ def keys_revoke(name: str) -> None:
     """Revoke a key at once."""
     info = _key_store().revoke(name, actor=_operator())
     click.echo(f"key {info.name} revoked at {info.revoked_at}")
+
+
+def _iso_time(option: str, value: str | None) -> dt.datetime | None:
+    """An ISO 8601 time from the command line; its zone is checked by the service."""
+    if value is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 time such as 2026-11-24T09:00:00+00:00",
+            param_hint=option,
+        ) from None
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:

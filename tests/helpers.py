@@ -29,6 +29,7 @@ from dispatcher.config import ENV_PREFIX, QUEUE_DISPATCH, Settings, load_setting
 from dispatcher.db import Database
 from dispatcher.gateway.protocol import SEND_PATH
 from dispatcher.gateway.simulator import GatewaySimulator
+from dispatcher.message import Priority
 from dispatcher.models import (
     FINAL_STATUSES,
     Attempt,
@@ -189,15 +190,13 @@ class CeleryWaker:
         self.expires_s = celery_app.WAKE_EXPIRES_S
         self.sent = 0
 
-    def __call__(self, count: int) -> None:
+    def __call__(self, count: int, lane: Priority = Priority.NORMAL) -> None:
         for _ in range(count):
-            self.send()
+            self.send(queue=lane.queue)
 
-    def send(self, task_id: str | None = None) -> None:
+    def send(self, task_id: str | None = None, *, queue: str = QUEUE_DISPATCH) -> None:
         """Send one wake-up; the same ``task_id`` twice is one message delivered twice."""
-        self.app.send_task(
-            self.task_name, queue=QUEUE_DISPATCH, expires=self.expires_s, task_id=task_id
-        )
+        self.app.send_task(self.task_name, queue=queue, expires=self.expires_s, task_id=task_id)
         self.sent += 1
 
     def close(self) -> None:

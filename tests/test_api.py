@@ -38,6 +38,7 @@ from dispatcher.config import Settings
 from dispatcher.db import Database
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.keys import KeyStore
+from dispatcher.message import Priority
 from dispatcher.models import Job, OperatorAction
 from dispatcher.service import Dispatcher
 from helpers import (
@@ -65,11 +66,13 @@ class CountingWaker:
 
     def __init__(self) -> None:
         self.woken = 0
+        self.lanes: list[Priority] = []
         self._lock = threading.Lock()
 
-    def __call__(self, count: int) -> None:
+    def __call__(self, count: int, lane: Priority = Priority.NORMAL) -> None:
         with self._lock:
             self.woken += count
+            self.lanes.append(lane)
 
 
 @dataclass
@@ -321,7 +324,7 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ),
     (
         "unknown field",
-        {"to": "447700900001", "text": "hi", "priority": "high"},
+        {"to": "447700900001", "text": "hi", "colour": "red"},
         422,
         "invalid_request",
     ),
@@ -607,7 +610,11 @@ def test_list_jobs_pages_and_filters(api: Api) -> None:
         "created_at": summary["created_at"],
         "status": "in_progress",
         "reference": "ref-0",
+        "priority": "normal",
+        "send_at": None,
         "recipients": 1,
+        "parts": 1,
+        "credits": 1,
         "counts": {"queued": 1},
     }
 
