@@ -27,6 +27,7 @@ from sqlalchemy import func, select
 
 from dispatcher.config import ENV_PREFIX, QUEUE_DISPATCH, Settings, load_settings
 from dispatcher.db import Database
+from dispatcher.gateway.client import GatewayClient
 from dispatcher.gateway.protocol import SEND_PATH
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.message import Priority
@@ -549,6 +550,18 @@ def make_settings(
         "max_attempts": 3,
     }
     return load_settings(**(values | overrides))
+
+
+def make_service(
+    database: Database, sim: GatewaySimulator, data_dir: Path, **overrides: Any
+) -> Dispatcher:
+    """A Dispatcher driven in-process, with ``make_settings`` and some settings changed."""
+    settings = make_settings(database, sim, data_dir, **overrides)
+    return Dispatcher(
+        settings,
+        database=database,
+        client_factory=lambda: GatewayClient(settings.gateway_config()),
+    )
 
 
 def apply_env(env: DispatcherEnv, monkeypatch: pytest.MonkeyPatch) -> None:

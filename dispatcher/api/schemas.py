@@ -71,8 +71,10 @@ class JobCreate(_Request):
     kind: Literal["text", "voice"] = Field(
         default="text", description="`voice`: the gateway reads the text out (type=6)."
     )
+    # Not strict: FastAPI validates the decoded body, where a time is still a string.
     send_at: dt.datetime | None = Field(
         default=None,
+        strict=False,
         description="Send at this time, ISO 8601 with an offset (`2026-11-24T09:00:00+01:00`, "
         "`...Z`); a time without one is refused. Until then the job waits and can be "
         "cancelled.",
