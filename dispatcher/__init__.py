@@ -6,6 +6,7 @@ job_id = send(["+44 7700 900123", "07700 900456"], "Your code is 123456")
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
 
 __version__ = "0.1.0"
@@ -19,6 +20,9 @@ def send(
     sender: str | None = None,
     maxconcat: int = 1,
     kind: str = "text",
+    send_at: dt.datetime | None = None,
+    priority: str = "normal",
+    valid_for_s: float | None = None,
     idempotency_key: str | None = None,
     reference: str | None = None,
 ) -> str:
@@ -32,7 +36,16 @@ def send(
     Raises ``dispatcher.errors.ValidationError`` (and writes nothing) when no
     number is usable, the text is empty or needs more than ``maxconcat`` parts,
     ``maxconcat`` is out of range, ``kind`` is not "text" or "voice", or the
-    sender is neither up to 11 alphanumerics nor up to 15 digits.
+    sender is neither up to 11 alphanumerics nor up to 15 digits. With no sender,
+    ``DISPATCHER_DEFAULT_SENDER`` is used (if set). ``kind="voice"`` has the
+    gateway read the text out (``type=6``).
+
+    ``send_at`` (a timezone-aware datetime; a naive one is refused) holds the job
+    until then; it can be cancelled before. ``priority`` is ``"high"`` (one-time
+    passwords), ``"normal"`` or ``"bulk"``: due high work is always claimed first.
+    ``valid_for_s`` (default ``DISPATCHER_DEFAULT_VALIDITY_S``, none if unset):
+    recipients still unsent that long after the send time end ``expired`` instead
+    of arriving late.
 
     ``idempotency_key``: a second call with the same key and the same arguments
     returns the first job's id and sends nothing; with other arguments it raises
@@ -47,6 +60,9 @@ def send(
         sender=sender,
         maxconcat=maxconcat,
         kind=kind,
+        send_at=send_at,
+        priority=priority,
+        valid_for_s=valid_for_s,
         idempotency_key=idempotency_key,
         reference=reference,
         actor="python",

@@ -1,4 +1,7 @@
-"""The Celery application: broker, queue, reliability settings.
+"""The Celery application: broker, queues, reliability settings.
+
+Wake-ups travel on one queue per priority lane (``LANE_QUEUES``: high, normal,
+bulk), so a worker started with ``--lanes high`` hears only the high lane's.
 
 Tasks only wake workers; the database holds the schedule. So the settings here
 favour "never lose a wake-up silently" over throughput of messages:
@@ -15,7 +18,8 @@ from typing import Any
 
 from celery import Celery
 
-from dispatcher.config import QUEUE_DISPATCH, Settings, get_settings
+from dispatcher.config import LANE_QUEUES, QUEUE_DISPATCH, Settings, get_settings
+from dispatcher.message import Priority
 
 TASK_DISPATCH = "dispatcher.dispatch"
 TASK_SWEEP = "dispatcher.sweep"
@@ -86,25 +90,30 @@ def make_celery(settings: Settings) -> Celery:
 app = make_celery(get_settings())
 
 
+def worker_queues(lanes: tuple[str, ...]) -> list[str]:
+    """The wake-up queues a worker serving ``lanes`` consumes, high first."""
+    return [LANE_QUEUES[lane] for lane in lanes]
+
+
 class CeleryWaker:
-    """Wakes workers with messages on the dispatch queue, and counts those waiting."""
+    """Wakes workers with messages on a lane's queue, and counts those waiting."""
 
     def __init__(self, celery: Celery) -> None:
         self.app = celery
 
-    def __call__(self, count: int) -> None:
+    def __call__(self, count: int, lane: Priority = Priority.NORMAL) -> None:
         ensure_broker_folders(self.app)
         for _ in range(count):
-            self.app.send_task(TASK_DISPATCH, queue=QUEUE_DISPATCH, expires=WAKE_EXPIRES_S)
+            self.app.send_task(TASK_DISPATCH, queue=lane.queue, expires=WAKE_EXPIRES_S)
 
-    def pending(self) -> int:
-        """Messages waiting in the dispatch queue (declared passively: never creates it)."""
+    def pending(self, lane: Priority = Priority.NORMAL) -> int:
+        """Messages waiting in a lane's queue (declared passively: never creates it)."""
         ensure_broker_folders(self.app)
         with self.app.connection_for_read() as connection:
             # queue_declare is on every kombu channel, but typed only on AMQP's.
             channel: Any = connection.default_channel
             try:
-                declared = channel.queue_declare(QUEUE_DISPATCH, passive=True)
+                declared = channel.queue_declare(lane.queue, passive=True)
             except Exception as exc:
                 # Redis drops an empty list, so "no such queue" means nothing waits.
                 if getattr(exc, "reply_code", None) == 404:

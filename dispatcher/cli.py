@@ -73,9 +73,13 @@ def _emit_json(data: Any) -> None:
 
 class IsoTime(click.ParamType[dt.datetime]):
     """An ISO 8601 date or time (``2026-11-24``, ``2026-11-24T09:00:00+01:00``,
-    ``...Z``); a time without a zone is read as UTC."""
+    ``...Z``); a time without a zone is read as UTC unless ``naive_as_utc`` is off,
+    when it is passed on for the service to refuse (a send time must say its zone)."""
 
     name = "ISO_TIME"
+
+    def __init__(self, *, naive_as_utc: bool = True) -> None:
+        self.naive_as_utc = naive_as_utc
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
@@ -87,7 +91,9 @@ class IsoTime(click.ParamType[dt.datetime]):
         except ValueError:
             self.fail(f"{value!r} is not an ISO 8601 date or time (2026-11-24T09:00:00Z)")
         try:
-            return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed
+            if parsed.tzinfo is None and self.naive_as_utc:
+                return parsed.replace(tzinfo=dt.UTC)
+            return parsed
         except OverflowError:  # pragma: no cover - fromisoformat bounds it first
             self.fail(f"{value!r} is out of range")
 
@@ -141,12 +147,20 @@ def _require_schema() -> None:
 @click.option("--loglevel", "-l", default="INFO", show_default=True, help="Celery's log level.")
 @click.option("--hostname", "-n", default=None, help="Worker node name.")
 @click.option("--migrate/--no-migrate", default=False, help="Migrate the schema before starting.")
+@click.option(
+    "--lanes",
+    default=None,
+    help="Priority lanes to serve, comma-separated (high, normal, bulk); default "
+    "DISPATCHER_WORKER_LANES (all). `--lanes high` makes a dedicated OTP worker.",
+)
 @friendly_errors
-def worker(concurrency: int | None, loglevel: str, hostname: str | None, migrate: bool) -> None:
+def worker(
+    concurrency: int | None, loglevel: str, hostname: str | None, migrate: bool, lanes: str | None
+) -> None:
     """Run a Celery worker that claims and sends due batches (and sweeps)."""
     from dispatcher import runtime
 
-    settings = runtime.settings()
+    settings = runtime.configure(worker_lanes=lanes) if lanes else runtime.settings()
     if settings.gateway_username is None or settings.gateway_password is None:
         raise ConfigurationError(
             "DISPATCHER_GATEWAY_USERNAME and DISPATCHER_GATEWAY_PASSWORD must be set for a worker"
@@ -157,7 +171,7 @@ def worker(concurrency: int | None, loglevel: str, hostname: str | None, migrate
 
         migrations.upgrade(runtime.service().db)
     _require_schema()
-    from dispatcher.celery_app import app, ensure_broker_folders
+    from dispatcher.celery_app import app, ensure_broker_folders, worker_queues
 
     ensure_broker_folders(app)
     argv = [
@@ -165,6 +179,7 @@ def worker(concurrency: int | None, loglevel: str, hostname: str | None, migrate
         f"--loglevel={loglevel}",
         f"--concurrency={concurrency or settings.worker_concurrency}",
         "--pool=threads",
+        "--queues=" + ",".join(worker_queues(settings.worker_lanes)),
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
@@ -234,10 +249,42 @@ def serve(host: str, port: int, access_log: bool) -> None:
 @click.option("--sender", "-f", default=None, help="Up to 11 alphanumerics or 15 digits.")
 @click.option("--maxconcat", default=1, show_default=True, type=int, help="Most parts per SMS.")
 @click.option("--kind", default="text", show_default=True, type=click.Choice(["text", "voice"]))
+@click.option(
+    "--at",
+    "send_at",
+    default=None,
+    type=IsoTime(naive_as_utc=False),
+    help="Send at this time, ISO 8601 with an offset (2026-11-24T09:00:00+01:00 or ...Z).",
+)
+@click.option(
+    "--priority",
+    default="normal",
+    show_default=True,
+    type=click.Choice(["high", "normal", "bulk"]),
+    help="Lane: high (one-time passwords) goes before normal, normal before bulk.",
+)
+@click.option(
+    "--valid-for",
+    "valid_for_s",
+    default=None,
+    type=float,
+    help="Seconds after its send time that the message may still go; later, unsent "
+    "recipients end `expired`. Default DISPATCHER_DEFAULT_VALIDITY_S (none).",
+)
+@click.option("--reference", default=None, help="Your own label, searchable with `jobs`.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @friendly_errors
 def send(
-    text: str, to: Sequence[str], sender: str | None, maxconcat: int, kind: str, as_json: bool
+    text: str,
+    to: Sequence[str],
+    sender: str | None,
+    maxconcat: int,
+    kind: str,
+    send_at: dt.datetime | None,
+    priority: str,
+    valid_for_s: float | None,
+    reference: str | None,
+    as_json: bool,
 ) -> None:
     """Queue TEXT for the given numbers and print the job id."""
     from dispatcher import runtime
@@ -246,7 +293,16 @@ def send(
 
     numbers = [n for item in to for n in item.split(",")]
     result = runtime.service().enqueue(
-        numbers, text, sender=sender, maxconcat=maxconcat, kind=kind, actor="cli"
+        numbers,
+        text,
+        sender=sender,
+        maxconcat=maxconcat,
+        kind=kind,
+        send_at=send_at,
+        priority=priority,
+        valid_for_s=valid_for_s,
+        reference=reference,
+        actor="cli",
     )
     if as_json:
         _emit_json(
@@ -256,6 +312,10 @@ def send(
                 "refused": [{"number": n, "reason": r} for n, r in result.refused],
                 "batches": result.batches,
                 "parts": result.parts,
+                "credits": result.credits,
+                "priority": result.priority,
+                "send_at": result.send_at.isoformat() if result.send_at else None,
+                "expires_at": result.expires_at.isoformat() if result.expires_at else None,
             }
         )
         return
@@ -280,7 +340,14 @@ def status(job_id: str, as_json: bool) -> None:
         return
     counts = ", ".join(f"{k} {v}" for k, v in sorted(view["counts"].items()))  # type: ignore[attr-defined]
     click.echo(f"job {view['id']}  {view['status']}  ({counts})")
-    click.echo(f"created {view['created_at']}  parts {view['parts']}  kind {view['kind']}")
+    click.echo(
+        f"created {view['created_at']}  kind {view['kind']}  priority {view['priority']}  "
+        f"parts {view['parts']}  credits {view['credits']} (estimated)"
+    )
+    if view["send_at"] or view["expires_at"]:
+        click.echo(f"send at {view['send_at'] or 'once queued'}  expires {view['expires_at']}")
+    if view["reference"]:
+        click.echo(f"reference {view['reference']}")
     recipients: list[dict[str, Any]] = view["recipients"]  # type: ignore[assignment]
     for r in recipients:
         detail = r["gateway_message_id"] or r["error_code"] or ""
@@ -299,9 +366,12 @@ def status(job_id: str, as_json: bool) -> None:
     ),
     help="Only jobs with a recipient in this status.",
 )
+@click.option("--reference", default=None, help="Only jobs with this reference (exact).")
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def jobs(limit: int, number: str | None, status_: str | None, as_json: bool) -> None:
+def jobs(
+    limit: int, number: str | None, status_: str | None, reference: str | None, as_json: bool
+) -> None:
     """List recent jobs with their recipients per status."""
     from dispatcher import runtime
 
@@ -312,7 +382,10 @@ def jobs(limit: int, number: str | None, status_: str | None, as_json: bool) -> 
     svc = runtime.service()
     wanted = normalise(number, svc.settings.default_region) if number else None
     rows = svc.list_jobs(
-        limit=limit, number=wanted, status=RecipientStatus(status_) if status_ else None
+        limit=limit,
+        number=wanted,
+        status=RecipientStatus(status_) if status_ else None,
+        reference=reference.strip() if reference else None,
     )
     if as_json:
         _emit_json(rows)
@@ -322,7 +395,11 @@ def jobs(limit: int, number: str | None, status_: str | None, as_json: bool) -> 
         return
     for row in rows:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(row["counts"].items()))
-        click.echo(f"{row['id']}  {row['created_at'][:19]}  {row['status']:<11}  {counts}")
+        label = f"  [{row['reference']}]" if row["reference"] else ""
+        click.echo(
+            f"{row['id']}  {row['created_at'][:19]}  {row['status']:<11}  {row['priority']:<6}  "
+            f"{counts}{label}"
+        )
 
 
 def _operator() -> str:
@@ -504,15 +581,23 @@ def _key_store() -> KeyStore:
     show_default=True,
     help="Comma-separated: send, read, operate.",
 )
+@click.option(
+    "--senders",
+    default=None,
+    help="Comma-separated senders this key may use; default: any valid sender.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def keys_create(name: str, scopes: str, as_json: bool) -> None:
+def keys_create(name: str, scopes: str, senders: str | None, as_json: bool) -> None:
     """Create a key; its token is printed once and never stored."""
-    token, info = _key_store().create(name, scopes, actor=_operator())
+    allowed = senders.split(",") if senders is not None else None
+    token, info = _key_store().create(name, scopes, actor=_operator(), senders=allowed)
     if as_json:
         _emit_json(info.as_dict() | {"token": token})
         return
     click.echo(f"key {info.name} ({', '.join(sorted(info.scopes))}) created.")
+    if info.allowed_senders is not None:
+        click.echo(f"allowed senders: {', '.join(info.allowed_senders)}")
     click.echo("token (shown once, keep it secret):")
     click.echo(token)
 
@@ -528,7 +613,10 @@ def keys_list(as_json: bool) -> None:
         return
     for info in infos:
         state = f"revoked {info.revoked_at}" if info.revoked_at else "active"
-        click.echo(f"{info.name:<24} {','.join(sorted(info.scopes)):<20} {state}")
+        senders = ",".join(info.allowed_senders) if info.allowed_senders is not None else "any"
+        click.echo(
+            f"{info.name:<24} {','.join(sorted(info.scopes)):<20} {state:<10} senders {senders}"
+        )
 
 
 @keys.command("revoke")

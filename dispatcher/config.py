@@ -15,14 +15,14 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import urllib3
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from dispatcher.errors import ConfigurationError
+from dispatcher.errors import ConfigurationError, InvalidSenderError
 
 ENV_PREFIX = "DISPATCHER_"
 DEFAULT_SETTINGS_FILE = "dispatcher.env"
@@ -35,8 +35,14 @@ DEFAULT_DATA_DIR = "dispatcher-data"
 SUBMITTING_TIMEOUT_MARGIN_S = 10.0
 
 # Celery queue names, stable because workers and producers on different hosts and
-# versions must agree on them.
+# versions must agree on them. Each priority lane has its own wake-up queue; the
+# normal lane keeps the original name, so workers of earlier versions still serve it.
 QUEUE_DISPATCH = "dispatcher.dispatch"
+QUEUE_DISPATCH_HIGH = "dispatcher.dispatch.high"
+QUEUE_DISPATCH_BULK = "dispatcher.dispatch.bulk"
+LANE_NAMES = ("high", "normal", "bulk")
+"""Priority lanes in claim order: a batch's ``lane`` column is the index here."""
+LANE_QUEUES = {"high": QUEUE_DISPATCH_HIGH, "normal": QUEUE_DISPATCH, "bulk": QUEUE_DISPATCH_BULK}
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +168,23 @@ class Settings(BaseSettings):
     default_region: str = Field(
         default="GB", description="Region assumed for numbers written without +country."
     )
+    default_sender: str | None = Field(
+        default=None,
+        description="Sender used when a request names none (up to 11 letters, digits or "
+        "spaces, or up to 15 digits); unset: the gateway account's default.",
+    )
+    default_validity_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Validity of a job that sets none: recipients still unsent this long "
+        "after the job's send time end `expired`; unset: no expiry.",
+    )
+    # NoDecode: the variable is a comma-separated list, not JSON.
+    worker_lanes: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=LANE_NAMES,
+        description="Priority lanes a worker serves (comma-separated high, normal, bulk): "
+        "it consumes their wake-up queues and claims only their batches.",
+    )
     worker_concurrency: int = Field(
         default=16, ge=1, le=1024, description="Threads per worker process (I/O-bound work)."
     )
@@ -202,6 +225,8 @@ class Settings(BaseSettings):
         "gateway_username",
         "gateway_password",
         "webhook_secret",
+        "default_sender",
+        "default_validity_s",
         mode="before",
     )
     @classmethod
@@ -239,6 +264,27 @@ class Settings(BaseSettings):
         if len(value) != 2 or not value.isalpha():
             raise ValueError("must be a two-letter region code such as GB")
         return value
+
+    @field_validator("default_sender")
+    @classmethod
+    def _valid_sender(cls, value: str | None) -> str | None:
+        # Imported here: message.py reads the lane names above at import.
+        from dispatcher.message import check_sender
+
+        try:
+            return check_sender(value)
+        except InvalidSenderError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("worker_lanes", mode="before")
+    @classmethod
+    def _lane_list(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        lanes = {str(item).strip().lower() for item in items if str(item).strip()}
+        unknown = lanes - set(LANE_NAMES)
+        if unknown or not lanes:
+            raise ValueError(f"must name one or more of {', '.join(LANE_NAMES)}, got {value!r}")
+        return tuple(lane for lane in LANE_NAMES if lane in lanes)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:

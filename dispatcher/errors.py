@@ -8,6 +8,7 @@ DispatcherError
 │   ├── InvalidTextError          empty text, or more parts than maxconcat allows
 │   ├── InvalidSenderError        neither 11 alphanumerics nor 15 digits
 │   ├── InvalidOptionError        maxconcat, kind or another option out of range
+│   ├── SenderNotAllowedError     a sender the API key may not use
 │   └── ConfirmationRequiredError an action that may double-send was not confirmed
 ├── ConflictError               an idempotency key reused for a different request
 ├── AuthenticationError         no such API key, revoked, or lacking the scope
@@ -61,6 +62,10 @@ class InvalidSenderError(ValidationError):
 
 class InvalidOptionError(ValidationError):
     """An option such as maxconcat or kind is out of range."""
+
+
+class SenderNotAllowedError(ValidationError):
+    """The API key is not allowed to send with that sender."""
 
 
 class ConfirmationRequiredError(ValidationError):

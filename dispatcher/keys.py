@@ -20,10 +20,13 @@ from sqlalchemy.exc import IntegrityError
 from dispatcher import redaction, store
 from dispatcher.db import Database
 from dispatcher.errors import AuthenticationError, InvalidOptionError, NotFoundError
+from dispatcher.message import check_sender
 from dispatcher.models import ApiKey, Scope, utcnow
 
 # A label on every token, not a secret: it makes leaked tokens recognisable.
 TOKEN_PREFIX = "sdk_"  # noqa: S105
+# The width of api_keys.allowed_senders.
+MAX_SENDERS_LENGTH = 1000
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
@@ -58,6 +61,8 @@ class KeyInfo:
     created_at: str
     created_by: str
     revoked_at: str | None
+    allowed_senders: tuple[str, ...] | None = None
+    """Senders this key may use; None: any valid sender."""
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready."""
@@ -67,7 +72,26 @@ class KeyInfo:
             "created_at": self.created_at,
             "created_by": self.created_by,
             "revoked_at": self.revoked_at,
+            "allowed_senders": list(self.allowed_senders)
+            if self.allowed_senders is not None
+            else None,
         }
+
+
+def parse_senders(senders: Iterable[str] | None) -> tuple[str, ...] | None:
+    """A key's allowed senders, each checked like a request's; None allows any."""
+    if senders is None:
+        return None
+    result: list[str] = []
+    for item in senders:
+        sender = check_sender(item)
+        if sender is not None and sender not in result:
+            result.append(sender)
+    if not result:
+        raise InvalidOptionError("--senders needs at least one sender")
+    if len(",".join(result)) > MAX_SENDERS_LENGTH:
+        raise InvalidOptionError(f"the senders take more than {MAX_SENDERS_LENGTH} characters")
+    return tuple(result)
 
 
 def _info(key: ApiKey) -> KeyInfo:
@@ -77,6 +101,7 @@ def _info(key: ApiKey) -> KeyInfo:
         created_at=key.created_at.isoformat(),
         created_by=key.created_by,
         revoked_at=key.revoked_at.isoformat() if key.revoked_at else None,
+        allowed_senders=tuple(key.allowed_senders.split(",")) if key.allowed_senders else None,
     )
 
 
@@ -86,11 +111,22 @@ class KeyStore:
     def __init__(self, database: Database) -> None:
         self.db = database
 
-    def create(self, name: str, scopes: str | Iterable[str], *, actor: str) -> tuple[str, KeyInfo]:
-        """A new key: returns its token (shown once, never stored) and its info."""
+    def create(
+        self,
+        name: str,
+        scopes: str | Iterable[str],
+        *,
+        actor: str,
+        senders: Iterable[str] | None = None,
+    ) -> tuple[str, KeyInfo]:
+        """A new key: returns its token (shown once, never stored) and its info.
+
+        ``senders``, if given, are the only senders requests with this key may use.
+        """
         if not name or len(name) > 100 or not set(name) <= _NAME_CHARS:
             raise InvalidOptionError("a key name is 1 to 100 letters, digits, '-', '_' or '.'")
         scope_set = parse_scopes(scopes)
+        allowed = parse_senders(senders)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         row = ApiKey(
             name=name,
@@ -98,6 +134,7 @@ class KeyStore:
             scopes=",".join(sorted(s.value for s in scope_set)),
             created_at=utcnow(),
             created_by=actor,
+            allowed_senders=",".join(allowed) if allowed is not None else None,
         )
         try:
             with self.db.transaction() as session:
@@ -108,7 +145,10 @@ class KeyStore:
                     actor=actor,
                     action="keys.create",
                     target=name,
-                    detail={"scopes": sorted(s.value for s in scope_set)},
+                    detail={
+                        "scopes": sorted(s.value for s in scope_set),
+                        "allowed_senders": list(allowed) if allowed is not None else None,
+                    },
                     affected=1,
                 )
         except IntegrityError:

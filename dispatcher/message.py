@@ -1,12 +1,19 @@
-"""A message's options, checked before anything is written: kind and sender."""
+"""A message's options, checked before anything is written: kind, sender, priority, timing."""
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
+import math
 import re
+from collections.abc import Collection
 
-from dispatcher.errors import InvalidOptionError, InvalidSenderError
+from dispatcher.config import LANE_NAMES, LANE_QUEUES
+from dispatcher.errors import InvalidOptionError, InvalidSenderError, SenderNotAllowedError
 from dispatcher.gateway.protocol import TYPE_TEXT, TYPE_VOICE
+
+# A validity longer than this is a mistake in units, not a wish.
+MAX_VALIDITY_S = 30 * 86400.0
 
 
 class Kind(enum.StrEnum):
@@ -60,3 +67,95 @@ def check_sender(sender: object) -> str | None:
     raise InvalidSenderError(
         f"sender must be up to 11 letters, digits or spaces, or up to 15 digits; got {sender!r}"
     )
+
+
+def sender_for_key(
+    sender: str | None, default: str | None, allowed: Collection[str] | None
+) -> str | None:
+    """The sender a key's request goes out with, or SenderNotAllowedError.
+
+    ``sender`` is the checked sender asked for (None: none asked), ``default`` the
+    configured default sender, ``allowed`` the key's allowed senders (None: any).
+    With none asked, the default is used if the key may use it, else the key's
+    first allowed sender.
+    """
+    if not allowed:
+        return sender if sender is not None else default
+    if sender is None:
+        return default if default in allowed else next(iter(allowed))
+    if sender not in allowed:
+        raise SenderNotAllowedError(
+            f"sender {sender!r} is not allowed for this key; it may use {', '.join(allowed)}"
+        )
+    return sender
+
+
+class Priority(enum.StrEnum):
+    """Which lane a job's batches are claimed in: ``high`` before ``normal`` before ``bulk``."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    BULK = "bulk"
+
+    @property
+    def lane(self) -> int:
+        """The ``batches.lane`` value: 0 high, 1 normal, 2 bulk (the claim order)."""
+        return LANE_NAMES.index(self.value)
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue that carries this lane's wake-ups."""
+        return LANE_QUEUES[self.value]
+
+    @classmethod
+    def of_lane(cls, lane: int) -> Priority:
+        """The priority of a ``batches.lane`` value."""
+        return cls(LANE_NAMES[lane])
+
+
+def check_priority(priority: object) -> Priority:
+    """The Priority named by ``priority``, or InvalidOptionError listing the choices."""
+    if isinstance(priority, Priority):
+        return priority
+    if isinstance(priority, str):
+        try:
+            return Priority(priority.strip().lower())
+        except ValueError:
+            pass
+    choices = ", ".join(p.value for p in Priority)
+    raise InvalidOptionError(f"priority must be one of {choices}, got {priority!r}")
+
+
+def check_send_at(send_at: object) -> dt.datetime | None:
+    """``send_at`` in UTC, or None; InvalidOptionError for a naive or non-datetime value.
+
+    A time without a zone is refused rather than guessed: read as local time or
+    as UTC, one of the two guesses sends an SMS hours early or late.
+    """
+    if send_at is None:
+        return None
+    if not isinstance(send_at, dt.datetime):
+        raise InvalidOptionError(f"send_at must be a datetime, not {type(send_at).__name__}")
+    if send_at.tzinfo is None or send_at.utcoffset() is None:
+        raise InvalidOptionError(
+            "send_at must be timezone-aware (e.g. 2026-11-24T09:00:00+00:00); "
+            f"got {send_at.isoformat()} with no offset"
+        )
+    try:
+        return send_at.astimezone(dt.UTC)
+    except OverflowError:
+        raise InvalidOptionError("send_at is out of range in UTC") from None
+
+
+def check_validity(valid_for_s: object) -> float | None:
+    """``valid_for_s`` as seconds, or None; InvalidOptionError when not a positive number."""
+    if valid_for_s is None:
+        return None
+    if isinstance(valid_for_s, bool) or not isinstance(valid_for_s, int | float):
+        raise InvalidOptionError(f"valid_for_s must be a number, not {type(valid_for_s).__name__}")
+    value = float(valid_for_s)
+    if not math.isfinite(value) or not 0 < value <= MAX_VALIDITY_S:
+        raise InvalidOptionError(
+            f"valid_for_s must be more than 0 and at most {MAX_VALIDITY_S:g} s, got {valid_for_s}"
+        )
+    return value

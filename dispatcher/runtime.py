@@ -7,33 +7,45 @@ import random
 import threading
 
 from dispatcher import redaction
-from dispatcher.config import Settings, get_settings
+from dispatcher.config import Settings, get_settings, load_settings
+from dispatcher.message import Priority
 from dispatcher.service import Dispatcher, Waker
 
 log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _service: Dispatcher | None = None
+_override: Settings | None = None
 
 
 def settings() -> Settings:
-    """The process's settings."""
-    return get_settings()
+    """The process's settings (the environment's, unless ``configure`` changed some)."""
+    return _override or get_settings()
+
+
+def configure(**overrides: object) -> Settings:
+    """Change some settings for this process (command-line options that win over the
+    environment, such as ``dispatcher worker --lanes``), validated like the rest."""
+    global _override
+    current = load_settings(**overrides)
+    reset()
+    _override = current
+    return current
 
 
 class _LazyCeleryWaker:
     """The Celery waker, imported on first use: a process that only reads never
     builds a Celery app."""
 
-    def __call__(self, count: int) -> None:
+    def __call__(self, count: int, lane: Priority = Priority.NORMAL) -> None:
         from dispatcher.celery_app import wake
 
-        wake(count)
+        wake(count, lane)
 
-    def pending(self) -> int:
+    def pending(self, lane: Priority = Priority.NORMAL) -> int:
         from dispatcher.celery_app import wake
 
-        return wake.pending()
+        return wake.pending(lane)
 
 
 def service(waker: Waker | None = None) -> Dispatcher:
@@ -50,11 +62,12 @@ def service(waker: Waker | None = None) -> Dispatcher:
 
 def reset() -> None:
     """Forget the process's service (after settings change, in tests and the demo)."""
-    global _service
+    global _service, _override
     with _lock:
         if _service is not None:
             _service.close()
         _service = None
+        _override = None
     get_settings.cache_clear()
 
 

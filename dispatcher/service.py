@@ -50,7 +50,16 @@ from dispatcher.gateway import protocol
 from dispatcher.gateway.client import GatewayClient, Message, Submission
 from dispatcher.gateway.protocol import Outcome, RecipientOutcome
 from dispatcher.limits import CallLimiter
-from dispatcher.message import Kind, check_kind, check_sender
+from dispatcher.message import (
+    Kind,
+    Priority,
+    check_kind,
+    check_priority,
+    check_send_at,
+    check_sender,
+    check_validity,
+    sender_for_key,
+)
 from dispatcher.models import (
     PENDING_STATUSES,
     Attempt,
@@ -80,12 +89,12 @@ _SENDABLE = (_S.QUEUED, _S.RETRY_WAIT)
 
 
 class Waker(Protocol):
-    """Something that wakes ``count`` workers to look for due work."""
+    """Something that wakes ``count`` workers serving ``lane`` to look for due work."""
 
-    def __call__(self, count: int) -> None: ...
+    def __call__(self, count: int, lane: Priority = Priority.NORMAL) -> None: ...
 
 
-def no_wake(count: int) -> None:
+def no_wake(count: int, lane: Priority = Priority.NORMAL) -> None:
     """A waker for processes that only write (tests, imports): wakes nobody."""
 
 
@@ -105,6 +114,36 @@ class EnqueueResult:
     parts: int
     replayed: bool = False
     """True when an idempotency key matched an earlier request: nothing new was written."""
+    priority: str = "normal"
+    send_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
+
+    @property
+    def credits(self) -> int:
+        """Estimated credits: parts times recipients queued (one credit per part)."""
+        return self.parts * len(self.accepted)
+
+
+@dataclass(frozen=True, slots=True)
+class _Timing:
+    """When a job's batches fall due and expire, and in which lane."""
+
+    now: dt.datetime
+    send_at: dt.datetime | None
+    priority: Priority
+    validity_s: float | None
+
+    @property
+    def due_at(self) -> dt.datetime:
+        """The first claimable time: ``send_at`` if later than now."""
+        return max(self.send_at, self.now) if self.send_at else self.now
+
+    @property
+    def expires_at(self) -> dt.datetime | None:
+        """``validity_s`` after the due time, or None."""
+        if self.validity_s is None:
+            return None
+        return self.due_at + dt.timedelta(seconds=self.validity_s)
 
 
 @dataclass(slots=True)
@@ -193,6 +232,11 @@ class Dispatcher:
         self.retention = RetentionSchedule(settings, self.db)
 
     @property
+    def lanes(self) -> tuple[int, ...]:
+        """The lanes this process claims from, high first (``DISPATCHER_WORKER_LANES``)."""
+        return tuple(Priority(name).lane for name in self.settings.worker_lanes)
+
+    @property
     def client(self) -> GatewayClient:
         """The gateway client, built on first use (producers never need one)."""
         with self._client_lock:
@@ -217,12 +261,23 @@ class Dispatcher:
         sender: str | None = None,
         maxconcat: int = 1,
         kind: str = "text",
+        send_at: dt.datetime | None = None,
+        priority: str = "normal",
+        valid_for_s: float | None = None,
         idempotency_key: str | None = None,
         reference: str | None = None,
         callback_url: str | None = None,
         actor: str = "python",
+        allowed_senders: Sequence[str] | None = None,
     ) -> EnqueueResult:
         """Validate a send request, write it whole in one transaction, then wake workers.
+
+        ``send_at`` (timezone-aware) holds the job in the database until then;
+        ``priority`` picks its lane; ``valid_for_s`` (default
+        ``DISPATCHER_DEFAULT_VALIDITY_S``) is how long after its send time its
+        recipients may still go out, after which those unsent end ``expired``.
+        With no sender, ``DISPATCHER_DEFAULT_SENDER`` is used; ``allowed_senders``
+        (an API key's) restricts the sender, raising SenderNotAllowedError.
 
         With ``idempotency_key``, a second request from the same ``actor`` with the
         same key and the same content returns the first job (``replayed``) and
@@ -233,7 +288,12 @@ class Dispatcher:
         """
         maxconcat = check_maxconcat(maxconcat)
         kind_ = check_kind(kind)
-        sender = check_sender(sender)
+        asked_sender = check_sender(sender)
+        sender = sender_for_key(asked_sender, self.settings.default_sender, allowed_senders)
+        priority_ = check_priority(priority)
+        send_at = check_send_at(send_at)
+        asked_validity = check_validity(valid_for_s)
+        validity_s = asked_validity or self.settings.default_validity_s
         info = check_text(text, maxconcat)
         reference = _check_label("reference", reference)
         callback_url = check_callback_url(callback_url, self.settings)
@@ -244,8 +304,22 @@ class Dispatcher:
             raise NoRecipientsError("to must be a number, comma-separated numbers, or a list")
         else:
             raw_numbers = list(to)
+        # Options added later join the hash only when set, so keys stored before
+        # they existed still match their replays.
+        later = {
+            "send_at": send_at.isoformat() if send_at else None,
+            "priority": str(priority_) if priority_ is not Priority.NORMAL else None,
+            "valid_for_s": asked_validity,
+        }
         request_hash = _request_hash(
-            raw_numbers, text, sender, maxconcat, str(kind_), reference, callback_url
+            raw_numbers,
+            text,
+            asked_sender,
+            maxconcat,
+            str(kind_),
+            reference,
+            callback_url,
+            *({k: v} for k, v in later.items() if v is not None),
         )
         if idempotency_key is not None:
             replay = self._replay(actor, idempotency_key, request_hash)
@@ -261,10 +335,11 @@ class Dispatcher:
         now = utcnow()
         job_id = store.new_job_id()
         groups = list(chunk(prepared.accepted, protocol.MAX_RECIPIENTS_PER_SUBMISSION))
+        timing = _Timing(now, send_at, priority_, validity_s)
         try:
             self._write_job(
                 job_id,
-                now,
+                timing,
                 text,
                 sender,
                 kind_,
@@ -286,14 +361,20 @@ class Dispatcher:
             if replay is None:
                 raise
             return replay
-        # Only after the commit: a worker woken earlier could find nothing.
-        self._wake(len(groups))
+        # Only after the commit: a worker woken earlier could find nothing. A job
+        # scheduled for later wakes nobody now: the sweeper wakes workers when it
+        # falls due (the database is the schedule, not a broker countdown).
+        if timing.due_at <= now:
+            self._wake(len(groups), priority_)
         return EnqueueResult(
             job_id=job_id,
             accepted=prepared.accepted,
             refused=[(r.raw, r.reason) for r in prepared.refused],
             batches=len(groups),
             parts=info.parts,
+            priority=str(priority_),
+            send_at=send_at,
+            expires_at=timing.expires_at,
         )
 
     def _replay(self, actor: str, key: str, request_hash: str) -> EnqueueResult | None:
@@ -319,12 +400,15 @@ class Dispatcher:
             batches=0,
             parts=job.parts,
             replayed=True,
+            priority=job.priority,
+            send_at=job.send_at,
+            expires_at=job.expires_at,
         )
 
     def _write_job(
         self,
         job_id: str,
-        now: dt.datetime,
+        timing: _Timing,
         text: str,
         sender: str | None,
         kind_: Kind,
@@ -339,6 +423,7 @@ class Dispatcher:
         reference: str | None,
         callback_url: str | None,
     ) -> None:
+        now = timing.now
         with self.db.transaction() as session:
             store.insert_job(
                 session,
@@ -359,9 +444,20 @@ class Dispatcher:
                     reference=reference,
                     callback_url=callback_url,
                     callback_state="waiting" if callback_url else None,
+                    send_at=timing.send_at,
+                    priority=str(timing.priority),
+                    expires_at=timing.expires_at,
                 ),
             )
-            batch_ids = store.insert_batches(session, job_id=job_id, count=len(groups), due_at=now)
+            batch_ids = store.insert_batches(
+                session,
+                job_id=job_id,
+                count=len(groups),
+                due_at=timing.due_at,
+                lane=timing.priority.lane,
+                expires_at=timing.expires_at,
+                now=now,
+            )
             rows: list[dict[str, object]] = []
             for batch_id, numbers in zip(batch_ids, groups, strict=True):
                 rows.extend(
@@ -400,12 +496,12 @@ class Dispatcher:
                 actor=actor,
             )
 
-    def _wake(self, batches: int) -> None:
+    def _wake(self, batches: int, lane: Priority = Priority.NORMAL) -> None:
         count = min(batches, self.settings.wake_fanout)
         if count <= 0:
             return
         try:
-            self.waker(count)
+            self.waker(count, lane)
         except Exception:
             # The job is committed; the sweeper will wake a worker for it. Failing
             # the producer here would invite a resubmission and a double send.
@@ -423,7 +519,7 @@ class Dispatcher:
                 if gate is None:
                     return None
                 probe, retry_at = gate
-                batch = store.claim_next_batch(session, now=now, worker=worker)
+                batch = store.claim_next_batch(session, now=now, worker=worker, lanes=self.lanes)
                 if batch is None:
                     if probe:
                         # Nothing due to probe with: the next due batch may probe at once.
@@ -435,6 +531,17 @@ class Dispatcher:
                             },
                         )
                     return None
+                if batch.expires_at is not None and batch.expires_at <= now:
+                    # Sent now it would arrive too late to matter (an OTP after its
+                    # validity): after an outage, nothing stale goes out in a burst.
+                    store.expire_batch(
+                        session,
+                        batch_id=batch.id,
+                        now=now,
+                        cause=_expiry_cause(batch.expires_at),
+                        actor=worker,
+                    )
+                    continue
                 recipients = store.sendable_recipients(session, batch_id=batch.id)
                 if not recipients:
                     # Everything in it was cancelled or settled meanwhile.
@@ -448,6 +555,7 @@ class Dispatcher:
                     "from": job.sender,
                     "maxconcat": job.maxconcat,
                     "type": kind.gateway_type,
+                    "usercontext": job.reference,
                 }
                 attempt_id = store.insert_attempt(
                     session,
@@ -482,6 +590,7 @@ class Dispatcher:
                         sender=job.sender,
                         maxconcat=job.maxconcat,
                         message_type=kind.gateway_type,
+                        usercontext=job.reference,
                     ),
                     probe=probe,
                 )
@@ -717,11 +826,17 @@ class Dispatcher:
             for recipient_id, rjob, status in rows:
                 by_job[rjob].append((recipient_id, status))
             moved = 0
-            batches = 0
+            batches: dict[Priority, int] = defaultdict(int)
             for rjob, members in by_job.items():
+                job = store.get_job(session, job_id=rjob)
+                # The job's lane, but not its expiry: an explicit retry is the
+                # operator's decision to send now.
+                lane = check_priority(job.priority if job else Priority.NORMAL)
                 for group in chunk(members, protocol.MAX_RECIPIENTS_PER_SUBMISSION):
-                    [batch_id] = store.insert_batches(session, job_id=rjob, count=1, due_at=now)
-                    batches += 1
+                    [batch_id] = store.insert_batches(
+                        session, job_id=rjob, count=1, due_at=now, lane=lane.lane
+                    )
+                    batches[lane] += 1
                     for status in {st for _, st in group}:
                         moved += store.transition(
                             session,
@@ -748,7 +863,8 @@ class Dispatcher:
                 detail=selection.describe() | {"confirm_unknown": confirm_unknown},
                 affected=moved,
             )
-        self._wake(batches)
+        for lane, count in batches.items():
+            self._wake(count, lane)
         return OperatorResult(affected=moved, jobs=sorted(by_job))
 
     def cancel(self, job_id: str, *, actor: str) -> OperatorResult:
@@ -832,11 +948,12 @@ class Dispatcher:
         past ``DISPATCHER_RETENTION_DAYS`` (at most every retention check interval)."""
         abandoned = self._close_abandoned()
         too_old = self._fail_overdue_retries()
+        expired = self._expire_overdue()
         self._check_credit()
         self.webhooks.release_stale()
         webhooks = self.webhooks.queue_finished()
         woken = self._wake_due()
-        if not woken and self.webhooks.count_due() and not self._pending_wakes():
+        if not woken and self.webhooks.count_due() and not self._pending_wakes(Priority.NORMAL):
             # Deliveries ride on the dispatch task, paused or not.
             self._wake(1)
             woken = 1
@@ -845,6 +962,7 @@ class Dispatcher:
         return {
             "abandoned_recipients": abandoned,
             "overdue_failed": too_old,
+            "expired_recipients": expired,
             "webhooks_queued": webhooks,
             "woken": woken,
             "purged_jobs": purged,
@@ -894,6 +1012,24 @@ class Dispatcher:
             log.warning("sweeper failed %d recipients past the maximum retry age", failed)
         return failed
 
+    def _expire_overdue(self) -> int:
+        """Expire queued batches (due, scheduled or waiting to retry) past their validity,
+        so nothing stale is sent and the recipients show why, paused or not."""
+        now = utcnow()
+        expired = 0
+        with self.db.transaction() as session:
+            for batch_id, expires_at in store.expired_batches(session, now=now):
+                expired += store.expire_batch(
+                    session,
+                    batch_id=batch_id,
+                    now=now,
+                    cause=_expiry_cause(expires_at),
+                    actor="sweeper",
+                )
+        if expired:
+            log.warning("sweeper expired %d recipients past their validity", expired)
+        return expired
+
     def _check_credit(self) -> None:
         """While paused for credit, ask the gateway's balance now and then; resume above
         the threshold. One sweeper asks at a time (compare-and-set on the check time)."""
@@ -940,26 +1076,34 @@ class Dispatcher:
             control = store.get_control(session)
             if control.paused:
                 return 0
-            due, _oldest = store.count_due(session, now=now)
+            due = store.count_due_by_lane(session, now=now)
             if not due:
                 return 0
-            wanted = min(due, self.settings.wake_fanout)
+            wanted = {
+                Priority.of_lane(lane): min(n, self.settings.wake_fanout)
+                for lane, n in sorted(due.items())
+            }
             if BreakerState(control.breaker_state) is not BreakerState.CLOSED:
                 retry_at = control.breaker_retry_at
                 if retry_at is not None and retry_at > now:
                     return 0
-                wanted = 1
-        pending = self._pending_wakes()
-        count = max(wanted - pending, 0) if pending is not None else wanted
-        self._wake(count)
-        return count
+                # One probe, in the highest lane with work.
+                wanted = {next(iter(wanted)): 1}
+        woken = 0
+        # Each lane has its own queue: a worker dedicated to one lane only hears its own.
+        for lane, count in wanted.items():
+            pending = self._pending_wakes(lane)
+            count = max(count - pending, 0) if pending is not None else count
+            self._wake(count, lane)
+            woken += count
+        return woken
 
-    def _pending_wakes(self) -> int | None:
+    def _pending_wakes(self, lane: Priority) -> int | None:
         pending = getattr(self.waker, "pending", None)
         if pending is None:
             return None
         try:
-            return int(pending())
+            return int(pending(lane))
         except Exception:
             log.debug("could not count waiting wake-ups", exc_info=True)
             return None
@@ -988,10 +1132,22 @@ class Dispatcher:
         limit: int = 20,
         number: str | None = None,
         status: RecipientStatus | None = None,
+        reference: str | None = None,
     ) -> list[dict[str, Any]]:
         """The newest jobs with their recipients per status, newest first."""
+        selection = store.JobFilter(status=status, number=number, reference=reference)
+        rows, _more = self.list_jobs_page(selection=selection, limit=limit)
+        return rows
+
+    def list_jobs_page(
+        self, *, selection: store.JobFilter, limit: int, after: str | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of jobs, newest first, with ids below ``after``, and whether more follow.
+
+        Shared by the CLI (``dispatcher jobs``) and the API (``GET /v1/jobs``).
+        """
         with self.db.transaction() as session:
-            jobs = store.recent_jobs(session, limit=limit, number=number, status=status)
+            jobs, more = store.list_jobs(session, selection=selection, limit=limit, after=after)
             counts = store.status_counts(session, job_ids=[j.id for j in jobs])
         rows = []
         for job in jobs:
@@ -1002,11 +1158,16 @@ class Dispatcher:
                     "id": job.id,
                     "created_at": job.created_at.isoformat(),
                     "status": "in_progress" if pending else "completed",
+                    "reference": job.reference,
+                    "priority": job.priority,
+                    "send_at": _iso(job.send_at),
                     "recipients": job.recipient_count + job.refused_count,
+                    "parts": job.parts,
+                    "credits": job.parts * job.recipient_count,
                     "counts": job_counts,
                 }
             )
-        return rows
+        return rows, more
 
 
 def job_status(recipients: Sequence[Recipient]) -> str:
@@ -1029,8 +1190,12 @@ def job_to_dict(job: Job, recipients: Sequence[Recipient]) -> dict[str, object]:
         "sender": job.sender,
         "maxconcat": job.maxconcat,
         "parts": job.parts,
+        "credits": job.parts * job.recipient_count,
         "encoding": job.encoding,
         "reference": job.reference,
+        "priority": job.priority,
+        "send_at": _iso(job.send_at),
+        "expires_at": _iso(job.expires_at),
         "created_by": job.created_by,
         "counts": dict(counts),
         "recipients": [
@@ -1047,6 +1212,10 @@ def job_to_dict(job: Job, recipients: Sequence[Recipient]) -> dict[str, object]:
             for r in recipients
         ],
     }
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 MAX_LABEL_LENGTH = 200
@@ -1072,6 +1241,11 @@ def _request_hash(*parts: object) -> str:
     """A digest of a send request's content, for idempotent replays."""
     canonical = json.dumps(parts, default=repr, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _expiry_cause(expires_at: dt.datetime | None) -> str:
+    when = expires_at.isoformat() if expires_at else "its expiry"
+    return f"not sent: its validity ended at {when}"
 
 
 def _database_away(exc: DBAPIError) -> bool:

@@ -16,7 +16,17 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, exists, func, insert, literal, null, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    exists,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import QueryableAttribute, Session
@@ -67,18 +77,35 @@ def insert_job(session: Session, *, job: Job) -> None:
     session.flush()
 
 
-def insert_batches(session: Session, *, job_id: str, count: int, due_at: dt.datetime) -> list[int]:
-    """Insert ``count`` queued batches for a job and return their ids in order."""
+def insert_batches(
+    session: Session,
+    *,
+    job_id: str,
+    count: int,
+    due_at: dt.datetime,
+    lane: int = 1,
+    expires_at: dt.datetime | None = None,
+    now: dt.datetime | None = None,
+) -> list[int]:
+    """Insert ``count`` queued batches for a job and return their ids in order.
+
+    ``due_at`` is when they are first claimable (a ``send_at`` in the future keeps
+    them waiting), ``lane`` their claim order, ``expires_at`` when they stop being
+    worth sending; ``now`` (default ``due_at``) stamps the rows.
+    """
     if count == 0:
         return []
+    stamp = now or due_at
     rows = [
         {
             "job_id": job_id,
             "status": BatchStatus.QUEUED,
             "due_at": due_at,
             "attempts": 0,
-            "created_at": due_at,
-            "updated_at": due_at,
+            "created_at": stamp,
+            "updated_at": stamp,
+            "lane": lane,
+            "expires_at": expires_at,
         }
         for _ in range(count)
     ]
@@ -207,6 +234,22 @@ def skip_locked(session: Session, query: Select[_R]) -> Select[_R]:
 _Claimable = TypeVar("_Claimable", Batch, WebhookDelivery)
 
 
+def oldest_due_query(
+    model: type[_Claimable],
+    *,
+    now: dt.datetime,
+    queued: str,
+    where: Sequence[ColumnElement[bool]] = (),
+) -> Select[int]:
+    """The id of the oldest row of ``model`` due at ``now`` (and matching ``where``)."""
+    return (
+        select(model.id)
+        .where(model.status == queued, model.due_at <= now, *where)
+        .order_by(model.due_at, model.id)
+        .limit(1)
+    )
+
+
 def claim_oldest_due(
     session: Session,
     model: type[_Claimable],
@@ -214,19 +257,16 @@ def claim_oldest_due(
     now: dt.datetime,
     queued: str,
     claimed: str,
+    where: Sequence[ColumnElement[bool]] = (),
     **values: Any,
 ) -> _Claimable | None:
     """Claim the oldest row of ``model`` due at ``now``: ``queued`` to ``claimed``.
 
     The update re-checks the status, so two claimers can never both win, whatever
-    the database; ``values`` are set along with the claim.
+    the database; ``values`` are set along with the claim; ``where`` narrows the
+    rows considered (one lane of batches).
     """
-    query = (
-        select(model.id)
-        .where(model.status == queued, model.due_at <= now)
-        .order_by(model.due_at, model.id)
-        .limit(1)
-    )
+    query = oldest_due_query(model, now=now, queued=queued, where=where)
     row_id = session.execute(skip_locked(session, query)).scalar_one_or_none()
     if row_id is None:
         return None
@@ -245,16 +285,31 @@ def claim_oldest_due(
     ).scalar_one_or_none()
 
 
-def claim_next_batch(session: Session, *, now: dt.datetime, worker: str) -> Batch | None:
-    """Claim the oldest due batch for ``worker``: ``queued`` to ``submitting``."""
-    return claim_oldest_due(
-        session,
-        Batch,
-        now=now,
-        queued=BatchStatus.QUEUED,
-        claimed=BatchStatus.SUBMITTING,
-        claimed_by=worker,
-    )
+ALL_LANES = (0, 1, 2)
+
+
+def claim_next_batch(
+    session: Session, *, now: dt.datetime, worker: str, lanes: Sequence[int] = ALL_LANES
+) -> Batch | None:
+    """Claim the oldest due batch of the first lane that has one: ``queued`` to ``submitting``.
+
+    Lanes are probed in the order given (high first), one index probe each on
+    ``(lane, due_at) WHERE status = 'queued'``, so due work in a higher lane always
+    goes first, and batches scheduled for later never stand in the way.
+    """
+    for lane in lanes:
+        batch = claim_oldest_due(
+            session,
+            Batch,
+            now=now,
+            queued=BatchStatus.QUEUED,
+            claimed=BatchStatus.SUBMITTING,
+            where=(Batch.lane == lane,),
+            claimed_by=worker,
+        )
+        if batch is not None:
+            return batch
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,6 +441,53 @@ def count_due(session: Session, *, now: dt.datetime) -> tuple[int, dt.datetime |
     return int(row[0]), row[1]
 
 
+def count_due_by_lane(session: Session, *, now: dt.datetime) -> dict[int, int]:
+    """How many queued batches are due, per lane."""
+    rows = session.execute(
+        select(Batch.lane, func.count())
+        .where(Batch.status == BatchStatus.QUEUED, Batch.due_at <= now)
+        .group_by(Batch.lane)
+    )
+    return {int(lane): int(n) for lane, n in rows}
+
+
+def expired_batches(
+    session: Session, *, now: dt.datetime, limit: int = 100
+) -> list[tuple[int, dt.datetime]]:
+    """(id, expiry) of queued batches (due, scheduled or retrying) whose expiry has passed."""
+    query = (
+        select(Batch)
+        .where(
+            Batch.status == BatchStatus.QUEUED,
+            Batch.expires_at.is_not(None),
+            Batch.expires_at <= now,
+        )
+        .order_by(Batch.id)
+        .limit(limit)
+    )
+    batches = session.execute(skip_locked(session, query)).scalars()
+    return [(b.id, b.expires_at) for b in batches if b.expires_at is not None]
+
+
+def expire_batch(
+    session: Session, *, batch_id: int, now: dt.datetime, cause: str, actor: str
+) -> int:
+    """End a batch whose validity has passed: its unsent recipients ``expired``, it done."""
+    ids = [r.id for r in sendable_recipients(session, batch_id=batch_id)]
+    moved = transition(
+        session,
+        ids=ids,
+        from_statuses=[RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT],
+        to_status=RecipientStatus.EXPIRED,
+        at=now,
+        cause=cause,
+        actor=actor,
+        values={"error_code": "EXPIRED", "error_detail": cause[:500], "next_attempt_at": None},
+    )
+    settle_batch(session, batch_id=batch_id, now=now)
+    return moved
+
+
 # --- reading -----------------------------------------------------------------------
 
 
@@ -421,23 +523,48 @@ def job_events(session: Session, *, job_id: str) -> list[StatusEvent]:
     )
 
 
-def recent_jobs(
-    session: Session,
-    *,
-    limit: int = 20,
-    number: str | None = None,
-    status: RecipientStatus | None = None,
-) -> list[Job]:
-    """The newest jobs, optionally those with a recipient of that number or status."""
-    query = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
-    conditions = []
-    if number is not None:
-        conditions.append(Recipient.number == number)
-    if status is not None:
-        conditions.append(Recipient.status == str(status))
-    if conditions:
-        query = query.where(Job.id.in_(select(Recipient.job_id).where(*conditions)))
-    return list(session.execute(query).scalars())
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs a listing holds; every field narrows it."""
+
+    status: RecipientStatus | None = None
+    """Jobs with at least one recipient in this status."""
+    number: str | None = None
+    """Jobs with a recipient of this number (international digits)."""
+    reference: str | None = None
+    """Jobs with exactly this producer reference."""
+    since: dt.datetime | None = None
+    """Created at or after."""
+    until: dt.datetime | None = None
+    """Created before."""
+
+
+def list_jobs(
+    session: Session, *, selection: JobFilter, limit: int, after: str | None = None
+) -> tuple[list[Job], bool]:
+    """A page of jobs, newest first, with ids below ``after``; and whether more follow.
+
+    Job ids are time-ordered and unique, so "ids below the last one seen"
+    continues a listing exactly, even while new jobs arrive at its head.
+    """
+    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if after is not None:
+        query = query.where(Job.id < after)
+    if selection.reference is not None:
+        query = query.where(Job.reference == selection.reference)
+    if selection.since is not None:
+        query = query.where(Job.created_at >= selection.since)
+    if selection.until is not None:
+        query = query.where(Job.created_at < selection.until)
+    conditions = [Recipient.job_id == Job.id]
+    if selection.number is not None:
+        conditions.append(Recipient.number == selection.number)
+    if selection.status is not None:
+        conditions.append(Recipient.status == str(selection.status))
+    if len(conditions) > 1:
+        query = query.where(exists().where(*conditions))
+    rows = list(session.execute(query).scalars())
+    return rows[:limit], len(rows) > limit
 
 
 def status_counts(

@@ -27,8 +27,10 @@ from sqlalchemy import func, select
 
 from dispatcher.config import ENV_PREFIX, QUEUE_DISPATCH, Settings, load_settings
 from dispatcher.db import Database
+from dispatcher.gateway.client import GatewayClient
 from dispatcher.gateway.protocol import SEND_PATH
 from dispatcher.gateway.simulator import GatewaySimulator
+from dispatcher.message import Priority
 from dispatcher.models import (
     FINAL_STATUSES,
     Attempt,
@@ -189,15 +191,13 @@ class CeleryWaker:
         self.expires_s = celery_app.WAKE_EXPIRES_S
         self.sent = 0
 
-    def __call__(self, count: int) -> None:
+    def __call__(self, count: int, lane: Priority = Priority.NORMAL) -> None:
         for _ in range(count):
-            self.send()
+            self.send(queue=lane.queue)
 
-    def send(self, task_id: str | None = None) -> None:
+    def send(self, task_id: str | None = None, *, queue: str = QUEUE_DISPATCH) -> None:
         """Send one wake-up; the same ``task_id`` twice is one message delivered twice."""
-        self.app.send_task(
-            self.task_name, queue=QUEUE_DISPATCH, expires=self.expires_s, task_id=task_id
-        )
+        self.app.send_task(self.task_name, queue=queue, expires=self.expires_s, task_id=task_id)
         self.sent += 1
 
     def close(self) -> None:
@@ -550,6 +550,18 @@ def make_settings(
         "max_attempts": 3,
     }
     return load_settings(**(values | overrides))
+
+
+def make_service(
+    database: Database, sim: GatewaySimulator, data_dir: Path, **overrides: Any
+) -> Dispatcher:
+    """A Dispatcher driven in-process, with ``make_settings`` and some settings changed."""
+    settings = make_settings(database, sim, data_dir, **overrides)
+    return Dispatcher(
+        settings,
+        database=database,
+        client_factory=lambda: GatewayClient(settings.gateway_config()),
+    )
 
 
 def apply_env(env: DispatcherEnv, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from dispatcher.api import create_app
 from dispatcher.api.ratelimit import REDIS_KEY_PREFIX
@@ -38,6 +38,7 @@ from dispatcher.config import Settings
 from dispatcher.db import Database
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.keys import KeyStore
+from dispatcher.message import Priority
 from dispatcher.models import Job, OperatorAction
 from dispatcher.service import Dispatcher
 from helpers import (
@@ -65,11 +66,13 @@ class CountingWaker:
 
     def __init__(self) -> None:
         self.woken = 0
+        self.lanes: list[Priority] = []
         self._lock = threading.Lock()
 
-    def __call__(self, count: int) -> None:
+    def __call__(self, count: int, lane: Priority = Priority.NORMAL) -> None:
         with self._lock:
             self.woken += count
+            self.lanes.append(lane)
 
 
 @dataclass
@@ -321,7 +324,7 @@ BAD_BODIES: list[tuple[str, Any, int, str]] = [
     ),
     (
         "unknown field",
-        {"to": "447700900001", "text": "hi", "priority": "high"},
+        {"to": "447700900001", "text": "hi", "colour": "red"},
         422,
         "invalid_request",
     ),
@@ -607,7 +610,11 @@ def test_list_jobs_pages_and_filters(api: Api) -> None:
         "created_at": summary["created_at"],
         "status": "in_progress",
         "reference": "ref-0",
+        "priority": "normal",
+        "send_at": None,
         "recipients": 1,
+        "parts": 1,
+        "credits": 1,
         "counts": {"queued": 1},
     }
 
@@ -943,3 +950,72 @@ def test_end_to_end_cli_key_api_worker(pipeline: Pipeline, tmp_path: Path) -> No
     log = log_path.read_text()
     assert "POST /v1/jobs 201" in log
     assert token not in log
+
+
+# --- scheduling, priority, expiry, voice, senders, credits ------------------------------
+
+
+def test_create_job_with_every_message_feature(api: Api) -> None:
+    token = api.key("features")
+    body = create_job(
+        api,
+        token,
+        to=[number(1), number(2)],
+        text="x" * 200,
+        maxconcat=2,
+        kind="voice",
+        send_at="2030-01-01T10:00:00+02:00",
+        priority="high",
+        valid_for_s=300,
+        reference="order-9",
+    )
+    assert body["send_at"] == "2030-01-01T08:00:00+00:00"
+    assert body["expires_at"] == "2030-01-01T08:05:00+00:00"
+    assert (body["priority"], body["parts"], body["credits"]) == ("high", 2, 4)
+    assert api.waker.woken == 0, "a job scheduled for later wakes nobody"
+    view = api.request("GET", f"/v1/jobs/{body['id']}", token).json()
+    assert view["kind"] == "voice"
+    assert (view["priority"], view["credits"], view["send_at"]) == (
+        "high",
+        4,
+        "2030-01-01T08:00:00+00:00",
+    )
+    listed = api.request("GET", "/v1/jobs", token, params={"reference": "order-9"}).json()
+    assert [j["id"] for j in listed["jobs"]] == [body["id"]]
+    now = create_job(api, token, to=number(3), text="now", priority="high")
+    assert now["send_at"] is None
+    assert api.waker.lanes == [Priority.HIGH]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("send_at", "2030-01-01T10:00:00", "timezone-aware"),
+        ("send_at", "tomorrow", "send_at"),
+        ("priority", "urgent", "priority"),
+        ("valid_for_s", 0, "valid_for_s"),
+    ],
+    ids=["naive-send-at", "not-a-time", "unknown-priority", "zero-validity"],
+)
+def test_bad_feature_options_are_422(api: Api, field: str, value: Any, needle: str) -> None:
+    token = api.key("features")
+    response = api.request(
+        "POST", "/v1/jobs", token, json={"to": number(1), "text": "hi", field: value}
+    )
+    assert response.status_code == 422, response.text
+    assert needle in error_of(response)["message"]
+    with api.db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_a_sender_the_key_may_not_use_is_403(api: Api) -> None:
+    token, _info = KeyStore(api.db).create("brand", "send,read", actor="test", senders=["Acme"])
+    response = api.request(
+        "POST", "/v1/jobs", token, json={"to": number(1), "text": "hi", "sender": "Other"}
+    )
+    assert response.status_code == 403, response.text
+    error = error_of(response)
+    assert error["code"] == "sender_not_allowed"
+    assert "Acme" in error["message"]
+    job = create_job(api, token, to=number(1), text="hi")
+    assert api.request("GET", f"/v1/jobs/{job['id']}", token).json()["sender"] == "Acme"

@@ -30,7 +30,6 @@ from sqlalchemy.exc import DBAPIError
 
 from dispatcher import audit, migrate, store
 from dispatcher.api import create_app
-from dispatcher.api.queries import JobFilter, list_jobs
 from dispatcher.api.server import ServerThread
 from dispatcher.config import ENV_PREFIX, GatewayConfig, load_settings
 from dispatcher.db import Database
@@ -268,7 +267,7 @@ def test_message_text_never_leaves_the_job(
             assert SECRET not in (field or "")
     assert "482913" not in json.dumps([a.request for a in attempts])
     listed = pipeline.service.list_jobs(number=number(1))
-    api_page, _ = list_jobs(pipeline.db, selection=JobFilter(), limit=10)
+    api_page, _ = pipeline.service.list_jobs_page(selection=store.JobFilter(), limit=10)
     with pipeline.db.transaction() as session:
         job_row = session.get(Job, job)
         assert job_row is not None

@@ -161,3 +161,68 @@ def test_migrate_send_jobs_status(env: DispatcherEnv) -> None:
 def test_commands_before_migrate_say_so_in_one_line(env: DispatcherEnv, args: list[str]) -> None:
     done = cli(env, *args)
     assert_one_error_line(done, None, "migrate")
+
+
+def test_send_with_schedule_priority_validity_and_reference(migrated_env: DispatcherEnv) -> None:
+    done = cli(
+        migrated_env,
+        "send",
+        "--to",
+        "07700900123,07700900456",
+        "--at",
+        "2030-01-01T10:00:00+02:00",
+        "--priority",
+        "high",
+        "--valid-for",
+        "300",
+        "--reference",
+        "order-5",
+        "--maxconcat",
+        "2",
+        "--json",
+        "x" * 200,
+    )
+    assert done.returncode == 0, done.stderr
+    sent = json.loads(done.stdout)
+    assert sent["send_at"] == "2030-01-01T08:00:00+00:00"
+    assert sent["expires_at"] == "2030-01-01T08:05:00+00:00"
+    assert (sent["priority"], sent["parts"], sent["credits"]) == ("high", 2, 4)
+
+    status = cli(migrated_env, "status", sent["id"], "--json")
+    view = json.loads(status.stdout)
+    assert (view["priority"], view["credits"], view["reference"]) == ("high", 4, "order-5")
+    text = cli(migrated_env, "status", sent["id"]).stdout
+    assert "credits 4" in text
+    assert "priority high" in text
+    assert "send at 2030-01-01T08:00:00+00:00" in text
+
+    cli(migrated_env, "send", "--to", "07700900123", "other")
+    listed = cli(migrated_env, "jobs", "--reference", "order-5", "--json")
+    assert [row["id"] for row in json.loads(listed.stdout)] == [sent["id"]]
+
+
+@pytest.mark.parametrize(
+    ("at", "needle"),
+    [("2030-01-01T10:00:00", "timezone-aware"), ("next tuesday", "ISO 8601")],
+    ids=["naive", "unreadable"],
+)
+def test_send_at_must_be_an_iso_time_with_an_offset(
+    migrated_env: DispatcherEnv, at: str, needle: str
+) -> None:
+    done = cli(migrated_env, "send", "--to", "07700900123", "--at", at, "hi")
+    assert done.returncode == 2, done.stderr
+    assert needle in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_keys_with_allowed_senders(migrated_env: DispatcherEnv) -> None:
+    created = cli(migrated_env, "keys", "create", "brand", "--senders", "Acme, Shop", "--json")
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["allowed_senders"] == ["Acme", "Shop"]
+    cli(migrated_env, "keys", "create", "open")
+    listing = cli(migrated_env, "keys", "list").stdout
+    lines = {line.split()[0]: line for line in listing.splitlines()}
+    assert lines["brand"].endswith("senders Acme,Shop")
+    assert lines["open"].endswith("senders any")
+    bad = cli(migrated_env, "keys", "create", "bad", "--senders", "Far Too Long Sender")
+    assert_one_error_line(bad, 2, "sender must be")

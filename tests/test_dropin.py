@@ -327,3 +327,29 @@ def test_passwords_and_query_strings_never_reach_the_log(
         assert leak not in text, leak
     access = [r.getMessage() for r in server if r.name == "dispatcher.api.access"]
     assert sum(line.startswith(f"GET {SEND} 200 ") for line in access) == 2, access
+
+
+# --- voice, senders, reference ------------------------------------------------------------
+
+
+def test_type_6_queues_a_voice_job_with_its_usercontext(gateway: Gateway) -> None:
+    reply = parse(
+        gateway.post(
+            to=number(1), text="one two three", type="6", usercontext="ctx-1", **gateway.login()
+        )
+    )
+    [job] = jobs_of(gateway.db)
+    assert (job.kind, job.reference, job.priority) == ("voice", "ctx-1", "normal")
+    assert reply.lines == [(None, job.id, None)]
+
+
+def test_a_sender_the_key_may_not_use_is_invalid_request(gateway_factory: Any) -> None:
+    gateway: Gateway = gateway_factory(with_key=False, default_sender="Acme")
+    token, _info = KeyStore(gateway.db).create("brand", "send", actor="test", senders=["Acme"])
+    login = {"username": "brand", "password": token}
+    refused = gateway.post(to=number(1), text="hi", **{"from": "Other"}, **login)
+    assert refused.text == "ERR:INVALID_REQUEST"
+    assert jobs_of(gateway.db) == []
+    parse(gateway.post(to=number(1), text="hi", **login))
+    [job] = jobs_of(gateway.db)
+    assert job.sender == "Acme"

@@ -30,6 +30,7 @@ from dispatcher.errors import (
     NoRecipientsError,
     ValidationError,
 )
+from dispatcher.message import Priority
 from dispatcher.service import Dispatcher
 from helpers import number, recipients_of, row_counts
 
@@ -42,7 +43,7 @@ class CountingWaker:
 
     calls: list[int] = field(default_factory=list)
 
-    def __call__(self, count: int) -> None:
+    def __call__(self, count: int, lane: Priority = Priority.NORMAL) -> None:
         self.calls.append(count)
 
 

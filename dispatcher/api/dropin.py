@@ -18,7 +18,14 @@ the username and its *token* as the password, and reads what it always read:
   ``NO_TO``, ``NO_TEXT``, ``INVALID_REQUEST`` (too many numbers, a bad
   ``maxconcat`` or ``type``, text longer than ``maxconcat`` parts),
   ``INVALID_NUMBER`` (no number usable), ``INTERNAL_ERROR`` (the dispatcher's
-  database unavailable: nothing was queued, try again).
+  database unavailable: nothing was queued, try again). A ``from`` the key may
+  not use (``dispatcher keys create --senders``) is ``INVALID_REQUEST`` too: the
+  gateway has no code of its own for it. With no ``from``, the configured
+  default sender (or the key's first allowed one) is used.
+
+``type=6`` queues a voice message. The gateway has no parameter for a send
+time, a priority or a validity, so drop-in jobs go at once, in the ``normal``
+lane, with the server's default validity (``DISPATCHER_DEFAULT_VALIDITY_S``).
 
 The ID is the dispatcher's job id, not a gateway message ID: the gateway's IDs
 arrive per recipient when workers send, and ``GET /v1/jobs/{id}`` shows them.
@@ -41,9 +48,11 @@ from dispatcher.errors import (
     GatewayError,
     NoRecipientsError,
     PermanentGatewayError,
+    SenderNotAllowedError,
     ValidationError,
 )
 from dispatcher.gateway.protocol import BALANCE_PATH, SEND_PATH, TYPE_TEXT, TYPE_VOICE
+from dispatcher.keys import KeyInfo
 from dispatcher.service import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -83,7 +92,7 @@ async def _params(request: Request) -> dict[str, str]:
     return params
 
 
-def _login(auth: Authenticator, params: dict[str, str]) -> str:
+def _login(auth: Authenticator, params: dict[str, str]) -> KeyInfo:
     username = params.get("username", "")
     if not username:
         raise GatewayReply("NO_USERNAME")
@@ -95,7 +104,7 @@ def _login(auth: Authenticator, params: dict[str, str]) -> str:
     except GatewayLoginError:
         raise GatewayReply("LOGIN_INVALID") from None
     auth.spend(info)
-    return info.name
+    return info
 
 
 def _number_label(raw: str) -> str:
@@ -112,7 +121,7 @@ def _number_label(raw: str) -> str:
     return "".join(ch for ch in text if ch.isprintable() and ch not in ", ") or "?"
 
 
-def _send(service: Dispatcher, key_name: str, params: dict[str, str]) -> str:
+def _send(service: Dispatcher, key: KeyInfo, params: dict[str, str]) -> str:
     numbers = [n.strip() for n in params.get("to", "").split(",")]
     # A trailing or doubled comma is a habit of hand-built query strings, not a number.
     numbers = [n for n in numbers if n]
@@ -140,10 +149,16 @@ def _send(service: Dispatcher, key_name: str, params: dict[str, str]) -> str:
             maxconcat=maxconcat,
             kind=kind,
             reference=params.get("usercontext") or None,
-            actor=dropin_actor(key_name),
+            actor=dropin_actor(key.name),
+            allowed_senders=key.allowed_senders,
         )
     except NoRecipientsError:
         raise GatewayReply("INVALID_NUMBER") from None
+    except SenderNotAllowedError:
+        # The gateway has no code of its own for a sender the account may not use;
+        # its "the request was not valid" is the closest, and never retried.
+        log.info("drop-in: key %s asked for a sender it may not use", key.name)
+        raise GatewayReply("INVALID_REQUEST") from None
     except ValidationError:
         raise GatewayReply("INVALID_REQUEST") from None
     if len(result.accepted) + len(result.refused) == 1 and result.accepted:
@@ -184,9 +199,9 @@ async def _handle(request: Request, path: str) -> Response:
     auth = authenticator(request)
     try:
         params = await _params(request)
-        key_name = await run_in_threadpool(_login, auth, params)
+        key = await run_in_threadpool(_login, auth, params)
         if path == SEND_PATH:
-            return _text(await run_in_threadpool(_send, service, key_name, params))
+            return _text(await run_in_threadpool(_send, service, key, params))
         return _text(await run_in_threadpool(_balance, service))
     except GatewayReply as reply:
         return gateway_error(reply.code)

@@ -9,6 +9,7 @@ translated here, at the boundary, so routes just call the service:
 | NotFoundError | 404 | ``not_found`` |
 | ConfirmationRequiredError | 409 | ``confirmation_required`` |
 | ConflictError | 409 | ``idempotency_conflict`` |
+| SenderNotAllowedError | 403 | ``sender_not_allowed`` |
 | other ValidationError | 422 | ``invalid_number``, ``no_recipients``, ``invalid_text``, ... |
 | AuthenticationError | 401 | ``unauthorized`` |
 | the database unreachable | 503 | ``unavailable`` |
@@ -41,6 +42,7 @@ from dispatcher.errors import (
     InvalidTextError,
     NoRecipientsError,
     NotFoundError,
+    SenderNotAllowedError,
     ValidationError,
 )
 
@@ -176,6 +178,8 @@ async def _on_dispatcher_error(request: Request, exc: Exception) -> Response:
         status, code = 409, "confirmation_required"
     elif isinstance(exc, ConflictError):
         status, code = 409, "idempotency_conflict"
+    elif isinstance(exc, SenderNotAllowedError):
+        status, code = 403, "sender_not_allowed"
     elif isinstance(exc, ValidationError):
         status, code = 422, validation_code(exc)
     elif isinstance(exc, AuthenticationError):

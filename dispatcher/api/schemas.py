@@ -9,6 +9,7 @@ words.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -67,7 +68,29 @@ class JobCreate(_Request):
         le=MAXCONCAT_MAX,
         description="Most concatenated parts per recipient.",
     )
-    kind: Literal["text", "voice"] = "text"
+    kind: Literal["text", "voice"] = Field(
+        default="text", description="`voice`: the gateway reads the text out (type=6)."
+    )
+    # Not strict: FastAPI validates the decoded body, where a time is still a string.
+    send_at: dt.datetime | None = Field(
+        default=None,
+        strict=False,
+        description="Send at this time, ISO 8601 with an offset (`2026-11-24T09:00:00+01:00`, "
+        "`...Z`); a time without one is refused. Until then the job waits and can be "
+        "cancelled.",
+    )
+    priority: Literal["high", "normal", "bulk"] = Field(
+        default="normal",
+        description="Lane: `high` (one-time passwords) is claimed before `normal`, "
+        "`normal` before `bulk`.",
+    )
+    valid_for_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds after its send time that the message may still go out; "
+        "recipients unsent by then end `expired`. Default: the server's "
+        "DISPATCHER_DEFAULT_VALIDITY_S (none).",
+    )
     reference: str | None = Field(
         default=None,
         max_length=MAX_LABEL_LENGTH,
@@ -123,11 +146,17 @@ class JobCreated(_Response):
     accepted: int = Field(description="Recipients queued (distinct, international form).")
     refused: list[RefusedNumber]
     parts: int = Field(description="SMS parts per recipient.")
+    credits: int = Field(description="Estimated credits: parts x accepted recipients.")
     batches: int = Field(description="Gateway submissions of up to 100 recipients.")
     replayed: bool = Field(
         default=False,
         description="True when an Idempotency-Key matched an earlier request: nothing new "
         "was written and nothing will be sent again.",
+    )
+    priority: str = Field(default="normal", description="`high`, `normal` or `bulk`.")
+    send_at: str | None = Field(default=None, description="When it is due (UTC), if scheduled.")
+    expires_at: str | None = Field(
+        default=None, description="When unsent recipients expire (UTC), if ever."
     )
 
 
@@ -157,8 +186,12 @@ class JobView(_Response):
     sender: str | None
     maxconcat: int
     parts: int
+    credits: int = Field(description="Estimated credits: parts x recipients queued.")
     encoding: str
     reference: str | None = Field(description="The producer's own label, if it gave one.")
+    priority: str = Field(description="`high`, `normal` or `bulk`.")
+    send_at: str | None = Field(description="When it was scheduled for (UTC), if it was.")
+    expires_at: str | None = Field(description="When unsent recipients expire (UTC), if ever.")
     created_by: str = Field(description="Who enqueued it: `api:<key>`, `dropin:<key>`, ...")
     counts: dict[str, int] = Field(description="Recipients per status.")
     recipients: list[RecipientView]
@@ -171,7 +204,11 @@ class JobSummary(_Response):
     created_at: str
     status: str
     reference: str | None
+    priority: str
+    send_at: str | None
     recipients: int
+    parts: int
+    credits: int
     counts: dict[str, int]
 
 

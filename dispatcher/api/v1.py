@@ -18,11 +18,10 @@ from dispatcher.api.auth import require
 from dispatcher.api.errors import ApiError
 from dispatcher.api.queries import (
     InvalidCursorError,
-    JobFilter,
     decode_cursor,
+    encode_cursor,
     is_job_id,
     job_status,
-    list_jobs,
 )
 from dispatcher.api.schemas import (
     CancelResult,
@@ -43,6 +42,7 @@ from dispatcher.keys import KeyInfo
 from dispatcher.models import RecipientStatus, Scope
 from dispatcher.numbers import normalise
 from dispatcher.service import MAX_LABEL_LENGTH, Dispatcher
+from dispatcher.store import JobFilter
 
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
@@ -52,7 +52,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for status, description in (
         (400, "The body is not JSON, or the cursor is not one this API gave."),
         (401, "No API key, or an unknown or revoked one."),
-        (403, "The key lacks the scope this route needs."),
+        (403, "The key lacks the scope this route needs, or may not use that sender."),
         (422, "The request is not valid; nothing was written."),
         (429, "The key is over its rate; see Retry-After."),
         (503, "The database is unavailable; see Retry-After."),
@@ -136,10 +136,14 @@ def create_job(
         sender=body.sender,
         maxconcat=body.maxconcat,
         kind=body.kind,
+        send_at=body.send_at,
+        priority=body.priority,
+        valid_for_s=body.valid_for_s,
         idempotency_key=idempotency_key,
         reference=body.reference,
         callback_url=body.callback_url,
         actor=api_actor(key),
+        allowed_senders=key.allowed_senders,
     )
     if result.replayed:
         response.status_code = 200
@@ -155,8 +159,12 @@ def create_job(
         accepted=len(result.accepted),
         refused=[RefusedNumber(number=n, reason=r) for n, r in result.refused],
         parts=result.parts,
+        credits=result.credits,
         batches=batches,
         replayed=result.replayed,
+        priority=result.priority,
+        send_at=result.send_at.isoformat() if result.send_at else None,
+        expires_at=result.expires_at.isoformat() if result.expires_at else None,
     )
 
 
@@ -217,7 +225,8 @@ def get_jobs(
         since=_utc(since),
         until=_utc(until),
     )
-    jobs, next_cursor = list_jobs(service.db, selection=selection, limit=limit, after=after)
+    jobs, more = service.list_jobs_page(selection=selection, limit=limit, after=after)
+    next_cursor = encode_cursor(jobs[-1]["id"]) if more and jobs else None
     return JobPage(jobs=[JobSummary(**job) for job in jobs], next_cursor=next_cursor)
 
 
