@@ -26,7 +26,14 @@ from dispatcher.db import Database
 from dispatcher.gateway.client import GatewayClient
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.keys import KeyStore
-from dispatcher.models import Job, OperatorAction, RecipientStatus
+from dispatcher.models import (
+    Job,
+    OperatorAction,
+    RecipientStatus,
+    StatsMinute,
+    StatusCount,
+    WorkerHeartbeat,
+)
 from dispatcher.service import Dispatcher
 from helpers import make_settings, number, recipients_of
 
@@ -386,6 +393,36 @@ def test_overview_shows_the_counts_and_state(dash: Dash) -> None:
     assert "closed" in page.text
     assert 'id="export-csv-slot"' in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_overview_draws_the_rollups_and_workers(dash: Dash) -> None:
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    with dash.service.db.transaction() as session:
+        session.add_all(
+            [
+                StatsMinute(bucket_at=now - dt.timedelta(minutes=5), name="recipients",
+                            label="sent", value=7),
+                StatsMinute(bucket_at=now - dt.timedelta(minutes=5), name="error_code",
+                            label="GATEWAY_ERROR", value=3),
+                StatsMinute(bucket_at=now - dt.timedelta(minutes=5), name="latency_ms",
+                            label="250", value=10),
+                StatusCount(status="sent", recipients=1234, computed_at=now),
+                WorkerHeartbeat(name="w-fresh", hostname="h1", pid=1, queues="q",
+                                started_at=now, seen_at=now, batches=5),
+                WorkerHeartbeat(name="w-old", hostname="h2", pid=2, queues="q",
+                                started_at=now - dt.timedelta(hours=2),
+                                seen_at=now - dt.timedelta(hours=1), batches=1),
+            ]
+        )  # fmt: skip
+    assert dash.login() == 303
+    page = dash.client.get("/").text
+    assert 'id="count-sent">1234<' in page
+    assert "7 sent</title>" in page
+    assert "GATEWAY_ERROR: 3</title>" in page
+    assert "p50 250 ms" in page
+    fresh, old = page.index("w-fresh"), page.index("w-old")
+    assert '"good">alive<' in page[fresh:old]
+    assert '"bad">stale<' in page[old:]
 
 
 def test_no_secret_in_any_page(dash: Dash, caplog: pytest.LogCaptureFixture) -> None:
