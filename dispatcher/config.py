@@ -164,6 +164,20 @@ class Settings(BaseSettings):
         gt=0,
         description="How often each sweeper runs the retention purge when retention is set.",
     )
+    operator_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the dashboard's `operator` login; unset: only API keys "
+        "with the operate scope log in.",
+    )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        min_length=32,
+        description="Key that signs dashboard session cookies; unset: a random one per "
+        "process (sessions then end at a restart and do not span processes).",
+    )
+    session_max_age_s: float = Field(
+        default=8 * 3600.0, gt=0, description="How long a dashboard login lasts."
+    )
 
     default_region: str = Field(
         default="GB", description="Region assumed for numbers written without +country."
@@ -227,6 +241,8 @@ class Settings(BaseSettings):
         "webhook_secret",
         "default_sender",
         "default_validity_s",
+        "operator_password",
+        "session_secret",
         mode="before",
     )
     @classmethod
@@ -370,7 +386,12 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Values that must be redacted wherever text leaves the process."""
-        found = [self.gateway_password, self.webhook_secret]
+        found = [
+            self.gateway_password,
+            self.webhook_secret,
+            self.operator_password,
+            self.session_secret,
+        ]
         return [secret.get_secret_value() for secret in found if secret is not None]
 
 

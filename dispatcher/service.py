@@ -26,7 +26,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import func
@@ -874,24 +874,33 @@ class Dispatcher:
         their course; final ones are left as they are.
         """
         self._require_job(job_id)
+        return self.cancel_matching(store.RecipientFilter(job_id=job_id), actor=actor)
+
+    def cancel_matching(self, selection: store.RecipientFilter, *, actor: str) -> OperatorResult:
+        """Cancel the waiting (`queued`, `retry_wait`) recipients of ``selection``; audited.
+
+        ``selection.statuses`` narrows the waiting statuses further; any other status
+        in it is ignored, so nothing claimed or final is ever cancelled.
+        """
+        waiting = [str(s) for s in _SENDABLE]
+        statuses = [s for s in selection.statuses or waiting if s in waiting]
         now = utcnow()
         with self.db.transaction() as session:
-            ids = [
-                rid
-                for rid, _job, _status in store.select_recipients(
-                    session,
-                    selection=store.RecipientFilter(
-                        job_id=job_id, statuses=[str(s) for s in _SENDABLE]
-                    ),
-                )
-            ]
+            rows = store.select_recipients(session, selection=replace(selection, statuses=statuses))
+            ids = [rid for rid, _job, _status in rows]
             moved = store.cancel_waiting(
                 session, ids=ids, at=now, cause=f"cancelled by {actor}", actor=actor
             )
             store.record_action(
-                session, actor=actor, action="cancel", target=job_id, detail={}, affected=moved
+                session,
+                actor=actor,
+                action="cancel",
+                target=selection.job_id,
+                detail={} if selection.job_id else selection.describe(),
+                affected=moved,
             )
-        return OperatorResult(affected=moved, jobs=[job_id])
+        jobs = [selection.job_id] if selection.job_id else sorted({job for _i, job, _s in rows})
+        return OperatorResult(affected=moved, jobs=jobs)
 
     def _require_job(self, job_id: str) -> None:
         with self.db.transaction() as session:

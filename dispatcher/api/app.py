@@ -1,4 +1,4 @@
-"""The ASGI application of ``dispatcher serve``: ``/v1``, the drop-in endpoint, ``/healthz``."""
+"""The ASGI app of ``dispatcher serve``: ``/v1``, the drop-in, ``/healthz``, the dashboard."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import redis
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from dispatcher import __version__
+from dispatcher import __version__, dashboard
 from dispatcher.api import dropin, errors, v1
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.health import OK, HealthChecker
@@ -85,6 +85,7 @@ def create_app(service: Dispatcher | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(v1.router)
     app.include_router(dropin.router)
+    dashboard.install(app, service)
 
     @app.get(
         "/healthz",

@@ -1,0 +1,10 @@
+"""The operator dashboard: server-rendered pages at ``/`` of ``dispatcher serve``.
+
+``install(app, service)`` mounts it; ``routes`` has the pages and actions,
+``session`` the signed login cookie and login throttling, ``queries`` the
+indexed reads, ``charts`` the geometry of the inline SVG charts.
+"""
+
+from dispatcher.dashboard.routes import install
+
+__all__ = ["install"]
