@@ -23,6 +23,7 @@ from dispatcher.message import Priority
 
 TASK_DISPATCH = "dispatcher.dispatch"
 TASK_SWEEP = "dispatcher.sweep"
+TASK_HEARTBEAT = "dispatcher.heartbeat"
 
 # A wake-up is worth nothing after a while: the sweeper sends fresh ones for work
 # still due, so stale messages left in a broker during an outage can be dropped.
@@ -83,8 +84,25 @@ def make_celery(settings: Settings) -> Celery:
         worker_send_task_events=False,
         task_send_sent_event=False,
         enable_utc=True,
+        # Each worker also consumes its own queue, `<node name>.dq2`: the heartbeat
+        # task sent there proves this very worker takes messages off the broker.
+        worker_direct=True,
     )
     return app
+
+
+def send_heartbeat(celery: Celery, node: str, *, expires_s: float) -> None:
+    """Send the heartbeat task to worker ``node``'s own direct queue.
+
+    No publish retries: a broker that is away shows as a stale ``consumed_at``, which
+    is the signal, and the sweeper thread must not block on it.
+    """
+    from celery.utils.nodenames import worker_direct
+
+    ensure_broker_folders(celery)
+    celery.send_task(
+        TASK_HEARTBEAT, args=[node], queue=worker_direct(node).name, expires=expires_s, retry=False
+    )
 
 
 app = make_celery(get_settings())

@@ -213,6 +213,34 @@ def sweep(loop: bool) -> None:
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def rollup(as_json: bool) -> None:
+    """Recompute the recent minutes of the dashboard's and /metrics' rollups now."""
+    from dispatcher import runtime
+
+    _require_schema()
+    report = runtime.service().rollup(force=True)
+    if report is None:
+        raise click.ClickException("another rollup is running; try again in a moment")
+    if as_json:
+        _emit_json(
+            {
+                "ran_at": report.ran_at.isoformat(),
+                "recomputed_from": report.recomputed_from.isoformat(),
+                "sealed_before": report.sealed_before.isoformat(),
+                "minute_rows": report.minute_rows,
+                "duration_ms": round(report.duration_ms, 1),
+            }
+        )
+        return
+    click.echo(
+        f"recomputed {report.minute_rows} minute rows from "
+        f"{report.recomputed_from:%Y-%m-%d %H:%M} UTC in {report.duration_ms:.0f} ms"
+    )
+
+
+@main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
 @click.option(

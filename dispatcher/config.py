@@ -113,6 +113,22 @@ class Settings(BaseSettings):
     retry_backoff_max_s: float = Field(default=3600.0, gt=0)
     submitting_timeout_s: float = Field(default=120.0, gt=0)
     sweep_interval_s: float = Field(default=5.0, gt=0)
+    rollup_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often a sweeper recomputes the recent minutes of the rollups "
+        "(dashboard counts and /metrics); one rollup runs at a time across workers.",
+    )
+    stats_retention_days: int = Field(
+        default=35, ge=2, le=3660, description="Per-minute rollup rows older than this go."
+    )
+    heartbeat_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often each worker records its heartbeat and sends itself a "
+        "heartbeat task through the broker; a worker that has not consumed one for three "
+        "intervals counts as not consuming.",
+    )
 
     breaker_threshold: int = Field(
         default=5,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
+from collections.abc import Callable
 
 from dispatcher import redaction
 from dispatcher.config import Settings, get_settings, load_settings
@@ -77,10 +79,28 @@ def after_fork() -> None:
         _service.db.after_fork()
 
 
-def sweep_forever(interval_s: float, stop: threading.Event) -> None:
-    """Sweep every ``interval_s`` (with jitter, so workers spread out) until ``stop``."""
+def sweep_forever(
+    interval_s: float, stop: threading.Event, *, tick: Callable[[], None] | None = None
+) -> None:
+    """Sweep every ``interval_s`` (with jitter, so workers spread out) until ``stop``.
+
+    Each round also runs the rollup when ``DISPATCHER_ROLLUP_INTERVAL_S`` has passed,
+    and ``tick`` (a worker's heartbeat), each guarded so one failing spares the others.
+    """
+    next_rollup = time.monotonic()
     while not stop.wait(interval_s * random.uniform(0.8, 1.2)):
         try:
             service().sweep()
         except Exception:
             log.exception("sweep failed; trying again in %.0f s", interval_s)
+        if time.monotonic() >= next_rollup:
+            next_rollup = time.monotonic() + settings().rollup_interval_s
+            try:
+                service().rollup()
+            except Exception:
+                log.exception("rollup failed; the dashboard's figures are getting stale")
+        if tick is not None:
+            try:
+                tick()
+            except Exception:
+                log.warning("heartbeat failed", exc_info=True)

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple, Protocol
 from sqlalchemy import func
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
+from dispatcher import rollup as rollups
 from dispatcher import store
 from dispatcher.audit import RetentionSchedule
 from dispatcher.config import Settings
@@ -1116,6 +1117,18 @@ class Dispatcher:
         except Exception:
             log.debug("could not count waiting wake-ups", exc_info=True)
             return None
+
+    def rollup(self, *, force: bool = False) -> rollups.RollupReport | None:
+        """Recompute the recent rollup minutes and status counts (``dispatcher.rollup``).
+
+        None when another worker's run holds the lock or ran within the interval,
+        unless ``force``.
+        """
+        return rollups.run(
+            self.db,
+            retention_days=self.settings.stats_retention_days,
+            min_interval_s=0.0 if force else 0.9 * self.settings.rollup_interval_s,
+        )
 
     # --- reading -------------------------------------------------------------------
 

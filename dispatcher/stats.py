@@ -15,6 +15,17 @@ readers never count the big tables and no worker ever updates a shared counter r
   finished attempts whose gateway latency fell in that bucket (not cumulative).
 - ``accepted_after_ms`` / a bucket's upper bound from ``ENQUEUE_BUCKETS_MS``: recipients
   accepted that minute, by time from their job's enqueue (or ``send_at``) to acceptance.
+- ``latency_ms_sum`` and ``accepted_after_ms_sum`` / ``sum``: the sums of those two
+  histograms' values that minute (Prometheus histograms carry their sum).
+
+``error_code`` counts recipients that moved into ``failed`` or ``unknown``, labelled by
+the code they hold (``none`` when they have none); transient codes that were retried
+show in ``attempts`` / ``transient`` instead.
+
+Rows at the fixed bucket ``EPOCH`` are all-time totals of everything before the sealed
+point, so counters survive the deletion of old minutes (see ``dispatcher.rollup``);
+``rollup`` / ``sealed_before`` and ``rollup`` / ``ran_at`` at ``EPOCH`` hold, as epoch
+seconds, that point and when the last rollup ran.
 """
 
 from __future__ import annotations
@@ -28,9 +39,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dispatcher.control import control_view
+from dispatcher.heartbeat import WorkerHealth, health
 from dispatcher.models import (
     Batch,
     BatchStatus,
+    Recipient,
     RecipientStatus,
     StatsMinute,
     StatusCount,
@@ -43,6 +56,14 @@ ERROR_CODE = "error_code"
 ATTEMPTS = "attempts"
 LATENCY_MS = "latency_ms"
 ACCEPTED_AFTER_MS = "accepted_after_ms"
+LATENCY_MS_SUM = "latency_ms_sum"
+ACCEPTED_AFTER_MS_SUM = "accepted_after_ms_sum"
+SUM = "sum"
+ROLLUP = "rollup"
+SEALED_BEFORE = "sealed_before"
+RAN_AT = "ran_at"
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+"""The bucket of the all-time totals and the rollup's marks."""
 
 INF = "+Inf"
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -159,6 +180,38 @@ def series(session: Session, *, name: str, since: dt.datetime, step: dt.timedelt
     return Series(totals=totals, points=sorted(buckets.items()))
 
 
+def rollup_marks(session: Session) -> dict[str, dt.datetime]:
+    """The rollup's marks (``sealed_before``, ``ran_at``) as datetimes; empty before any run."""
+    rows = session.execute(
+        select(StatsMinute.label, StatsMinute.value).where(
+            StatsMinute.bucket_at == EPOCH, StatsMinute.name == ROLLUP
+        )
+    ).all()
+    return {label: dt.datetime.fromtimestamp(value, dt.UTC) for label, value in rows}
+
+
+def counter_totals(session: Session, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """All-time totals by name and label: the sealed totals plus the minutes since.
+
+    They only grow while the audit rows they count stay (see ``dispatcher.rollup``).
+    """
+    sealed_before = rollup_marks(session).get(SEALED_BEFORE)
+    totals: dict[str, dict[str, float]] = {name: {} for name in names}
+    if sealed_before is None:
+        return totals
+    rows = session.execute(
+        select(StatsMinute.name, StatsMinute.label, func.sum(StatsMinute.value))
+        .where(
+            StatsMinute.name.in_(list(names)),
+            (StatsMinute.bucket_at == EPOCH) | (StatsMinute.bucket_at >= sealed_before),
+        )
+        .group_by(StatsMinute.name, StatsMinute.label)
+    ).all()
+    for name, label, value in rows:
+        totals[name][label] = float(value)
+    return totals
+
+
 def workers(session: Session) -> list[dict[str, Any]]:
     """Every worker's last heartbeat, most recently seen first."""
     rows = session.execute(
@@ -206,4 +259,72 @@ def overview(session: Session, *, now: dt.datetime) -> Overview:
         latency_p95_ms=quantile(latency.totals, 0.95, LATENCY_BUCKETS_MS),
         oldest_due_age_s=(now - oldest).total_seconds() if oldest is not None else None,
         workers=workers(session),
+    )
+
+
+COUNTERS = (
+    RECIPIENTS,
+    ERROR_CODE,
+    ATTEMPTS,
+    LATENCY_MS,
+    LATENCY_MS_SUM,
+    ACCEPTED_AFTER_MS,
+    ACCEPTED_AFTER_MS_SUM,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """What ``/metrics`` reports: cluster-wide, read from the database at scrape time."""
+
+    now: dt.datetime
+    totals: dict[str, dict[str, float]]
+    """All-time counter totals by rollup name and label."""
+    counts: dict[str, int]
+    counts_at: dt.datetime | None
+    rollup_at: dt.datetime | None
+    control: dict[str, Any]
+    due_batches: int
+    due_recipients: int
+    oldest_due_age_s: float | None
+    workers: WorkerHealth
+
+
+def due_work(session: Session, *, now: dt.datetime) -> tuple[int, int]:
+    """Queued batches due now, and the recipients waiting in them (via the due index)."""
+    due = (
+        select(Batch.id)
+        .where(Batch.status == BatchStatus.QUEUED, Batch.lane.in_(LANES), Batch.due_at <= now)
+        .scalar_subquery()
+    )
+    batches = session.execute(
+        select(func.count()).where(
+            Batch.status == BatchStatus.QUEUED, Batch.lane.in_(LANES), Batch.due_at <= now
+        )
+    ).scalar_one()
+    recipients = session.execute(
+        select(func.count()).where(
+            Recipient.batch_id.in_(due),
+            Recipient.status.in_([RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT]),
+        )
+    ).scalar_one()
+    return int(batches), int(recipients)
+
+
+def snapshot(session: Session, *, now: dt.datetime, heartbeat_interval_s: float) -> Snapshot:
+    """Everything ``/metrics`` exposes, as of ``now``."""
+    counts, counts_at = status_counts(session)
+    batches, recipients = due_work(session, now=now)
+    oldest = oldest_due_at(session, now=now)
+    return Snapshot(
+        now=now,
+        totals=counter_totals(session, COUNTERS),
+        counts=counts,
+        counts_at=counts_at,
+        rollup_at=rollup_marks(session).get(RAN_AT),
+        control=control_view(get_control(session)),
+        due_batches=batches,
+        due_recipients=recipients,
+        oldest_due_age_s=(now - oldest).total_seconds() if oldest is not None else None,
+        workers=health(session, now=now, interval_s=heartbeat_interval_s),
     )

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
+import time
 from typing import Any
 
 from celery.signals import (
@@ -14,7 +17,8 @@ from celery.signals import (
 )
 
 from dispatcher import runtime
-from dispatcher.celery_app import TASK_DISPATCH, TASK_SWEEP, app
+from dispatcher.celery_app import TASK_DISPATCH, TASK_HEARTBEAT, TASK_SWEEP, app, send_heartbeat
+from dispatcher.heartbeat import STALE_AFTER_BEATS, Heartbeats
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +35,7 @@ def dispatch() -> dict[str, Any]:
     """Claim and send due batches until none is due or the time budget is spent."""
     service = runtime.service()
     report = service.dispatch_due(budget_s=DISPATCH_BUDGET_S, stop=_shutting_down)
+    _beat.add_batches(report.batches)
     webhooks = 0 if _shutting_down.is_set() else service.webhooks.deliver_due(budget_s=10.0)
     return {"batches": report.batches, "outcomes": dict(report.outcomes), "webhooks": webhooks}
 
@@ -39,6 +44,54 @@ def dispatch() -> dict[str, Any]:
 def sweep() -> dict[str, int]:
     """Run one sweep: abandoned batches to unknown, wake-ups for due work."""
     return runtime.service().sweep()
+
+
+@app.task(name=TASK_HEARTBEAT, ignore_result=True)
+def heartbeat(node: str) -> None:
+    """Record that worker ``node`` consumed from the broker (sent to its own queue)."""
+    Heartbeats(runtime.service().db, node).consumed()
+
+
+class _WorkerBeat:
+    """This worker's heartbeat, driven by the sweeper thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.batches = 0
+        self.heartbeats: Heartbeats | None = None
+        self.node = ""
+        self.next_at = 0.0
+
+    def add_batches(self, count: int) -> None:
+        with self.lock:
+            self.batches += count
+
+    def start(self, node: str, queues: list[str]) -> None:
+        self.node = node
+        self.heartbeats = Heartbeats(runtime.service().db, node)
+        self.heartbeats.started(
+            hostname=socket.gethostname(), pid=os.getpid(), queues=",".join(sorted(queues))
+        )
+
+    def tick(self) -> None:
+        """Every heartbeat interval: write ``seen_at`` and send the heartbeat task."""
+        if self.heartbeats is None or time.monotonic() < self.next_at:
+            return
+        interval_s = runtime.settings().heartbeat_interval_s
+        self.next_at = time.monotonic() + interval_s
+        with self.lock:
+            batches = self.batches
+        self.heartbeats.beat(batches=batches)
+        send_heartbeat(app, self.node, expires_s=STALE_AFTER_BEATS * interval_s)
+
+    def stop(self) -> None:
+        if self.heartbeats is not None:
+            with self.lock:
+                batches = self.batches
+            self.heartbeats.stopped(batches=batches)
+
+
+_beat = _WorkerBeat()
 
 
 @worker_process_init.connect
@@ -51,13 +104,22 @@ _sweeper_stop = threading.Event()
 
 
 @worker_ready.connect
-def _start_sweeper(**_: Any) -> None:
+def _start_sweeper(sender: Any = None, **_: Any) -> None:
     # Each worker sweeps for itself: every step is a compare-and-set, so several
     # sweepers are safe, and the sweep keeps running when the broker has lost
     # every message (the case it exists for).
+    node = getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
+    try:
+        _beat.start(node, list(app.amqp.queues.consume_from or {}))
+    except Exception:
+        log.exception("could not record this worker's heartbeat; carrying on without it")
     interval_s = runtime.settings().sweep_interval_s
     thread = threading.Thread(
-        target=runtime.sweep_forever, args=(interval_s, _sweeper_stop), name="sweeper", daemon=True
+        target=runtime.sweep_forever,
+        args=(interval_s, _sweeper_stop),
+        kwargs={"tick": _beat.tick},
+        name="sweeper",
+        daemon=True,
     )
     thread.start()
 
@@ -71,3 +133,7 @@ def _stop_claiming(**_: Any) -> None:
 @worker_shutdown.connect
 def _stop_sweeper(**_: Any) -> None:
     _sweeper_stop.set()
+    try:
+        _beat.stop()
+    except Exception:
+        log.warning("could not record this worker's clean shutdown", exc_info=True)

@@ -57,3 +57,20 @@ def test_services_share_the_production_settings() -> None:
         assert _our_services()[name]["environment"] == env
     # Credentials come from the operator's environment, never from the file.
     assert "${DISPATCHER_GATEWAY_PASSWORD:?" in COMPOSE.read_text()
+
+
+def test_monitoring_runs_under_the_ops_profile() -> None:
+    services = _compose()["services"]
+    root = COMPOSE.parent
+    for name in ("prometheus", "grafana"):
+        spec = services[name]
+        assert spec.get("profiles") == ["ops"], f"{name} runs only under the ops profile"
+        for volume in spec["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (root / source).exists(), f"{name} mounts missing {source}"
+    mounts = " ".join(services["prometheus"]["volumes"])
+    assert "ops/prometheus/alerts.yml" in mounts
+    assert "ops/grafana/dashboards" in " ".join(services["grafana"]["volumes"])
+    # The Grafana admin password comes from the operator's environment.
+    assert "${GRAFANA_ADMIN_PASSWORD:?" in COMPOSE.read_text()

@@ -408,7 +408,10 @@ def test_overview_draws_the_rollups_and_workers(dash: Dash) -> None:
                             label="250", value=10),
                 StatusCount(status="sent", recipients=1234, computed_at=now),
                 WorkerHeartbeat(name="w-fresh", hostname="h1", pid=1, queues="q",
-                                started_at=now, seen_at=now, batches=5),
+                                started_at=now, seen_at=now, consumed_at=now, batches=5),
+                WorkerHeartbeat(name="w-stuck", hostname="h3", pid=3, queues="q",
+                                started_at=now - dt.timedelta(hours=2), seen_at=now,
+                                consumed_at=now - dt.timedelta(hours=1), batches=0),
                 WorkerHeartbeat(name="w-old", hostname="h2", pid=2, queues="q",
                                 started_at=now - dt.timedelta(hours=2),
                                 seen_at=now - dt.timedelta(hours=1), batches=1),
@@ -420,9 +423,14 @@ def test_overview_draws_the_rollups_and_workers(dash: Dash) -> None:
     assert "7 sent</title>" in page
     assert "GATEWAY_ERROR: 3</title>" in page
     assert "p50 250 ms" in page
-    fresh, old = page.index("w-fresh"), page.index("w-old")
-    assert '"good">alive<' in page[fresh:old]
-    assert '"bad">stale<' in page[old:]
+    # Workers are listed most recently seen first: the two fresh ones, then the old one.
+    fresh, stuck, old = page.index("w-fresh"), page.index("w-stuck"), page.index("w-old")
+    assert max(fresh, stuck) < old
+    rows = {name: page[at : page.index("</tr>", at)] for name, at in
+            [("fresh", fresh), ("stuck", stuck), ("old", old)]}  # fmt: skip
+    assert '"good">alive, consuming<' in rows["fresh"]
+    assert '"bad">alive, not consuming<' in rows["stuck"]
+    assert '"bad">stale<' in rows["old"]
 
 
 def test_no_secret_in_any_page(dash: Dash, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,4 +1,5 @@
-"""The ASGI app of ``dispatcher serve``: ``/v1``, the drop-in, ``/healthz``, the dashboard."""
+"""The ASGI app of ``dispatcher serve``: ``/v1``, the drop-in, ``/healthz``, ``/metrics``,
+the dashboard."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from contextlib import asynccontextmanager
 
 import redis
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from dispatcher import __version__, dashboard
-from dispatcher.api import dropin, errors, v1
+from dispatcher.api import dropin, errors, metrics, v1
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.health import OK, HealthChecker
 from dispatcher.api.middleware import AccessLogMiddleware, BodyLimitMiddleware
@@ -99,6 +101,15 @@ def create_app(service: Dispatcher | None = None) -> FastAPI:
         result = await health.check()
         healthy = all(value == OK for value in result.values())
         return JSONResponse(result, status_code=200 if healthy else 503)
+
+    scrape = metrics.registry(service.db, heartbeat_interval_s=settings.heartbeat_interval_s)
+
+    # Left out of /openapi.json like the drop-in: Prometheus's text format, not JSON.
+    @app.get("/metrics", include_in_schema=False, response_class=Response)
+    def prometheus_metrics() -> Response:
+        """Cluster-wide counters, histograms and gauges, read from the database. No key
+        needed (nothing in it is secret); a plain function, so it runs in a thread."""
+        return Response(metrics.exposition(scrape), media_type=CONTENT_TYPE_LATEST)
 
     # Middleware runs outermost-last-added: the access log sees the 413s too.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

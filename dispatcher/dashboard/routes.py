@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from dispatcher import redaction
+from dispatcher import heartbeat, redaction
 from dispatcher.dashboard import charts, queries
 from dispatcher.dashboard.session import (
     COOKIE_NAME,
@@ -43,8 +43,6 @@ from dispatcher.service import Dispatcher
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
-WORKER_STALE_AFTER_S = 90.0
-"""A worker whose last heartbeat is older than this is shown as stale."""
 LIST_STATUSES = ("failed", "unknown", "queued", "retry_wait")
 RETRYABLE = ("failed", "unknown")
 CANCELLABLE = ("queued", "retry_wait")
@@ -356,8 +354,14 @@ def overview(
     data = queries.overview(dash.service.db)
     hour_start = data.now - dt.timedelta(hours=1)
     day_start = data.now - dt.timedelta(days=1)
+    interval_s = dash.service.settings.heartbeat_interval_s
+    stale_after_s = heartbeat.STALE_AFTER_BEATS * interval_s
     workers = [
-        w | {"alive": (data.now - w["seen_at"]).total_seconds() <= WORKER_STALE_AFTER_S}
+        w
+        | {
+            "alive": (data.now - w["seen_at"]).total_seconds() <= stale_after_s,
+            "consuming": heartbeat.is_consuming(w, now=data.now, interval_s=interval_s),
+        }
         for w in data.workers
     ]
     return dash.page(
