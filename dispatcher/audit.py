@@ -179,8 +179,13 @@ def export_csv(
     job_id: str | None = None,
     kind: str = "events",
     default_region: str = "GB",
+    actor: str | None = None,
 ) -> Iterator[str]:
     """The audit of a time range, a number (any format) or a job, as CSV lines.
+
+    With ``actor``, the export itself is audited in operator_actions (who, when, which
+    range, job and kind; whether a number was asked, never the number itself: the
+    action log must not become a second copy of what retention and erasure remove).
 
     ``kind="events"``: one row per status change in ``[since, until)``;
     ``kind="recipients"``: one row per recipient of the jobs created in it. Times
@@ -198,6 +203,21 @@ def export_csv(
         kind=kind,
         default_region=default_region,
     )
+    if actor is not None:
+        with db.transaction() as session:
+            store.record_action(
+                session,
+                actor=actor,
+                action="export",
+                target=job_id,
+                detail={
+                    "kind": kind,
+                    "since": since.isoformat() if since else None,
+                    "until": until.isoformat() if until else None,
+                    "number_given": number is not None,
+                },
+                affected=0,
+            )
     return _stream(db, plan)
 
 

@@ -719,6 +719,7 @@ def export(
         job_id=job_id,
         kind=kind,
         default_region=svc.settings.default_region,
+        actor=_operator(),
     )
     if output == "-":
         for line in lines:

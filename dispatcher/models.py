@@ -201,6 +201,13 @@ class Job(Base):
             postgresql_where=sql("callback_state = 'waiting'"),
             sqlite_where=sql("callback_state = 'waiting'"),
         ),
+        # Retention walks only the jobs it has not purged yet, oldest first.
+        Index(
+            "ix_jobs_unpurged",
+            "created_at",
+            postgresql_where=sql("purged_at IS NULL"),
+            sqlite_where=sql("purged_at IS NULL"),
+        ),
         # Unique per key holder; NULL keys (no idempotency asked) never collide.
         UniqueConstraint("created_by", "idempotency_key"),
     )
@@ -236,6 +243,14 @@ class Batch(Base):
             "due_at",
             postgresql_where=sql("status = 'queued'"),
             sqlite_where=sql("status = 'queued'"),
+        ),
+        # The sweeper expires waiting batches past their validity, however far ahead
+        # they were scheduled.
+        Index(
+            "ix_batches_expiring",
+            "expires_at",
+            postgresql_where=sql("status = 'queued' AND expires_at IS NOT NULL"),
+            sqlite_where=sql("status = 'queued' AND expires_at IS NOT NULL"),
         ),
         Index(
             "ix_batches_submitting",
@@ -301,6 +316,8 @@ class Attempt(Base):
         Index(None, "batch_id"),
         Index(None, "job_id"),
         Index(None, "started_at"),
+        # The rollup reads attempts by when they finished, however long they took.
+        Index(None, "finished_at"),
     )
 
 

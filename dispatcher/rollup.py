@@ -61,11 +61,6 @@ WINDOW = dt.timedelta(minutes=10)
 """Minutes this far back are recomputed on every run: longer than any transaction
 that writes events stays open, so late commits land inside it."""
 
-ATTEMPT_SPAN = dt.timedelta(hours=2)
-"""Longest an attempt may take from start to its recorded finish (a submitting
-timeout, then a late reply retried while the database was away); it bounds the
-search for attempts by their indexed ``started_at``."""
-
 ROLLUP_LOCK_KEY = 0x534D_5352_4F4C_4C55
 """The PostgreSQL advisory lock that keeps rollups one at a time."""
 
@@ -173,9 +168,6 @@ def _error_codes(sql: _Sql, window: _Window, by_minute: bool) -> Select[Any]:
 
 def _finished(window: _Window) -> list[ColumnElement[bool]]:
     conditions = _between(Attempt.finished_at, window)
-    if window[0] is not None:
-        # finished_at has no index; started_at has, and bounds it.
-        conditions.append(Attempt.started_at >= window[0] - ATTEMPT_SPAN)
     conditions.append(Attempt.outcome != str(AttemptOutcome.IN_FLIGHT))
     return conditions
 

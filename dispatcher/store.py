@@ -462,7 +462,7 @@ def expired_batches(
             Batch.expires_at.is_not(None),
             Batch.expires_at <= now,
         )
-        .order_by(Batch.id)
+        .order_by(Batch.expires_at)
         .limit(limit)
     )
     batches = session.execute(skip_locked(session, query)).scalars()

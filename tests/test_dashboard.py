@@ -391,7 +391,7 @@ def test_overview_shows_the_counts_and_state(dash: Dash) -> None:
         assert f'id="count-{status}"' in page.text
     assert 'id="breaker-state"' in page.text
     assert "closed" in page.text
-    assert 'id="export-csv-slot"' in page.text
+    assert 'id="export-csv"' in page.text
     assert "default-src 'self'" in page.headers["content-security-policy"]
 
 
@@ -467,3 +467,47 @@ def _actions(dash: Dash, action: str) -> list[OperatorAction]:
         return list(
             session.execute(select(OperatorAction).where(OperatorAction.action == action)).scalars()
         )
+
+
+def test_export_buttons_stream_the_audit_and_audit_the_export(dash: Dash) -> None:
+    dash.sim.configure(number_rules={number(2): "INVALID_NUMBER"})
+    job_id = _job_with_outcomes(dash, number(1), number(2))
+    assert dash.login() == 303
+
+    overview = dash.client.get("/").text
+    assert 'action="/export.csv"' in overview
+    national = "0" + number(2)[2:]
+    search = dash.client.get("/search", params={"q": national}).text
+    assert f"/export.csv?number={number(2)}" in search
+    assert f"/export.csv?job={job_id}" in dash.client.get(f"/jobs/{job_id}").text
+
+    by_number = dash.client.get("/export.csv", params={"number": national})
+    assert by_number.status_code == 200
+    assert by_number.headers["content-type"].startswith("text/csv")
+    lines = by_number.text.splitlines()
+    header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
+    assert rows, by_number.text
+    numbers = {row[header.index("number")] for row in rows}
+    assert numbers == {number(2)}
+    assert "INVALID_NUMBER" in by_number.text
+    assert "123456" not in by_number.text  # the message text never leaves the job page
+
+    now = dt.datetime.now(dt.UTC)
+    by_range = dash.client.get(
+        "/export.csv",
+        params={
+            "since": (now - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"),
+            "until": (now + dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M"),
+            "kind": "recipients",
+        },
+    )
+    assert by_range.status_code == 200
+    assert {number(1), number(2)} <= set(by_range.text.replace("\r\n", ",").split(","))
+
+    exports = _actions(dash, "export")
+    assert [a.actor for a in exports] == ["dashboard:operator", "dashboard:operator"]
+    assert all(number(2) not in (a.detail or "") for a in exports)
+
+    assert dash.client.get("/export.csv").status_code == 400  # nothing to export named
+    assert dash.client.get("/export.csv", params={"since": "yesterday"}).status_code == 400
+    assert dash.client.get("/export.csv", params={"job": "0" * 26}).status_code == 404

@@ -311,6 +311,7 @@ def audit_csv(
         job_id=_known_job(job) if job is not None else None,
         kind=kind.value,
         default_region=service.settings.default_region,
+        actor=api_actor(key),
     )
     return StreamingResponse(
         lines,

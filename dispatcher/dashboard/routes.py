@@ -23,10 +23,10 @@ from urllib.parse import urlencode
 
 import jinja2
 from fastapi import APIRouter, Depends, FastAPI, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from dispatcher import heartbeat, redaction
+from dispatcher import audit, heartbeat, redaction
 from dispatcher.dashboard import charts, queries
 from dispatcher.dashboard.session import (
     COOKIE_NAME,
@@ -35,7 +35,13 @@ from dispatcher.dashboard.session import (
     Session,
     SessionCodec,
 )
-from dispatcher.errors import AuthenticationError, DispatcherError, NotFoundError
+from dispatcher.errors import (
+    AuthenticationError,
+    ConfirmationRequiredError,
+    DispatcherError,
+    NotFoundError,
+    ValidationError,
+)
 from dispatcher.keys import KeyStore
 from dispatcher.models import RecipientStatus, Scope
 from dispatcher.service import Dispatcher
@@ -370,6 +376,8 @@ def overview(
         session,
         data=data,
         workers=workers,
+        export_since=(data.now - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M"),
+        export_until=data.now.strftime("%Y-%m-%dT%H:%M"),
         hour=charts.stacked(
             data.throughput_hour, start=hour_start, step=dt.timedelta(minutes=1), slots=60
         ),
@@ -447,6 +455,10 @@ def _service_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except NotFoundError as exc:
         raise DashboardError(404, str(exc)) from None
+    except ConfirmationRequiredError as exc:
+        raise DashboardError(409, str(exc)) from None
+    except ValidationError as exc:
+        raise DashboardError(400, str(exc)) from None
     except DispatcherError as exc:
         # ConfirmationRequiredError, InvalidOptionError, ...: the operator can act on it.
         raise DashboardError(409, str(exc)) from None
@@ -633,6 +645,40 @@ def actions(request: Request, session: Operator, page: str | None = None) -> Res
     dash = _dashboard(request)
     rows = queries.actions(dash.service.db, page=_page_number(page))
     return dash.page(request, "actions.html", session, rows=rows)
+
+
+# --- audit export --------------------------------------------------------------------
+
+
+@router.get("/export.csv")
+def export(
+    request: Request,
+    session: Operator,
+    since: str | None = None,
+    until: str | None = None,
+    number: str | None = None,
+    job: str | None = None,
+    kind: str = "events",
+) -> Response:
+    """The audit of a time range, a number or a job as CSV, streamed; the export itself
+    is audited with who asked (a bulk export of personal data is an action)."""
+    service = _dashboard(request).service
+    lines = _service_call(
+        audit.export_csv,
+        service.db,
+        since=_parse_time("since", since),
+        until=_parse_time("until", until),
+        number=number.strip() or None if number else None,
+        job_id=job.strip() or None if job else None,
+        kind=kind,
+        default_region=service.settings.default_region,
+        actor=session.actor,
+    )
+    return StreamingResponse(
+        lines,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="audit-{kind}.csv"'},
+    )
 
 
 # --- wiring --------------------------------------------------------------------------
