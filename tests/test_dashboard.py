@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from markupsafe import escape
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from dispatcher.api import create_app
 from dispatcher.api.server import ServerThread
@@ -236,15 +236,18 @@ def test_search_by_job_id_reference_and_gateway_id(dash: Dash) -> None:
 
 def test_job_page_shows_why_a_recipient_failed(dash: Dash) -> None:
     dash.sim.configure(number_rules={number(2): "INVALID_NUMBER"})
-    job_id = _job_with_outcomes(dash, number(1), number(2), "not a number", reference="r-1")
-    # Scheduling, priority and expiry arrive with issue 8's send(); set them as it will.
-    send_at = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.UTC)
-    with dash.service.db.transaction() as session:
-        session.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(priority="high", send_at=send_at, expires_at=send_at + dt.timedelta(hours=1))
-        )
+    # Just due (a send time a moment ago), high priority, valid for an hour.
+    send_at = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(seconds=30)
+    job_id = _job_with_outcomes(
+        dash,
+        number(1),
+        number(2),
+        "not a number",
+        reference="r-1",
+        send_at=send_at,
+        priority="high",
+        valid_for_s=3600,
+    )
     assert dash.login() == 303
     page = dash.client.get(f"/jobs/{job_id}").text
 
@@ -254,8 +257,14 @@ def test_job_page_shows_why_a_recipient_failed(dash: Dash) -> None:
     assert "INVALID_NUMBER" in page
     assert "refused at enqueue" in page
     assert 'id="priority">high<' in page
-    assert 'id="send-at">2026-11-24 09:30:00 UTC<' in page
-    assert 'id="expires-at">2026-11-24 10:30:00 UTC<' in page
+    shown = "%Y-%m-%d %H:%M:%S UTC"
+    assert f'id="send-at">{send_at.strftime(shown)}<' in page
+    with dash.service.db.transaction() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        assert job.expires_at is not None
+        expires_at = job.expires_at
+    assert f'id="expires-at">{expires_at.strftime(shown)}<' in page
     assert 'id="credits">2 ' in page  # one part x two accepted recipients
     assert "Your code is 123456" in page
     assert "127.0.0.1" in page  # the attempt's host
