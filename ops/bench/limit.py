@@ -170,9 +170,12 @@ def _loop(pool: _Pool, gateway: dict[str, str], enqueued: Any) -> None:
             )
 
 
-def worker_process(conninfo: str, gateway: dict[str, str], threads: int, enqueued: Any) -> None:
+def worker_process(
+    conninfo: str, gateway: dict[str, str], threads: int, enqueued: Any, ready: Any
+) -> None:
     """One worker process: ``threads`` claim-send-record loops until the work is done."""
     pool = _Pool(conninfo, min(threads, POOL_SIZE))
+    ready.release()
     loops = [threading.Thread(target=_loop, args=(pool, gateway, enqueued)) for _ in range(threads)]
     for loop in loops:
         loop.start()
@@ -186,12 +189,17 @@ def start_workers(
     """Start the probe's worker processes; set the event once everything is enqueued."""
     context = multiprocessing.get_context("spawn")
     enqueued = context.Event()
+    ready = context.Semaphore(0)
     workers = [
-        context.Process(target=worker_process, args=(conninfo, gateway, threads, enqueued))
+        context.Process(target=worker_process, args=(conninfo, gateway, threads, enqueued, ready))
         for _ in range(processes)
     ]
     for worker in workers:
         worker.start()
+    # Started and connected before the clock starts, as the dispatcher's workers are.
+    for _ in workers:
+        if not ready.acquire(timeout=60):
+            raise RuntimeError("a limit probe process did not start")
     return list(workers), enqueued
 
 

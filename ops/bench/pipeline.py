@@ -596,9 +596,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     args.bulk_jobs = args.bulk_jobs or (4 if quick else 10)
-    args.bulk_recipients = args.bulk_recipients or (2_000 if quick else 10_000)
-    args.transactional_jobs = args.transactional_jobs or (2_000 if quick else 20_000)
-    args.sim_requests = args.sim_requests or (1_000 if quick else 10_000)
+    args.bulk_recipients = args.bulk_recipients or (1_000 if quick else 10_000)
+    args.transactional_jobs = args.transactional_jobs or (300 if quick else 20_000)
+    args.sim_requests = args.sim_requests or (300 if quick else 10_000)
     args.output = args.output or RESULTS / ("pipeline_quick.json" if quick else "pipeline.json")
     return args
 
@@ -606,6 +606,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run every scenario at every latency in every mode; print and write the figures."""
     args = parse_args(argv)
+    # Stopped from outside, still drop the scratch database and stop the children.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped (SIGTERM)"))
     scenarios = {
         "bulk": bulk(args.bulk_jobs, args.bulk_recipients),
         "transactional": transactional(args.transactional_jobs),
@@ -625,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             slow = latency > 0
             concurrency = args.worker_concurrency[1 if slow else 0]
             sample = args.baseline_sample or (
-                (60 if args.quick else 400) if slow else (300 if args.quick else 3_000)
+                (30 if args.quick else 400) if slow else (100 if args.quick else 3_000)
             )
             limit_threads = args.limit_threads or (
                 ([64] if args.quick else [32, 96, 192])
