@@ -218,6 +218,14 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         default=16, ge=1, le=1024, description="Threads per worker process (I/O-bound work)."
     )
+    database_pool_size: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Database connections each process keeps (as many again may open "
+        "under load); unset: worker_concurrency. A thread holds one only while it claims "
+        "or records, never during its HTTP call, so many threads share few connections.",
+    )
     wake_fanout: int = Field(
         default=16,
         ge=1,

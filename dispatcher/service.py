@@ -213,7 +213,8 @@ class Dispatcher:
     ) -> None:
         self.settings = settings
         self.db = database or Database(
-            settings.effective_database_url, pool_size=settings.worker_concurrency
+            settings.effective_database_url,
+            pool_size=settings.database_pool_size or settings.worker_concurrency,
         )
         self.waker = waker
         self.policy = RetryPolicy(

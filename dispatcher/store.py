@@ -17,8 +17,11 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Select,
+    any_,
+    bindparam,
     exists,
     func,
     insert,
@@ -27,6 +30,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import QueryableAttribute, Session
@@ -72,9 +76,16 @@ def new_job_id() -> str:
 
 
 def insert_job(session: Session, *, job: Job) -> None:
-    """Add a job row."""
-    session.add(job)
-    session.flush()
+    """Add a job row (the columns ``job`` was given, defaults for the rest).
+
+    A Core INSERT rather than ``session.add``: the unit of work's flush cost more
+    than the round trip for a one-recipient job, and nothing reads the object back.
+    """
+    given = vars(job)
+    # Values as parameters, not .values(): the compiled statement is cached.
+    session.execute(
+        insert(Job), {c.key: given[c.key] for c in Job.__table__.columns if c.key in given}
+    )
 
 
 def insert_batches(
@@ -113,10 +124,45 @@ def insert_batches(
     return [row[0] for row in result]
 
 
+# Below this many rows an INSERT costs no more than COPY's extra round trip.
+COPY_MIN_ROWS = 50
+
+
 def insert_recipients(session: Session, *, rows: Sequence[dict[str, Any]]) -> None:
-    """Bulk-insert recipient rows (dicts of Recipient columns)."""
-    if rows:
+    """Bulk-insert recipient rows (dicts of Recipient columns).
+
+    On PostgreSQL a large job goes in by COPY, several times faster than a
+    multi-row INSERT for tens of thousands of rows; same transaction, same rows.
+    """
+    if not rows:
+        return
+    if len(rows) >= COPY_MIN_ROWS and session.get_bind().dialect.name == "postgresql":
+        _copy_rows(session, Recipient.__table__, rows)
+    else:
         session.execute(insert(Recipient), list(rows))
+
+
+def _copy_rows(session: Session, table: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """COPY ``rows`` into ``table`` in the session's transaction, with the Python-side
+    column defaults an INSERT would have applied to columns the rows leave out."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    for keys, members in groups.items():
+        defaults = {
+            column.key: column.default.arg(None)
+            if column.default.is_callable
+            else column.default.arg
+            for column in table.columns
+            if column.key not in keys and not column.primary_key and column.default is not None
+        }
+        names = [*keys, *defaults]
+        quoted = ", ".join(f'"{name}"' for name in names)
+        with cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
+            extra = tuple(defaults.values())
+            for row in members:
+                copy.write_row((*row.values(), *extra))
 
 
 # --- history -----------------------------------------------------------------------
@@ -167,6 +213,27 @@ def record_transitions(
     )
 
 
+def _id_in(session: Session, ids: Collection[int]) -> ColumnElement[bool]:
+    """``id IN ids``; on PostgreSQL as ``= ANY(array)``, one parameter instead of one
+    per id (a batch has up to 100), which is cheaper to render, bind and plan."""
+    if session.get_bind().dialect.name == "postgresql":
+        return Recipient.id == any_(bindparam("ids", list(ids), type_=ARRAY(BigInteger)))
+    return Recipient.id.in_(list(ids))
+
+
+def status_recheck(statuses: Iterable[str]) -> ColumnElement[bool]:
+    """``status IN statuses`` for rows already found by id or batch, kept off the status index.
+
+    Right after a large job is enqueued the planner's statistics still say that
+    few rows are ``queued``, so it would intersect the id (or batch) lookup with a
+    scan of the (status, updated_at) index over the whole new backlog, on every
+    claim and every reply: measured at 20,000 index entries read to check 100
+    rows. ``status || ''`` is the same test, which no index serves, so the few
+    rows found by the selective condition are just rechecked.
+    """
+    return (Recipient.status + "").in_([str(s) for s in statuses])
+
+
 def transition(
     session: Session,
     *,
@@ -189,7 +256,7 @@ def transition(
     if not ids:
         return 0
     allowed = [str(s) for s in from_statuses]
-    where = Recipient.id.in_(list(ids)) & Recipient.status.in_(allowed)
+    where = _id_in(session, ids) & status_recheck(allowed)
     if guard is not None:
         where = where & guard
     record_transitions(
@@ -327,7 +394,7 @@ def sendable_recipients(session: Session, *, batch_id: int) -> list[PendingRecip
         select(Recipient.id, Recipient.number, Recipient.attempts)
         .where(
             Recipient.batch_id == batch_id,
-            Recipient.status.in_([RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT]),
+            status_recheck([RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT]),
         )
         .order_by(Recipient.id)
     )
@@ -356,7 +423,7 @@ def settle_batch(session: Session, *, batch_id: int, now: dt.datetime) -> None:
     waiting = session.execute(
         select(func.count(), func.min(Recipient.next_attempt_at)).where(
             Recipient.batch_id == batch_id,
-            Recipient.status.in_([RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT]),
+            status_recheck([RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT]),
         )
     ).one()
     count, next_at = int(waiting[0]), waiting[1]

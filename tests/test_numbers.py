@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dispatcher import numbers as numbers_module
 from dispatcher.errors import InvalidNumberError, ValidationError
 from dispatcher.numbers import Refused, chunk, normalise, prepare
 
@@ -141,3 +142,44 @@ def test_chunk_preserves_order_and_concatenation(items: list[int], size: int) ->
     assert all(1 <= len(c) <= size for c in chunks)
     assert all(len(c) == size for c in chunks[:-1])
     assert len(chunks) == -(-len(items) // size)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "+447700900123",
+        "+4407700900123",  # a national trunk zero after +44: the full parse strips it
+        "+44180020123456",  # GB's other national prefix for parsing
+        "+390612345678",  # Italy keeps its leading zero
+        "+12025550143",
+        "+112025550143",  # the US national prefix after +1
+        "+5491123456789",  # Argentina rewrites mobile numbers
+        "+79161234567",
+        "+80012345678",  # non-geographic
+        "+4477009",  # too short for the UK
+        "+447700900123456",  # too long
+    ],
+)
+def test_international_fast_path_agrees_with_full_parse(text: str) -> None:
+    assert numbers_module._fast_international(text) in (None, _full(text))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.from_regex(r"\+[1-9][0-9]{6,14}", fullmatch=True))
+def test_international_fast_path_agrees_with_full_parse_anywhere(text: str) -> None:
+    fast = numbers_module._fast_international(text)
+    if fast is not None:
+        assert fast == _full(text)
+
+
+def test_international_fast_path_takes_plain_e164() -> None:
+    # The point of it: a bulk list's E.164 numbers skip the full parse.
+    assert numbers_module._fast_international("+447700900123") == "447700900123"
+    assert numbers_module._fast_international("+33612345678") == "33612345678"
+
+
+def _full(text: str) -> str | None:
+    try:
+        return numbers_module._parse(text, text, "GB")
+    except InvalidNumberError:
+        return None

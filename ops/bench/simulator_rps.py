@@ -64,13 +64,15 @@ def accepted_in(body: str, recipients: int) -> int:
     return sum(1 for line in body.splitlines() if ",ID:" in line)
 
 
-def client(url: str, count: int, max_recipients: int, seed: int, result: ThreadResult) -> None:
+def client(
+    url: str, count: int, recipients_range: tuple[int, int], seed: int, result: ThreadResult
+) -> None:
     """Send ``count`` submissions over one keep-alive connection."""
     rng = random.Random(seed)
     with requests.Session() as session:
         session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=1))
         for i in range(count):
-            recipients = rng.randint(1, max_recipients)
+            recipients = rng.randint(*recipients_range)
             numbers = [f"4477009{n:05d}" for n in rng.sample(range(100_000), recipients)]
             form = {
                 "username": USERNAME,
@@ -94,12 +96,12 @@ def client(url: str, count: int, max_recipients: int, seed: int, result: ThreadR
 
 
 def client_process(
-    url: str, shares: list[int], max_recipients: int, seeds: list[int]
+    url: str, shares: list[int], recipients_range: tuple[int, int], seeds: list[int]
 ) -> list[ThreadResult]:
     """Run one client thread per share in this process; their results."""
     results = [ThreadResult() for _ in shares]
     workers = [
-        threading.Thread(target=client, args=(url, share, max_recipients, seed, result))
+        threading.Thread(target=client, args=(url, share, recipients_range, seed, result))
         for share, seed, result in zip(shares, seeds, results, strict=True)
     ]
     for worker in workers:
@@ -165,6 +167,7 @@ def main() -> None:
         help="client processes (default: one per CPU but the simulator's)",
     )
     parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--min-recipients", type=int, default=1)
     parser.add_argument("--max-recipients", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -189,7 +192,7 @@ def main() -> None:
                     client_process,
                     url,
                     shares[p::processes],
-                    args.max_recipients,
+                    (args.min_recipients, args.max_recipients),
                     seeds[p::processes],
                 )
                 for p in range(processes)
