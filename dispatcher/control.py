@@ -76,6 +76,13 @@ class Controls:
         A success only writes when there is a count to reset, so the control row
         is not a hot spot that every worker updates on every attempt.
         """
+        if not probe and not all_transient:
+            # One statement that matches (and so locks and writes) the row only when
+            # there is a count to reset: the row is not a lock every worker takes on
+            # every attempt. The dispatcher folds it into the reply's own statement
+            # (``store.record_reply``).
+            store.reset_failures(session)
+            return False
         control = store.get_control(session)
         if probe:
             if all_transient:
@@ -93,14 +100,6 @@ class Controls:
                 },
             )
             log.warning("breaker probe succeeded; dispatch resumes")
-            return False
-        if not all_transient:
-            if control.breaker_failures:
-                store.update_control(
-                    session,
-                    values={"breaker_failures": 0},
-                    where=DispatchControl.breaker_failures > 0,
-                )
             return False
         store.update_control(
             session, values={"breaker_failures": DispatchControl.breaker_failures + 1}

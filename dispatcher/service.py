@@ -63,7 +63,6 @@ from dispatcher.message import (
 )
 from dispatcher.models import (
     PENDING_STATUSES,
-    Attempt,
     AttemptOutcome,
     BreakerState,
     DispatchControl,
@@ -76,7 +75,6 @@ from dispatcher.models import (
 from dispatcher.numbers import RecipientList, chunk, prepare
 from dispatcher.parts import TextInfo, check_maxconcat, check_text
 from dispatcher.retry import RetryPolicy
-from dispatcher.store import WORKER_LOST
 from dispatcher.webhooks import Webhooks, check_callback_url
 
 log = logging.getLogger(__name__)
@@ -517,11 +515,16 @@ class Dispatcher:
         while True:
             now = utcnow()
             with self.db.transaction() as session:
-                gate = self.controls.gate(session, now)
-                if gate is None:
-                    return None
-                probe, retry_at = gate
-                batch = store.claim_next_batch(session, now=now, worker=worker, lanes=self.lanes)
+                probe, retry_at = False, None
+                # PostgreSQL: control row, claim, job and recipients in one statement
+                # while dispatch is open; the careful path below otherwise.
+                batch = store.claim_if_open(session, now=now, worker=worker, lanes=self.lanes)
+                if isinstance(batch, store.Gated):
+                    gate = self.controls.gate(session, now)
+                    if gate is None:
+                        return None
+                    probe, retry_at = gate
+                    batch = store.claim_batch(session, now=now, worker=worker, lanes=self.lanes)
                 if batch is None:
                     if probe:
                         # Nothing due to probe with: the next due batch may probe at once.
@@ -544,55 +547,38 @@ class Dispatcher:
                         actor=worker,
                     )
                     continue
-                recipients = store.sendable_recipients(session, batch_id=batch.id)
-                if not recipients:
+                if not batch.recipients:
                     # Everything in it was cancelled or settled meanwhile.
                     store.settle_batch(session, batch_id=batch.id, now=now)
                     continue
-                job = store.get_job(session, job_id=batch.job_id)
-                assert job is not None
-                kind = check_kind(job.kind)
+                kind = check_kind(batch.kind)
                 request = {
-                    "to": ",".join(r.number for r in recipients),
-                    "from": job.sender,
-                    "maxconcat": job.maxconcat,
+                    "to": ",".join(r.number for r in batch.recipients),
+                    "from": batch.sender,
+                    "maxconcat": batch.maxconcat,
                     "type": kind.gateway_type,
-                    "usercontext": job.reference,
+                    "usercontext": batch.reference,
                 }
-                attempt_id = store.insert_attempt(
+                attempt_id = store.start_attempt(
                     session,
-                    attempt=Attempt(
-                        batch_id=batch.id,
-                        job_id=job.id,
-                        attempt_no=batch.attempts,
-                        numbers=",".join(r.number for r in recipients),
-                        request=json.dumps(request),
-                        started_at=now,
-                        worker=worker,
-                    ),
-                )
-                store.transition(
-                    session,
-                    ids=[r.id for r in recipients],
-                    from_statuses=_SENDABLE,
-                    to_status=_S.SUBMITTING,
-                    at=now,
+                    batch=batch,
+                    request=json.dumps(request),
+                    now=now,
                     cause=f"attempt {batch.attempts} claimed",
                     actor=worker,
-                    attempt_id=attempt_id,
                 )
                 return Claim(
                     batch_id=batch.id,
                     attempt_id=attempt_id,
                     attempt_no=batch.attempts,
-                    job_id=job.id,
-                    recipients=recipients,
+                    job_id=batch.job_id,
+                    recipients=batch.recipients,
                     message=Message(
-                        text=job.text,
-                        sender=job.sender,
-                        maxconcat=job.maxconcat,
+                        text=batch.text,
+                        sender=batch.sender,
+                        maxconcat=batch.maxconcat,
                         message_type=kind.gateway_type,
-                        usercontext=job.reference,
+                        usercontext=batch.reference,
                     ),
                     probe=probe,
                 )
@@ -636,7 +622,10 @@ class Dispatcher:
         by_number = {r.number: r for r in claim.recipients}
         all_transient = all(o.outcome is Outcome.TRANSIENT for o in submission.outcomes)
         with self.db.transaction() as session:
-            outage = self.controls.update_breaker(
+            # A healthy reply (the common case) resets the breaker's count inside
+            # the reply's own statement; a probe or an outage goes the long way.
+            healthy = not claim.probe and not all_transient
+            outage = not healthy and self.controls.update_breaker(
                 session, now, probe=claim.probe, all_transient=all_transient
             )
             self.controls.pause_for(session, submission.outcomes, worker)
@@ -660,53 +649,38 @@ class Dispatcher:
                     status, outcome.gateway_message_id, outcome.error_code, cause, spent
                 )
                 groups[key].append(recipient.id)
-            store.complete_attempt(
+            given = sum(len(ids) for ids in groups.values())
+            moved = store.record_reply(
                 session,
                 attempt_id=claim.attempt_id,
-                values={
+                batch_id=claim.batch_id,
+                attempt={
                     "finished_at": now,
                     "host": submission.host,
                     "http_status": submission.http_status,
                     "raw_reply": submission.raw_reply,
                     "latency_ms": submission.latency_ms,
-                    "outcome": _attempt_outcome(submission.outcomes),
+                    "outcome": str(_attempt_outcome(submission.outcomes)),
                     "error": submission.error,
                 },
+                groups={
+                    store.OutcomeGroup(
+                        *key, next_attempt_at=retry_at if key.status is _S.RETRY_WAIT else None
+                    ): ids
+                    for key, ids in groups.items()
+                },
+                at=now,
+                actor=worker,
+                reset_breaker_failures=healthy,
             )
-            for key, ids in groups.items():
-                values: dict[str, object] = {
-                    "error_code": key.error_code,
-                    "next_attempt_at": retry_at if key.status is _S.RETRY_WAIT else None,
-                }
-                if key.spent:
-                    values["attempts"] = Recipient.attempts + 1
-                if key.message_id is not None:
-                    values["gateway_message_id"] = key.message_id
-                moved = store.transition(
-                    session,
-                    ids=ids,
-                    # A reply that outlived the submitting timeout (the database was
-                    # away) still belongs to these recipients: it replaces the
-                    # sweeper's WORKER_LOST guess, but nothing else.
-                    from_statuses=[_S.SUBMITTING, _S.UNKNOWN],
-                    guard=(Recipient.status == str(_S.SUBMITTING))
-                    | (Recipient.error_code == WORKER_LOST),
-                    to_status=key.status,
-                    at=now,
-                    cause=key.cause,
-                    actor=worker,
-                    attempt_id=claim.attempt_id,
-                    values=values,
+            if moved != given:
+                log.warning(
+                    "attempt %s: %d of %d recipients had left `submitting` before the "
+                    "reply was recorded; the reply stays on the attempt row",
+                    claim.attempt_id,
+                    given - moved,
+                    given,
                 )
-                if moved != len(ids):
-                    log.warning(
-                        "attempt %s: %d of %d recipients had left `submitting` before the "
-                        "reply was recorded; the reply stays on the attempt row",
-                        claim.attempt_id,
-                        len(ids) - moved,
-                        len(ids),
-                    )
-            store.settle_batch(session, batch_id=claim.batch_id, now=now)
         self._log_outcomes(claim, submission)
 
     def _status_for(self, outcome: RecipientOutcome, made: int) -> tuple[RecipientStatus, str]:

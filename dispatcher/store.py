@@ -9,12 +9,13 @@ because a batch holds up to 100 recipients and a job up to many thousands.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import time
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -22,18 +23,21 @@ from sqlalchemy import (
     Select,
     any_,
     bindparam,
+    case,
     exists,
     func,
     insert,
     literal,
     null,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import QueryableAttribute, Session
+from sqlalchemy.sql.elements import TextClause
 
 from dispatcher.models import (
     CONTROL_ROW_ID,
@@ -386,19 +390,257 @@ class PendingRecipient:
     id: int
     number: str
     attempts: int
+    status: str = RecipientStatus.QUEUED
+    """Its status when claimed (``queued`` or ``retry_wait``): the history's from-status."""
+
+
+_WAITING = (RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT)
 
 
 def sendable_recipients(session: Session, *, batch_id: int) -> list[PendingRecipient]:
     """The recipients of a batch still waiting to be sent, in insertion order."""
     rows = session.execute(
-        select(Recipient.id, Recipient.number, Recipient.attempts)
-        .where(
-            Recipient.batch_id == batch_id,
-            status_recheck([RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT]),
-        )
+        select(Recipient.id, Recipient.number, Recipient.attempts, Recipient.status)
+        .where(Recipient.batch_id == batch_id, status_recheck(_WAITING))
         .order_by(Recipient.id)
     )
-    return [PendingRecipient(r.id, r.number, r.attempts) for r in rows]
+    return [PendingRecipient(r.id, r.number, r.attempts, r.status) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedBatch:
+    """A batch just claimed, with its job's message and its recipients still to send."""
+
+    id: int
+    job_id: str
+    attempts: int
+    """Attempts including this one: this attempt's number."""
+    expires_at: dt.datetime | None
+    text: str
+    sender: str | None
+    kind: str
+    maxconcat: int
+    reference: str | None
+    recipients: list[PendingRecipient]
+
+
+class Gated:
+    """``claim_if_open``'s answer when the control row asks for the careful path."""
+
+
+GATED = Gated()
+
+
+def claim_batch(
+    session: Session, *, now: dt.datetime, worker: str, lanes: Sequence[int] = ALL_LANES
+) -> ClaimedBatch | None:
+    """Claim the oldest due batch (``claim_next_batch``) and read what sending it needs.
+
+    The caller has checked the dispatch control row; any database.
+    """
+    batch = claim_next_batch(session, now=now, worker=worker, lanes=lanes)
+    if batch is None:
+        return None
+    job = session.get(Job, batch.job_id)
+    assert job is not None
+    return ClaimedBatch(
+        id=batch.id,
+        job_id=job.id,
+        attempts=batch.attempts,
+        expires_at=batch.expires_at,
+        text=job.text,
+        sender=job.sender,
+        kind=job.kind,
+        maxconcat=job.maxconcat,
+        reference=job.reference,
+        recipients=sendable_recipients(session, batch_id=batch.id),
+    )
+
+
+def claim_if_open(
+    session: Session, *, now: dt.datetime, worker: str, lanes: Sequence[int] = ALL_LANES
+) -> ClaimedBatch | Gated | None:
+    """On PostgreSQL, claim the oldest due batch in one statement if dispatch is open.
+
+    One round trip reads the control row, claims the batch (``SKIP LOCKED``), reads
+    its job, and locks and reads its recipients still to send. The control row is
+    read by the same statement that claims, so a pause or an open breaker committed
+    before it is honoured exactly as by the separate read it replaces. Returns None
+    when nothing is due, and ``GATED`` when dispatch is paused, the breaker is not
+    closed or the control row is missing: then the caller takes the careful path
+    (``Controls.gate``, then ``claim_batch``), which handles the probe. On other
+    databases it returns ``GATED`` at once, without a statement.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return GATED
+    rows = session.execute(
+        _claim_statement(tuple(lanes)),
+        {"now": now, "worker": worker, "control_id": CONTROL_ROW_ID},
+    ).all()
+    if not rows or rows[0].paused or rows[0].breaker_state != BreakerState.CLOSED:
+        return GATED
+    head = rows[0]
+    if head.batch_id is None:
+        return None
+    return ClaimedBatch(
+        id=head.batch_id,
+        job_id=head.job_id,
+        attempts=head.attempts,
+        expires_at=head.expires_at,
+        text=head.text,
+        sender=head.sender,
+        kind=head.kind,
+        maxconcat=head.maxconcat,
+        reference=head.reference,
+        recipients=[
+            PendingRecipient(r.recipient_id, r.number, r.recipient_attempts, r.recipient_status)
+            for r in rows
+            if r.recipient_id is not None
+        ],
+    )
+
+
+@functools.cache
+def _claim_statement(lanes: tuple[int, ...]) -> TextClause:
+    # One scalar subquery per lane, high first, under COALESCE: PostgreSQL runs
+    # each as an InitPlan only when the ones before it found nothing, so a lower
+    # lane's row is never locked while a higher lane has work (UNION ALL would
+    # do the same, but refuses FOR UPDATE). Statuses are literals so the partial
+    # (lane, due_at) WHERE status = 'queued' index serves every plan, generic or not.
+    # ``status || ''`` keeps the claim's update on the primary key and the
+    # recipients' lookup on the batch index, whatever the statistics say (see
+    # ``status_recheck``). Only ints are formatted in (S608).
+    probes = ",\n".join(
+        f"""(SELECT id FROM batches
+             WHERE status = 'queued' AND lane = {int(lane)} AND due_at <= :now
+             ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"""  # noqa: S608
+        for lane in lanes
+    )
+    return text(
+        f"""
+        WITH ctl AS (
+            SELECT paused, breaker_state FROM dispatch_control WHERE id = :control_id
+        ),
+        picked AS (
+            SELECT COALESCE({probes}, NULL) AS id
+            WHERE EXISTS (SELECT 1 FROM ctl WHERE NOT paused AND breaker_state = 'closed')
+        ),
+        claimed AS (
+            UPDATE batches SET status = 'submitting', claimed_at = :now,
+                claimed_by = :worker, attempts = batches.attempts + 1, updated_at = :now
+            WHERE batches.id = (SELECT id FROM picked) AND (batches.status || '') = 'queued'
+            RETURNING batches.id, batches.job_id, batches.attempts, batches.expires_at
+        ),
+        waiting AS (
+            SELECT r.id, r.number, r.attempts, r.status FROM recipients r
+            WHERE r.batch_id = (SELECT id FROM claimed)
+                AND (r.status || '') IN ('queued', 'retry_wait')
+            FOR UPDATE
+        )
+        SELECT ctl.paused, ctl.breaker_state,
+            c.id AS batch_id, c.job_id, c.attempts, c.expires_at,
+            j.text, j.sender, j.kind, j.maxconcat, j.reference,
+            w.id AS recipient_id, w.number, w.attempts AS recipient_attempts,
+            w.status AS recipient_status
+        FROM ctl
+        LEFT JOIN claimed c ON true
+        LEFT JOIN jobs j ON j.id = c.job_id
+        LEFT JOIN waiting w ON true
+        ORDER BY w.id
+        """  # noqa: S608
+    )
+
+
+def start_attempt(
+    session: Session,
+    *,
+    batch: ClaimedBatch,
+    request: str,
+    now: dt.datetime,
+    cause: str,
+    actor: str,
+) -> int:
+    """Write the in-flight attempt row for a claimed batch and move its recipients to
+    ``submitting`` with one status event each; returns the attempt's id.
+
+    On PostgreSQL in one statement; the recipients were locked by the claim, so
+    the from-statuses read then are still theirs.
+    """
+    numbers = ",".join(r.number for r in batch.recipients)
+    values = {
+        "batch_id": batch.id,
+        "job_id": batch.job_id,
+        "attempt_no": batch.attempts,
+        "numbers": numbers,
+        "request": request,
+        "now": now,
+        "worker": actor,
+    }
+    if session.get_bind().dialect.name == "postgresql":
+        return int(
+            session.execute(
+                _START_ATTEMPT,
+                values
+                | {
+                    "in_flight": str(AttemptOutcome.IN_FLIGHT),
+                    "ids": [r.id for r in batch.recipients],
+                    "froms": [str(r.status) for r in batch.recipients],
+                    "to_status": str(RecipientStatus.SUBMITTING),
+                    "cause": cause,
+                },
+            ).scalar_one()
+        )
+    attempt_id = insert_attempt(
+        session,
+        attempt=Attempt(
+            batch_id=batch.id,
+            job_id=batch.job_id,
+            attempt_no=batch.attempts,
+            numbers=numbers,
+            request=request,
+            started_at=now,
+            worker=actor,
+        ),
+    )
+    transition(
+        session,
+        ids=[r.id for r in batch.recipients],
+        from_statuses=_WAITING,
+        to_status=RecipientStatus.SUBMITTING,
+        at=now,
+        cause=cause,
+        actor=actor,
+        attempt_id=attempt_id,
+    )
+    return attempt_id
+
+
+_START_ATTEMPT = text(
+    """
+    WITH attempt AS (
+        INSERT INTO attempts (batch_id, job_id, attempt_no, numbers, request, started_at,
+            outcome, worker)
+        VALUES (:batch_id, :job_id, :attempt_no, :numbers, :request, :now, :in_flight, :worker)
+        RETURNING id
+    ),
+    moved AS (
+        UPDATE recipients SET status = :to_status, updated_at = :now
+        WHERE batch_id = :batch_id AND id = ANY(CAST(:ids AS bigint[]))
+            AND (status || '') IN ('queued', 'retry_wait')
+        RETURNING id, job_id
+    ),
+    events AS (
+        INSERT INTO status_events (recipient_id, job_id, at, from_status, to_status, cause,
+            actor, attempt_id)
+        SELECT m.id, m.job_id, :now, f.status, :to_status, :cause, :worker, a.id
+        FROM moved m
+        JOIN unnest(CAST(:ids AS bigint[]), CAST(:froms AS text[])) AS f (id, status)
+            ON f.id = m.id
+        CROSS JOIN attempt a
+    )
+    SELECT id FROM attempt
+    """
+)
 
 
 def insert_attempt(session: Session, *, attempt: Attempt) -> int:
@@ -419,24 +661,199 @@ def complete_attempt(session: Session, *, attempt_id: int, values: dict[str, Any
 
 
 def settle_batch(session: Session, *, batch_id: int, now: dt.datetime) -> None:
-    """After an attempt: requeue the batch at its earliest retry, or mark it done."""
-    waiting = session.execute(
-        select(func.count(), func.min(Recipient.next_attempt_at)).where(
-            Recipient.batch_id == batch_id,
-            status_recheck([RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT]),
-        )
-    ).one()
-    count, next_at = int(waiting[0]), waiting[1]
-    if count:
-        values: dict[str, Any] = {"status": BatchStatus.QUEUED, "due_at": next_at or now}
-    else:
-        values = {"status": BatchStatus.DONE}
+    """After an attempt: requeue the batch at its earliest retry, or mark it done.
+
+    One statement: the count and the earliest retry time are subqueries of the update.
+    """
+    waiting = (Recipient.batch_id == batch_id) & status_recheck(_WAITING)
+    count = select(func.count()).where(waiting).scalar_subquery()
+    next_at = select(func.min(Recipient.next_attempt_at)).where(waiting).scalar_subquery()
+    stamp = literal(now, type_=Batch.due_at.type)
     session.execute(
         update(Batch)
         .where(Batch.id == batch_id)
-        .values(updated_at=now, claimed_at=None, **values)
+        .values(
+            updated_at=now,
+            claimed_at=None,
+            status=case((count > 0, str(BatchStatus.QUEUED)), else_=str(BatchStatus.DONE)),
+            due_at=case((count > 0, func.coalesce(next_at, stamp)), else_=Batch.due_at),
+        )
         .execution_options(synchronize_session=False)
     )
+
+
+class OutcomeGroup(NamedTuple):
+    """Recipients of one reply that end alike: written by one statement on SQLite."""
+
+    status: RecipientStatus
+    message_id: str | None
+    error_code: str | None
+    cause: str
+    spent: bool
+    """The attempt counts against the recipient's maximum."""
+    next_attempt_at: dt.datetime | None
+
+
+RECORDABLE = (RecipientStatus.SUBMITTING, RecipientStatus.UNKNOWN)
+
+
+def record_guard() -> ColumnElement[bool]:
+    """Which recipients a reply may still move: those ``submitting``, and those the
+    sweeper marked ``unknown`` as WORKER_LOST while the reply could not be written (it
+    replaces that guess, but nothing else)."""
+    return (Recipient.status == str(RecipientStatus.SUBMITTING)) | (
+        Recipient.error_code == WORKER_LOST
+    )
+
+
+def record_reply(
+    session: Session,
+    *,
+    attempt_id: int,
+    batch_id: int,
+    attempt: dict[str, Any],
+    groups: Mapping[OutcomeGroup, Sequence[int]],
+    at: dt.datetime,
+    actor: str,
+    reset_breaker_failures: bool,
+) -> int:
+    """Write a reply: the attempt's result (``attempt``: Attempt columns), every
+    recipient's outcome with one status event each, the batch settled, and with
+    ``reset_breaker_failures`` the breaker's count zeroed if it is not already.
+
+    Returns how many recipients moved: fewer than given when some had left
+    ``submitting`` meanwhile (``record_guard``). On PostgreSQL it is one statement
+    (per-row values travel as arrays); elsewhere one update and one insert per group.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        rows = [(rid, key) for key, ids in groups.items() for rid in ids]
+        params = {
+            "ids": [rid for rid, _ in rows],
+            "statuses": [str(k.status) for _, k in rows],
+            "codes": [k.error_code for _, k in rows],
+            "message_ids": [k.message_id for _, k in rows],
+            "causes": [k.cause for _, k in rows],
+            "spent": [int(k.spent) for _, k in rows],
+            "next_at": [k.next_attempt_at for _, k in rows],
+            "now": at,
+            "actor": actor,
+            "attempt_id": attempt_id,
+            "batch_id": batch_id,
+            "worker_lost": WORKER_LOST,
+            "reset_breaker": reset_breaker_failures,
+            "control_id": CONTROL_ROW_ID,
+        }
+        attempt_params = {f"attempt_{k}": attempt.get(k) for k in _ATTEMPT_RESULT}
+        return int(session.execute(_RECORD_REPLY, params | attempt_params).scalar_one())
+    if reset_breaker_failures:
+        reset_failures(session)
+    complete_attempt(session, attempt_id=attempt_id, values=attempt)
+    moved = 0
+    for key, ids in groups.items():
+        values: dict[str, object] = {
+            "error_code": key.error_code,
+            "next_attempt_at": key.next_attempt_at,
+        }
+        if key.spent:
+            values["attempts"] = Recipient.attempts + 1
+        if key.message_id is not None:
+            values["gateway_message_id"] = key.message_id
+        moved += transition(
+            session,
+            ids=ids,
+            from_statuses=RECORDABLE,
+            guard=record_guard(),
+            to_status=key.status,
+            at=at,
+            cause=key.cause,
+            actor=actor,
+            attempt_id=attempt_id,
+            values=values,
+        )
+    settle_batch(session, batch_id=batch_id, now=at)
+    return moved
+
+
+_ATTEMPT_RESULT = (
+    "finished_at",
+    "host",
+    "http_status",
+    "raw_reply",
+    "latency_ms",
+    "outcome",
+    "error",
+)
+
+
+# The rows are locked before they are read for their from-status, so a sweeper
+# that marked them unknown a moment ago is seen as such in the history. The batch
+# condition gives the planner an index it always takes, even before the first
+# ANALYZE of a freshly filled table (it chose a sequential scan for the ids alone).
+_RECORD_REPLY = text(
+    """
+    WITH result AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS bigint[]), CAST(:statuses AS text[]), CAST(:codes AS text[]),
+            CAST(:message_ids AS text[]), CAST(:causes AS text[]), CAST(:spent AS int[]),
+            CAST(:next_at AS timestamptz[])
+        ) AS g (id, status, error_code, message_id, cause, spent, next_attempt_at)
+    ),
+    current AS (
+        SELECT r.id, r.status FROM recipients r
+        WHERE r.batch_id = :batch_id AND r.id = ANY(CAST(:ids AS bigint[]))
+            AND (r.status || '') IN ('submitting', 'unknown')
+            AND ((r.status || '') = 'submitting' OR r.error_code = :worker_lost)
+        FOR UPDATE
+    ),
+    moved AS (
+        UPDATE recipients r SET status = g.status, updated_at = :now,
+            error_code = g.error_code, next_attempt_at = g.next_attempt_at,
+            attempts = r.attempts + g.spent,
+            gateway_message_id = COALESCE(g.message_id, r.gateway_message_id)
+        FROM result g, current c
+        WHERE r.id = g.id AND c.id = g.id
+        RETURNING r.id, r.job_id, c.status AS from_status, g.status AS to_status, g.cause,
+            g.next_attempt_at
+    ),
+    events AS (
+        INSERT INTO status_events (recipient_id, job_id, at, from_status, to_status, cause,
+            actor, attempt_id)
+        SELECT id, job_id, :now, from_status, to_status, cause, :actor, :attempt_id
+        FROM moved
+    ),
+    attempt AS (
+        UPDATE attempts SET finished_at = :attempt_finished_at, host = :attempt_host,
+            http_status = :attempt_http_status, raw_reply = :attempt_raw_reply,
+            latency_ms = :attempt_latency_ms, outcome = :attempt_outcome,
+            error = :attempt_error
+        WHERE id = :attempt_id
+    ),
+    waiting AS (
+        -- What settle_batch counts, seen before this statement's own changes:
+        -- the recipients it moved to a waiting status, plus the batch's others.
+        SELECT count(*) AS n, min(next_attempt_at) AS next_at FROM (
+            SELECT next_attempt_at FROM moved WHERE to_status IN ('queued', 'retry_wait')
+            UNION ALL
+            SELECT next_attempt_at FROM recipients
+            WHERE batch_id = :batch_id AND (status || '') IN ('queued', 'retry_wait')
+                AND id NOT IN (SELECT id FROM moved)
+        ) AS w
+    ),
+    settled AS (
+        UPDATE batches SET updated_at = :now, claimed_at = NULL,
+            status = CASE WHEN waiting.n > 0 THEN 'queued' ELSE 'done' END,
+            due_at = CASE WHEN waiting.n > 0 THEN COALESCE(waiting.next_at, :now)
+                ELSE batches.due_at END
+        FROM waiting
+        WHERE batches.id = :batch_id
+    ),
+    breaker AS (
+        UPDATE dispatch_control SET breaker_failures = 0, updated_at = :now
+        WHERE :reset_breaker AND id = :control_id AND breaker_failures > 0
+    )
+    SELECT count(*) FROM moved
+    """
+)
 
 
 # --- sweeping ----------------------------------------------------------------------
@@ -728,6 +1145,19 @@ def update_control(
         query.values(updated_at=utcnow(), **values).execution_options(synchronize_session=False)
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def reset_failures(session: Session) -> None:
+    """Zero the breaker's count of failures in a row, if it is not zero already.
+
+    No read first and no row created: a missing or zero count is left as it is.
+    """
+    session.execute(
+        update(DispatchControl)
+        .where(DispatchControl.id == CONTROL_ROW_ID, DispatchControl.breaker_failures > 0)
+        .values(breaker_failures=0, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
 
 
 def count_in_flight(session: Session) -> int:

@@ -173,6 +173,32 @@ def test_sweep_marks_a_stale_batch_unknown_and_never_requeues_it(
     check_invariants(service.db, simulator)
 
 
+def test_a_reply_recorded_after_the_sweep_replaces_its_worker_lost_guess(
+    service: Dispatcher, simulator: GatewaySimulator, observer: Database
+) -> None:
+    # The database was away past the submitting timeout: the sweeper guessed
+    # `unknown`, then the reply could be written after all.
+    result = service.enqueue([number(1), number(2)], "late reply")
+    claim = service.claim(worker="slow-writer")
+    assert claim is not None
+    submission = service.submit(claim)
+    old = utcnow() - dt.timedelta(seconds=SUBMITTING_TIMEOUT_S + 5)
+    set_batch(service.db, claim.batch_id, claimed_at=old)
+    assert service.sweep()["abandoned_recipients"] == 2
+
+    service.record(claim, submission, worker="slow-writer")
+
+    rows = recipients_of(observer, result.job_id)
+    assert [(r.status, r.attempts) for r in rows] == [("sent", 1), ("sent", 1)]
+    assert all(r.gateway_message_id for r in rows)
+    history = [(e.from_status, e.to_status) for e in events_of(observer, result.job_id)]
+    assert history.count(("unknown", "sent")) == 2
+    assert ("submitting", "sent") not in history
+    [batch] = batches_of(observer, result.job_id)
+    assert batch.status == BatchStatus.DONE
+    assert send_requests(simulator) == 1
+
+
 def test_record_of_a_transient_outcome_schedules_the_retry(
     service: Dispatcher, simulator: GatewaySimulator, observer: Database
 ) -> None:
