@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,6 +34,7 @@ from helpers import (
     batches_of,
     check_invariants,
     events_of,
+    make_service,
     number,
     pg_admin,
     recipients_of,
@@ -197,6 +199,36 @@ def test_a_reply_recorded_after_the_sweep_replaces_its_worker_lost_guess(
     [batch] = batches_of(observer, result.job_id)
     assert batch.status == BatchStatus.DONE
     assert send_requests(simulator) == 1
+
+
+@pytest.mark.services
+def test_a_batch_costs_three_statements_and_two_commits_on_postgresql(
+    pg_db: Database, simulator: GatewaySimulator, tmp_path: Path
+) -> None:
+    # Structure, not speed: the claim (control row, batch, job, recipients), the
+    # in-flight attempt with its events, and the reply are one statement each.
+    service = make_service(pg_db, simulator, tmp_path)
+    try:
+        service.enqueue([number(i) for i in range(150)], "counted")
+        service.control()  # the control row, which emptying the tables removed
+        statements: list[str] = []
+        commits: list[object] = []
+        event.listen(
+            pg_db.engine,
+            "before_cursor_execute",
+            lambda _c, _cur, statement, *_: statements.append(statement),
+        )
+        event.listen(pg_db.engine, "commit", commits.append)
+
+        report = service.dispatch_due(worker="counted")
+
+        assert report.batches == 2
+        # Two batches of three, and the empty claim that ends the run.
+        assert len(statements) == 2 * 3 + 1
+        assert len(commits) == 2 * 2 + 1
+        check_invariants(service.db, simulator)
+    finally:
+        service.close()
 
 
 def test_record_of_a_transient_outcome_schedules_the_retry(
