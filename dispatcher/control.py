@@ -1,9 +1,10 @@
 """Dispatch control: the pause and the circuit breaker, in one database row.
 
-Every claim reads the row in its own transaction (``Controls.gate``), so a
-pause committed by one worker stops every worker's next claim, on every host,
-and survives restarts. These functions take the caller's session and never
-commit: the service owns the transactions.
+Every claim reads the row in its own transaction (on PostgreSQL in the claiming
+statement itself, ``store.claim_if_open``; otherwise, and whenever dispatch is not
+plainly open, ``Controls.gate``), so a pause committed by one worker stops every
+worker's next claim, on every host, and survives restarts. These functions take
+the caller's session and never commit: the service owns the transactions.
 """
 
 from __future__ import annotations
