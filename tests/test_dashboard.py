@@ -487,10 +487,18 @@ def test_export_buttons_stream_the_audit_and_audit_the_export(dash: Dash) -> Non
     assert 'action="/export.csv"' in overview
     national = "0" + number(2)[2:]
     search = dash.client.get("/search", params={"q": national}).text
-    assert f"/export.csv?number={number(2)}" in search
-    assert f"/export.csv?job={job_id}" in dash.client.get(f"/jobs/{job_id}").text
+    assert f'name="number" value="{number(2)}"' in search
+    assert f'name="job" value="{job_id}"' in dash.client.get(f"/jobs/{job_id}").text
 
-    by_number = dash.client.get("/export.csv", params={"number": national})
+    def export(**form: str) -> httpx.Response:
+        return dash.client.post("/export.csv", data={"csrf": dash.csrf(), **form})
+
+    # Without the session's CSRF token (a cross-site form): refused, nothing audited.
+    forged = dash.client.post("/export.csv", data={"csrf": "forged", "number": national})
+    assert forged.status_code == 403
+    assert _actions(dash, "export") == []
+
+    by_number = export(number=national)
     assert by_number.status_code == 200
     assert by_number.headers["content-type"].startswith("text/csv")
     lines = by_number.text.splitlines()
@@ -502,13 +510,10 @@ def test_export_buttons_stream_the_audit_and_audit_the_export(dash: Dash) -> Non
     assert "123456" not in by_number.text  # the message text never leaves the job page
 
     now = dt.datetime.now(dt.UTC)
-    by_range = dash.client.get(
-        "/export.csv",
-        params={
-            "since": (now - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"),
-            "until": (now + dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M"),
-            "kind": "recipients",
-        },
+    by_range = export(
+        since=(now - dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M"),
+        until=(now + dt.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M"),
+        kind="recipients",
     )
     assert by_range.status_code == 200
     assert {number(1), number(2)} <= set(by_range.text.replace("\r\n", ",").split(","))
@@ -517,6 +522,6 @@ def test_export_buttons_stream_the_audit_and_audit_the_export(dash: Dash) -> Non
     assert [a.actor for a in exports] == ["dashboard:operator", "dashboard:operator"]
     assert all(number(2) not in (a.detail or "") for a in exports)
 
-    assert dash.client.get("/export.csv").status_code == 400  # nothing to export named
-    assert dash.client.get("/export.csv", params={"since": "yesterday"}).status_code == 400
-    assert dash.client.get("/export.csv", params={"job": "0" * 26}).status_code == 404
+    assert export().status_code == 400  # nothing to export named
+    assert export(since="yesterday").status_code == 400
+    assert export(job="0" * 26).status_code == 404

@@ -650,15 +650,17 @@ def actions(request: Request, session: Operator, page: str | None = None) -> Res
 # --- audit export --------------------------------------------------------------------
 
 
-@router.get("/export.csv")
+# A POST with the CSRF token, not a link: an export is an audited action and can be
+# large, so a cross-site link must not be able to start one in an operator's name.
+@router.post("/export.csv")
 def export(
     request: Request,
-    session: Operator,
-    since: str | None = None,
-    until: str | None = None,
-    number: str | None = None,
-    job: str | None = None,
-    kind: str = "events",
+    session: Checked,
+    since: Annotated[str | None, Form()] = None,
+    until: Annotated[str | None, Form()] = None,
+    number: Annotated[str | None, Form()] = None,
+    job: Annotated[str | None, Form()] = None,
+    kind: Annotated[str, Form()] = "events",
 ) -> Response:
     """The audit of a time range, a number or a job as CSV, streamed; the export itself
     is audited with who asked (a bulk export of personal data is an action)."""
