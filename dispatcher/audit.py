@@ -530,6 +530,9 @@ def erase(db: Database, number: str, *, actor: str, default_region: str = "GB") 
                 cause="cancelled: the number was erased on request",
                 actor=actor,
             )
+            if cancelled != len(waiting):
+                # Raised inside the transaction, so nothing of this round is kept.
+                _refuse_if_submitting(len(waiting) - cancelled)
             only_theirs = store.jobs_only_to(session, job_ids=job_ids, number=wanted)
             counts = _scrub(
                 session,

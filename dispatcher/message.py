@@ -126,6 +126,10 @@ def check_priority(priority: object) -> Priority:
     raise InvalidOptionError(f"priority must be one of {choices}, got {priority!r}")
 
 
+MAX_SCHEDULE_AHEAD = dt.timedelta(days=366)
+"""How far ahead a job may be scheduled."""
+
+
 def check_send_at(send_at: object) -> dt.datetime | None:
     """``send_at`` in UTC, or None; InvalidOptionError for a naive or non-datetime value.
 
@@ -142,9 +146,17 @@ def check_send_at(send_at: object) -> dt.datetime | None:
             f"got {send_at.isoformat()} with no offset"
         )
     try:
-        return send_at.astimezone(dt.UTC)
+        utc = send_at.astimezone(dt.UTC)
     except OverflowError:
         raise InvalidOptionError("send_at is out of range in UTC") from None
+    # A bound keeps the expiry arithmetic (send_at + validity) in range, and a send
+    # time years ahead is a typo, not a plan.
+    latest = dt.datetime.now(dt.UTC) + MAX_SCHEDULE_AHEAD
+    if utc > latest:
+        raise InvalidOptionError(
+            f"send_at may be at most {MAX_SCHEDULE_AHEAD.days} days ahead, got {utc.isoformat()}"
+        )
+    return utc
 
 
 def check_validity(valid_for_s: object) -> float | None:

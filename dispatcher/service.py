@@ -185,6 +185,11 @@ class DispatchReport:
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
+def _sendable_claim(batch: store.ClaimedBatch, now: dt.datetime) -> bool:
+    """Whether a claimed batch will go out: unexpired, with recipients left to send."""
+    return bool(batch.recipients) and (batch.expires_at is None or batch.expires_at > now)
+
+
 def _attempt_outcome(outcomes: Sequence[RecipientOutcome]) -> AttemptOutcome:
     kinds = {o.outcome for o in outcomes}
     if kinds == {Outcome.ACCEPTED}:
@@ -525,16 +530,15 @@ class Dispatcher:
                         return None
                     probe, retry_at = gate
                     batch = store.claim_batch(session, now=now, worker=worker, lanes=self.lanes)
+                if probe and (batch is None or not _sendable_claim(batch, now)):
+                    # Nothing to probe with (nothing due, or the batch claimed is
+                    # expired or emptied): the next due batch may probe at once, rather
+                    # than dispatch waiting out the probe's timeout.
+                    store.update_control(
+                        session,
+                        values={"breaker_state": BreakerState.OPEN, "breaker_retry_at": retry_at},
+                    )
                 if batch is None:
-                    if probe:
-                        # Nothing due to probe with: the next due batch may probe at once.
-                        store.update_control(
-                            session,
-                            values={
-                                "breaker_state": BreakerState.OPEN,
-                                "breaker_retry_at": retry_at,
-                            },
-                        )
                     return None
                 if batch.expires_at is not None and batch.expires_at <= now:
                     # Sent now it would arrive too late to matter (an OTP after its
@@ -986,7 +990,7 @@ class Dispatcher:
                 from_statuses=[_S.RETRY_WAIT],
                 to_status=_S.FAILED,
                 at=now,
-                cause=f"still failing {self.settings.max_retry_age_s:g} s after enqueue; "
+                cause=f"still failing {self.settings.max_retry_age_s:g} s after it was due; "
                 "gave up (DISPATCHER_MAX_RETRY_AGE_S)",
                 actor="sweeper",
                 values={"error_code": "RETRY_AGE_EXCEEDED", "next_attempt_at": None},

@@ -1216,13 +1216,18 @@ def count_in_flight(session: Session) -> int:
 def overdue_retries(
     session: Session, *, created_before: dt.datetime, limit: int = 1000
 ) -> list[int]:
-    """Recipients still waiting to retry whose job was created before ``created_before``."""
+    """Recipients still waiting to retry whose job became due before ``created_before``.
+
+    A scheduled job's age counts from its send time, not from when it was queued: a
+    job queued days ahead must not fail on its first transient error at its time.
+    """
     return list(
         session.execute(
             select(Recipient.id)
+            .join(Job, Job.id == Recipient.job_id)
             .where(
                 Recipient.status == RecipientStatus.RETRY_WAIT,
-                Recipient.created_at < created_before,
+                func.coalesce(Job.send_at, Recipient.created_at) < created_before,
             )
             .limit(limit)
         ).scalars()
@@ -1260,7 +1265,8 @@ class RecipientFilter:
     until: dt.datetime | None = None
     numbers: list[str] | None = None
     retryable_only: bool = False
-    """Leave out numbers refused at enqueue (never submitted, not phone numbers)."""
+    """Leave out numbers refused at enqueue (never submitted, not phone numbers) and
+    numbers removed by retention or erasure."""
 
     def only(self, status: str) -> RecipientFilter:
         """The same selection narrowed to one status."""
@@ -1282,7 +1288,10 @@ class RecipientFilter:
         if self.numbers is not None:
             where.append(Recipient.number.in_(self.numbers))
         if self.retryable_only:
+            # Never submitted (refused at enqueue), or their number is gone (purged,
+            # erased): there is nothing to send them to.
             where.append(Recipient.batch_id.is_not(None))
+            where.append(Recipient.number.not_in(sorted(NUMBER_MARKERS)))
         return where
 
     def describe(self) -> dict[str, Any]:
@@ -1675,12 +1684,18 @@ def remove_job_texts(session: Session, *, job_ids: Collection[str], now: dt.date
 def recipients_with_number(
     session: Session, *, number: str, limit: int
 ) -> list[tuple[int, str, str]]:
-    """(id, job id, status) of up to ``limit`` recipients with this number."""
+    """(id, job id, status) of up to ``limit`` recipients with this number, locked.
+
+    The lock makes a concurrent claim wait for the erasure (and then find the rows
+    cancelled), or the erasure wait for the claim (and then see them submitting), so
+    a number is never scrubbed from a batch on its way to the gateway.
+    """
     rows = session.execute(
         select(Recipient.id, Recipient.job_id, Recipient.status)
         .where(Recipient.number == number)
         .order_by(Recipient.created_at, Recipient.id)
         .limit(limit)
+        .with_for_update()
     )
     return [(r[0], r[1], r[2]) for r in rows]
 

@@ -658,3 +658,21 @@ def test_cli_cancel_pause_and_resume_record_the_operator(
     assert {e.actor for e in events_of(svc.db, job) if e.to_status == "cancelled"} == {
         actions(svc.db, "cancel")[0].actor
     }
+
+
+def test_retry_leaves_out_erased_recipients(
+    service: Dispatcher, simulator: GatewaySimulator
+) -> None:
+    simulator.configure(number_rules={number(1): "INVALID_NUMBER", number(2): "INVALID_NUMBER"})
+    job = service.enqueue([number(1), number(2)], "Bulk news").job_id
+    service.dispatch_due(worker="w")
+    assert {r.status for r in recipients_of(service.db, job)} == {"failed"}
+    audit.erase(service.db, number(1), actor="ops:dpo")
+
+    simulator.configure(number_rules={})
+    retried = service.retry(actor="ops", job_id=job)
+    assert retried.affected == 1, "the erased recipient has no number left to send to"
+    service.dispatch_due(worker="w")
+    rows = {r.number: r.status for r in recipients_of(service.db, job)}
+    assert rows == {store.ERASED: "failed", number(2): "sent"}
+    assert store.ERASED not in {e["number"] for e in simulator.ledger()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from dispatcher.db import Database
 from dispatcher.gateway.client import GatewayClient
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.limits import CallLimiter
-from dispatcher.models import DispatchControl, Recipient, utcnow
+from dispatcher.models import Batch, DispatchControl, Recipient, utcnow
 from dispatcher.service import Dispatcher
 from helpers import make_settings, number, recipients_of, send_requests
 
@@ -143,6 +144,42 @@ def test_an_outage_opens_the_breaker_without_spending_attempts_and_a_probe_close
         assert svc.control()["breaker_state"] == "closed"
         rows = [r for job in jobs for r in recipients_of(svc.db, job)]
         assert [r.status for r in rows] == ["sent"] * 4
+    finally:
+        svc.close()
+
+
+def test_an_expired_batch_drawn_as_the_probe_does_not_hold_up_the_next(
+    database: Database, simulator: GatewaySimulator, tmp_path: Path
+) -> None:
+    """After an outage the oldest due batches are often expired OTPs: the probe that
+    draws one expires it and probes with the next due batch at once."""
+    svc = service_with(
+        database, simulator, tmp_path, breaker_threshold=1, retry_backoff_s=0.01,
+        retry_backoff_max_s=0.01,
+    )  # fmt: skip
+    try:
+        simulator.configure(transient_error_rate=1.0)
+        svc.enqueue(number(1), "trips the breaker")
+        svc.dispatch_due(worker="w")
+        assert svc.control()["breaker_state"] == "open"
+
+        simulator.configure(transient_error_rate=0.0)
+        stale = svc.enqueue(number(2), "code 1234", valid_for_s=0.05).job_id
+        time.sleep(0.1)
+        fresh = svc.enqueue(number(3), "code 5678").job_id
+        with svc.db.transaction() as session:
+            # The stale batch is the oldest due one, so the probe draws it first.
+            session.execute(
+                update(Batch)
+                .where(Batch.job_id == stale)
+                .values(due_at=utcnow() - dt.timedelta(hours=1))
+            )
+        move_probe_time_to_now(svc.db)
+        svc.dispatch_due(worker="w")
+
+        assert [r.status for r in recipients_of(svc.db, stale)] == ["expired"]
+        assert [r.status for r in recipients_of(svc.db, fresh)] == ["sent"]
+        assert svc.control()["breaker_state"] == "closed"
     finally:
         svc.close()
 

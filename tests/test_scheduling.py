@@ -11,11 +11,12 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from sqlalchemy import update
 
 from dispatcher.db import Database
 from dispatcher.errors import InvalidOptionError
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.models import Batch, BatchStatus, Job, RecipientStatus, utcnow
+from dispatcher.models import Batch, BatchStatus, Job, Recipient, RecipientStatus, utcnow
 from dispatcher.service import Dispatcher
 from dispatcher.store import oldest_due_query
 from helpers import (
@@ -177,3 +178,32 @@ def test_scheduling_on_the_embedded_defaults(embedded_pipeline: Pipeline) -> Non
     assert attempt.started_at >= send_at
     assert wait_until(lambda: embedded_pipeline.sim.ledger(), 5)[0]["number"] == number(1)
     embedded_pipeline.check_invariants()
+
+
+def test_a_send_at_years_ahead_is_refused(service: Dispatcher) -> None:
+    before = row_counts(service.db)
+    with pytest.raises(InvalidOptionError, match="days ahead"):
+        service.enqueue(number(1), "hi", send_at=dt.datetime(9999, 12, 31, 23, 0, tzinfo=dt.UTC))
+    assert row_counts(service.db) == before
+
+
+def test_retry_age_counts_from_the_send_time_not_the_enqueue(
+    service: Dispatcher, simulator: GatewaySimulator
+) -> None:
+    """A job queued days ahead that meets a transient error at its time is retried,
+    not failed for being older than DISPATCHER_MAX_RETRY_AGE_S."""
+    simulator.configure(number_rules={number(1): "GATEWAY_ERROR"})
+    result = service.enqueue(number(1), "at nine", send_at=utcnow())
+    queued_long_ago = utcnow() - dt.timedelta(seconds=service.settings.max_retry_age_s * 3)
+    with service.db.transaction() as session:
+        session.execute(
+            update(Recipient)
+            .where(Recipient.job_id == result.job_id)
+            .values(created_at=queued_long_ago)
+        )
+    service.dispatch_due()
+    assert recipients_of(service.db, result.job_id)[0].status == RecipientStatus.RETRY_WAIT
+    service.sweep()
+    [recipient] = recipients_of(service.db, result.job_id)
+    assert recipient.status == RecipientStatus.RETRY_WAIT
+    assert recipient.error_code != "RETRY_AGE_EXCEEDED"
