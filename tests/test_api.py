@@ -9,6 +9,7 @@ as a child process beside a real worker.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import logging
 import socket
@@ -59,6 +60,10 @@ HTTP_TIMEOUT_S = 30.0
 FUZZ_EXAMPLES = 30
 # High enough that no test but the rate-limit ones meets the limit.
 UNLIMITED = {"api_rate_per_s": 10_000.0, "api_burst": 10_000}
+
+# A scheduled time a little ahead (send_at is at most 366 days ahead), fixed
+# enough to assert on.
+NEXT_YEAR = dt.date.today().year + 1
 
 
 class CountingWaker:
@@ -972,13 +977,13 @@ def test_create_job_with_every_message_feature(api: Api) -> None:
         text="x" * 200,
         maxconcat=2,
         kind="voice",
-        send_at="2030-01-01T10:00:00+02:00",
+        send_at=f"{NEXT_YEAR}-01-01T10:00:00+02:00",
         priority="high",
         valid_for_s=300,
         reference="order-9",
     )
-    assert body["send_at"] == "2030-01-01T08:00:00+00:00"
-    assert body["expires_at"] == "2030-01-01T08:05:00+00:00"
+    assert body["send_at"] == f"{NEXT_YEAR}-01-01T08:00:00+00:00"
+    assert body["expires_at"] == f"{NEXT_YEAR}-01-01T08:05:00+00:00"
     assert (body["priority"], body["parts"], body["credits"]) == ("high", 2, 4)
     assert api.waker.woken == 0, "a job scheduled for later wakes nobody"
     view = api.request("GET", f"/v1/jobs/{body['id']}", token).json()
@@ -986,7 +991,7 @@ def test_create_job_with_every_message_feature(api: Api) -> None:
     assert (view["priority"], view["credits"], view["send_at"]) == (
         "high",
         4,
-        "2030-01-01T08:00:00+00:00",
+        f"{NEXT_YEAR}-01-01T08:00:00+00:00",
     )
     listed = api.request("GET", "/v1/jobs", token, params={"reference": "order-9"}).json()
     assert [j["id"] for j in listed["jobs"]] == [body["id"]]

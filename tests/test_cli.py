@@ -6,6 +6,7 @@ Every problem a user can fix is one ``error:`` line on stderr and a non-zero exi
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -20,6 +21,10 @@ from helpers import DispatcherEnv, run_cli
 
 JOB_KEYS = {"id", "status", "recipients"}
 RECIPIENT_KEYS = {"number", "status", "gateway_message_id", "error_code", "attempts"}
+
+# A scheduled time a little ahead (send_at is at most 366 days ahead), fixed
+# enough to assert on.
+NEXT_YEAR = dt.date.today().year + 1
 
 
 @pytest.fixture
@@ -170,7 +175,7 @@ def test_send_with_schedule_priority_validity_and_reference(migrated_env: Dispat
         "--to",
         "07700900123,07700900456",
         "--at",
-        "2030-01-01T10:00:00+02:00",
+        f"{NEXT_YEAR}-01-01T10:00:00+02:00",
         "--priority",
         "high",
         "--valid-for",
@@ -184,8 +189,8 @@ def test_send_with_schedule_priority_validity_and_reference(migrated_env: Dispat
     )
     assert done.returncode == 0, done.stderr
     sent = json.loads(done.stdout)
-    assert sent["send_at"] == "2030-01-01T08:00:00+00:00"
-    assert sent["expires_at"] == "2030-01-01T08:05:00+00:00"
+    assert sent["send_at"] == f"{NEXT_YEAR}-01-01T08:00:00+00:00"
+    assert sent["expires_at"] == f"{NEXT_YEAR}-01-01T08:05:00+00:00"
     assert (sent["priority"], sent["parts"], sent["credits"]) == ("high", 2, 4)
 
     status = cli(migrated_env, "status", sent["id"], "--json")
@@ -194,7 +199,7 @@ def test_send_with_schedule_priority_validity_and_reference(migrated_env: Dispat
     text = cli(migrated_env, "status", sent["id"]).stdout
     assert "credits 4" in text
     assert "priority high" in text
-    assert "send at 2030-01-01T08:00:00+00:00" in text
+    assert f"send at {NEXT_YEAR}-01-01T08:00:00+00:00" in text
 
     cli(migrated_env, "send", "--to", "07700900123", "other")
     listed = cli(migrated_env, "jobs", "--reference", "order-5", "--json")

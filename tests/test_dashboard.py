@@ -405,7 +405,8 @@ def test_overview_shows_the_counts_and_state(dash: Dash) -> None:
 
 
 def test_overview_draws_the_rollups_and_workers(dash: Dash) -> None:
-    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    beat = dt.datetime.now(dt.UTC)
+    now = beat.replace(second=0, microsecond=0)
     with dash.service.db.transaction() as session:
         session.add_all(
             [
@@ -416,10 +417,12 @@ def test_overview_draws_the_rollups_and_workers(dash: Dash) -> None:
                 StatsMinute(bucket_at=now - dt.timedelta(minutes=5), name="latency_ms",
                             label="250", value=10),
                 StatusCount(status="sent", recipients=1234, computed_at=now),
+                # Heartbeats at the real time: ``now`` is floored to the minute for
+                # the rollup buckets, which may be older than the staleness limit.
                 WorkerHeartbeat(name="w-fresh", hostname="h1", pid=1, queues="q",
-                                started_at=now, seen_at=now, consumed_at=now, batches=5),
+                                started_at=now, seen_at=beat, consumed_at=beat, batches=5),
                 WorkerHeartbeat(name="w-stuck", hostname="h3", pid=3, queues="q",
-                                started_at=now - dt.timedelta(hours=2), seen_at=now,
+                                started_at=now - dt.timedelta(hours=2), seen_at=beat,
                                 consumed_at=now - dt.timedelta(hours=1), batches=0),
                 WorkerHeartbeat(name="w-old", hostname="h2", pid=2, queues="q",
                                 started_at=now - dt.timedelta(hours=2),
