@@ -19,25 +19,13 @@ from sqlalchemy import update
 from dispatcher.celery_app import CeleryWaker, make_celery
 from dispatcher.config import QUEUE_DISPATCH
 from dispatcher.db import Database
-from dispatcher.gateway.client import GatewayClient
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.limits import CallLimiter
 from dispatcher.models import Batch, DispatchControl, Recipient, utcnow
 from dispatcher.service import Dispatcher
-from helpers import make_settings, number, recipients_of, send_requests
+from helpers import make_service, make_settings, number, recipients_of, send_requests
 
 pytestmark = pytest.mark.usefixtures("clean_env")
-
-
-def service_with(
-    database: Database, simulator: GatewaySimulator, tmp_path: Path, **overrides: object
-) -> Dispatcher:
-    settings = make_settings(database, simulator, tmp_path, **overrides)
-    return Dispatcher(
-        settings,
-        database=database,
-        client_factory=lambda: GatewayClient(settings.gateway_config()),
-    )
 
 
 def move_probe_time_to_now(database: Database) -> None:
@@ -103,7 +91,7 @@ def test_login_invalid_fails_its_batch_and_pauses_everything_else(
 def test_an_outage_opens_the_breaker_without_spending_attempts_and_a_probe_closes_it(
     database: Database, simulator: GatewaySimulator, tmp_path: Path
 ) -> None:
-    svc = service_with(
+    svc = make_service(
         database,
         simulator,
         tmp_path,
@@ -153,7 +141,7 @@ def test_an_expired_batch_drawn_as_the_probe_does_not_hold_up_the_next(
 ) -> None:
     """After an outage the oldest due batches are often expired OTPs: the probe that
     draws one expires it and probes with the next due batch at once."""
-    svc = service_with(
+    svc = make_service(
         database, simulator, tmp_path, breaker_threshold=1, retry_backoff_s=0.01,
         retry_backoff_max_s=0.01,
     )  # fmt: skip
@@ -187,7 +175,7 @@ def test_an_expired_batch_drawn_as_the_probe_does_not_hold_up_the_next(
 def test_only_one_of_many_claimers_sends_the_probe(
     database: Database, simulator: GatewaySimulator, tmp_path: Path
 ) -> None:
-    svc = service_with(database, simulator, tmp_path, breaker_threshold=1)
+    svc = make_service(database, simulator, tmp_path, breaker_threshold=1)
     try:
         simulator.configure(transient_error_rate=1.0)
         for i in range(6):
@@ -223,7 +211,7 @@ def test_only_one_of_many_claimers_sends_the_probe(
 def test_retries_older_than_the_maximum_age_fail(
     database: Database, simulator: GatewaySimulator, tmp_path: Path
 ) -> None:
-    svc = service_with(database, simulator, tmp_path, max_retry_age_s=600)
+    svc = make_service(database, simulator, tmp_path, max_retry_age_s=600)
     try:
         simulator.configure(number_rules={number(1): "GATEWAY_ERROR"})
         job = svc.enqueue([number(1), number(2)], "late").job_id

@@ -23,7 +23,6 @@ from dispatcher.api import create_app
 from dispatcher.api.server import ServerThread
 from dispatcher.dashboard import queries
 from dispatcher.db import Database
-from dispatcher.gateway.client import GatewayClient
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.keys import KeyStore
 from dispatcher.models import (
@@ -35,7 +34,7 @@ from dispatcher.models import (
     WorkerHeartbeat,
 )
 from dispatcher.service import Dispatcher
-from helpers import make_settings, number, recipients_of
+from helpers import make_service, number, recipients_of
 
 OPERATOR_PASSWORD = "correct horse battery staple 42"
 SESSION_SECRET = "s" * 16 + secrets.token_hex(16)
@@ -74,16 +73,13 @@ class Dash:
 @pytest.fixture
 def dash(database: Database, simulator: GatewaySimulator, tmp_path: Path) -> Iterator[Dash]:
     """The whole app on ``database``, with an operator password and a session secret."""
-    settings = make_settings(
+    service = make_service(
         database,
         simulator,
         tmp_path,
         operator_password=OPERATOR_PASSWORD,
         session_secret=SESSION_SECRET,
         max_attempts=1,
-    )
-    service = Dispatcher(
-        settings, database=database, client_factory=lambda: GatewayClient(settings.gateway_config())
     )
     with (
         ServerThread(create_app(service)) as server,
