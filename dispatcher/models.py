@@ -327,14 +327,19 @@ class StatusEvent(Base):
     __tablename__ = "status_events"
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
-    recipient_id: Mapped[int] = mapped_column(ForeignKey("recipients.id", ondelete="CASCADE"))
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    # No foreign keys, on purpose: every event is written by the statement that moves
+    # its recipient, from the rows that statement has just locked, and nothing deletes
+    # jobs, recipients or attempts. Checking three keys per event (each locking the
+    # job's one row for every recipient of a batch) cost PostgreSQL a third of its CPU
+    # on the bulk benchmark (issue 7). Indexed as before.
+    recipient_id: Mapped[int] = mapped_column(ID)
+    job_id: Mapped[str] = mapped_column(String(26))
     at: Mapped[dt.datetime]
     from_status: Mapped[str | None] = mapped_column(String(12))
     to_status: Mapped[str] = mapped_column(String(12))
     cause: Mapped[str] = mapped_column(String(500))
     actor: Mapped[str] = mapped_column(String(200))
-    attempt_id: Mapped[int | None] = mapped_column(ForeignKey("attempts.id", ondelete="SET NULL"))
+    attempt_id: Mapped[int | None] = mapped_column(ID)
 
     __table_args__ = (
         Index(None, "recipient_id", "at"),

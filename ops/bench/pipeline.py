@@ -45,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(__file__).resolve().parent / "results"
 READY_TIMEOUT_S = 90.0
 SAMPLE_INTERVAL_S = 0.2
+MODES = ("ours", "baseline", "limit", "simulator")
 Job = tuple[list[str], str]
 
 
@@ -167,6 +169,88 @@ class RssSampler:
         return {
             "peak_worker_rss_mb": round(self.peak_tree_bytes / 2**20, 1),
             "peak_all_workers_rss_mb": round(self.peak_total_bytes / 2**20, 1),
+        }
+
+
+# --- CPU ---------------------------------------------------------------------------
+
+
+class CpuSampler:
+    """CPU seconds spent during a run, by part of the machine: PostgreSQL, Redis, the
+    simulator, the dispatcher workers, the producers (this process's other children)
+    and everything else. A thread polls every process's counters; a process that
+    ends between two polls loses at most one interval."""
+
+    def __init__(self, *, workers: Sequence[int], simulator: int | None) -> None:
+        self.workers = list(workers)
+        self.simulator = simulator
+        self.first: dict[int, float] = {}
+        self.last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+        self._machine = psutil.cpu_times()
+        self._started = time.monotonic()
+
+    def __enter__(self) -> CpuSampler:
+        self._poll(first=True)
+        self._machine = psutil.cpu_times()
+        self._started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll(first=False)
+        machine = psutil.cpu_times()
+        self.machine_busy_s = sum(
+            getattr(machine, f) - getattr(self._machine, f) for f in ("user", "system", "nice")
+        )
+        self.elapsed_s = time.monotonic() - self._started
+
+    def _group(self, process: psutil.Process, trees: dict[int, str]) -> str:
+        name = process.name()
+        if name.startswith("postgres"):
+            return "postgresql"
+        if name.startswith("redis"):
+            return "redis"
+        for ancestor in [process, *process.parents()]:
+            if ancestor.pid in trees:
+                return trees[ancestor.pid]
+        return "other"
+
+    def _poll(self, *, first: bool) -> None:
+        trees = dict.fromkeys(self.workers, "workers")
+        if self.simulator is not None:
+            trees[self.simulator] = "simulator"
+        trees[os.getpid()] = "producers"
+        for process in psutil.process_iter():
+            try:
+                with process.oneshot():
+                    times = process.cpu_times()
+                    used = times.user + times.system
+                    group = self._group(process, trees)
+            except psutil.Error:
+                continue
+            if first:
+                self.first[process.pid] = used
+            self.last[process.pid] = (group, used)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_INTERVAL_S):
+            self._poll(first=False)
+
+    def figures(self, recipients: int) -> dict[str, Any]:
+        """CPU seconds per group, and milliseconds of it per recipient."""
+        spent: dict[str, float] = defaultdict(float)
+        for pid, (group, used) in self.last.items():
+            spent[group] += used - self.first.get(pid, 0.0)
+        spent["machine"] = self.machine_busy_s
+        per = max(recipients, 1)
+        return {
+            "cpu_s": {k: round(v, 2) for k, v in sorted(spent.items())},
+            "cpu_ms_per_recipient": {k: round(1000 * v / per, 3) for k, v in sorted(spent.items())},
+            "cpu_elapsed_s": round(self.elapsed_s, 2),
         }
 
 
@@ -323,6 +407,7 @@ def run_ours(
     database_url: str,
     env: dict[str, str],
     worker_pids: list[int],
+    simulator_pid: int | None,
     control_url: str,
     producers: int,
     timeout_s: float,
@@ -339,15 +424,16 @@ def run_ours(
         RssSampler(worker_pids) as sampler,
     ):
         list(pool.map(time.sleep, [0.2] * producers))
-        started = time.time()
-        produced = list(pool.map(_produce, shares))
-        done = wait_final(
-            database_url,
-            "SELECT count(*) FROM recipients WHERE status IN "
-            "('sent', 'failed', 'unknown', 'cancelled', 'expired')",
-            scenario.recipients,
-            timeout_s,
-        )
+        with CpuSampler(workers=worker_pids, simulator=simulator_pid) as cpu:
+            started = time.time()
+            produced = list(pool.map(_produce, shares))
+            done = wait_final(
+                database_url,
+                "SELECT count(*) FROM recipients WHERE status IN "
+                "('sent', 'failed', 'unknown', 'cancelled', 'expired')",
+                scenario.recipients,
+                timeout_s,
+            )
     enqueue_s = max(end for _, end, _ in produced) - min(start for start, _, _ in produced)
     database = Database(database_url, pool_size=1)
     with database.engine.connect() as conn:
@@ -371,7 +457,12 @@ def run_ours(
         row[2].total_seconds() if row[2] is not None else None,
         row[3].total_seconds() if row[3] is not None else None,
     )
-    return summary | sampler.figures() | {"final": done, "attempts": attempts}
+    return (
+        summary
+        | sampler.figures()
+        | cpu.figures(scenario.recipients)
+        | {"final": done, "attempts": attempts}
+    )
 
 
 # --- baseline --------------------------------------------------------------------------
@@ -511,7 +602,9 @@ def table(runs: list[dict[str, Any]]) -> str:
     header = "| scenario | latency | " + " | ".join(name for name, _, _ in COLUMNS) + " |"
     lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
     for run in runs:
-        for mode in ("ours", "baseline", "limit", "simulator"):
+        for mode in MODES:
+            if mode not in run:
+                continue
             figures = {"mode": mode, **run[mode]}
             if mode == "limit":
                 figures["mode"] = f"limit ({run['limit']['threads_per_process']}t)"
@@ -528,6 +621,24 @@ def table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+CPU_GROUPS = ("producers", "workers", "postgresql", "redis", "simulator", "other", "machine")
+
+
+def cpu_table(runs: list[dict[str, Any]]) -> str:
+    """Where ours spent the machine's CPU: milliseconds per recipient, by part."""
+    header = "| scenario | latency | " + " | ".join(CPU_GROUPS) + " |"
+    lines = [header, "|" + "---|" * (len(CPU_GROUPS) + 2)]
+    for run in runs:
+        spent = run.get("ours", {}).get("cpu_ms_per_recipient")
+        if not spent:
+            continue
+        cells = [str(spent.get(group, "")) for group in CPU_GROUPS]
+        lines.append(
+            f"| {run['scenario']} | {run['latency_ms']:g} ms | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
 def chart(runs: list[dict[str, Any]], path: Path) -> None:
     """Recipients/s per scenario and mode, on a log scale."""
     import matplotlib
@@ -535,12 +646,12 @@ def chart(runs: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = ("ours", "baseline", "limit", "simulator")
+    modes = MODES
     labels = [f"{r['scenario']}\n{r['latency_ms']:g} ms" for r in runs]
     width = 0.2
     figure, axes = plt.subplots(figsize=(9, 4.5))
     for i, mode in enumerate(modes):
-        values = [r[mode].get("recipients_per_s") or 0 for r in runs]
+        values = [r.get(mode, {}).get("recipients_per_s") or 0 for r in runs]
         axes.bar([x + (i - 1.5) * width for x in range(len(runs))], values, width, label=mode)
     axes.set_xticks(range(len(runs)), labels)
     axes.set_yscale("log")
@@ -575,6 +686,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--transactional-jobs", type=int)
     parser.add_argument("--latencies", type=float, nargs="+", default=[0.0, 150.0])
     parser.add_argument("--scenarios", nargs="+", default=["bulk", "transactional"])
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=list(MODES),
+        help="which to run (all four by default; ratios need ours and the other)",
+    )
     parser.add_argument("--baseline-sample", type=int, help="recipients the baseline sends")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument(
@@ -673,13 +791,22 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "--queues", baseline.QUEUE, "--loglevel", "WARNING",
                 "-n", f"bench-baseline-{tag}@%h",
             ]  # fmt: skip
+            modes = set(args.modes)
             try:
                 with (
-                    processes(ours_commands, ours_env, workdir / f"ours-{tag}") as ours_pids,
-                    processes([baseline_command], baseline_env, workdir / f"base-{tag}") as b_pids,
+                    processes(
+                        ours_commands if "ours" in modes else [], ours_env, workdir / f"ours-{tag}"
+                    ) as ours_pids,
+                    processes(
+                        [baseline_command] if "baseline" in modes else [],
+                        baseline_env,
+                        workdir / f"base-{tag}",
+                    ) as b_pids,
                 ):
-                    wait_for_workers(broker_url, "bench-ours-", args.workers)
-                    wait_for_workers(broker_url, "bench-baseline-", 1)
+                    if "ours" in modes:
+                        wait_for_workers(broker_url, "bench-ours-", args.workers)
+                    if "baseline" in modes:
+                        wait_for_workers(broker_url, "bench-baseline-", 1)
                     for name in args.scenarios:
                         scenario = scenarios[name]
                         per_request = 100 if name == "bulk" else 1
@@ -691,53 +818,55 @@ def main(argv: Sequence[str] | None = None) -> None:
                             "worker_concurrency": concurrency,
                             "producers": args.producers,
                         }
-                        print(f"{name} at {latency:g} ms: ours ...", flush=True)
-                        run["ours"] = run_ours(
-                            scenario,
-                            database_url=database_url,
-                            env=ours_env,
-                            worker_pids=ours_pids,
-                            control_url=urls["control_url"],
-                            producers=args.producers,
-                            timeout_s=args.timeout_s,
-                        )
-                        print(f"{name} at {latency:g} ms: baseline ...", flush=True)
-                        run["baseline"] = run_baseline(
-                            scenario,
-                            database_url=database_url,
-                            broker_url=broker_url,
-                            worker_pids=b_pids,
-                            control_url=urls["control_url"],
-                            sample=sample,
-                            timeout_s=args.timeout_s,
-                        )
-                        print(f"{name} at {latency:g} ms: limit ...", flush=True)
-                        run["limit"] = run_limit(
-                            scenario,
-                            database_url=database_url,
-                            gateway=gateway,
-                            control_url=urls["control_url"],
-                            threads=limit_threads,
-                            processes_=cores,
-                        )
-                        print(f"{name} at {latency:g} ms: simulator alone ...", flush=True)
-                        run["simulator"] = run_simulator_alone(
-                            latency_ms=latency,
-                            per_request=per_request,
-                            requests_=args.sim_requests,
-                            threads=max(16, limit_threads[-1]) if slow else 16,
-                            output=workdir / f"sim-{name}-{tag}.json",
-                        )
+                        if "ours" in modes:
+                            print(f"{name} at {latency:g} ms: ours ...", flush=True)
+                            run["ours"] = run_ours(
+                                scenario,
+                                database_url=database_url,
+                                env=ours_env,
+                                worker_pids=ours_pids,
+                                simulator_pid=sim.pid,
+                                control_url=urls["control_url"],
+                                producers=args.producers,
+                                timeout_s=args.timeout_s,
+                            )
+                        if "baseline" in modes:
+                            print(f"{name} at {latency:g} ms: baseline ...", flush=True)
+                            run["baseline"] = run_baseline(
+                                scenario,
+                                database_url=database_url,
+                                broker_url=broker_url,
+                                worker_pids=b_pids,
+                                control_url=urls["control_url"],
+                                sample=sample,
+                                timeout_s=args.timeout_s,
+                            )
+                        if "limit" in modes:
+                            print(f"{name} at {latency:g} ms: limit ...", flush=True)
+                            run["limit"] = run_limit(
+                                scenario,
+                                database_url=database_url,
+                                gateway=gateway,
+                                control_url=urls["control_url"],
+                                threads=limit_threads,
+                                processes_=cores,
+                            )
+                        if "simulator" in modes:
+                            print(f"{name} at {latency:g} ms: simulator alone ...", flush=True)
+                            run["simulator"] = run_simulator_alone(
+                                latency_ms=latency,
+                                per_request=per_request,
+                                requests_=args.sim_requests,
+                                threads=max(16, limit_threads[-1]) if slow else 16,
+                                output=workdir / f"sim-{name}-{tag}.json",
+                            )
                         run["load_average_after"] = load_average()
-                        ours_rate = run["ours"]["recipients_per_s"]
+                        ours_rate = run.get("ours", {}).get("recipients_per_s")
                         run["ratios"] = {
-                            "ours_over_baseline": ratio(
-                                ours_rate, run["baseline"]["recipients_per_s"]
-                            ),
-                            "ours_over_limit": ratio(ours_rate, run["limit"]["recipients_per_s"]),
-                            "ours_over_simulator": ratio(
-                                ours_rate, run["simulator"]["recipients_per_s"]
-                            ),
+                            f"ours_over_{other}": ratio(
+                                ours_rate, run.get(other, {}).get("recipients_per_s")
+                            )
+                            for other in ("baseline", "limit", "simulator")
                         }
                         runs.append(run)
                         print(json.dumps(run, default=str), flush=True)
@@ -756,12 +885,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.output.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     chart(runs, args.output.with_suffix(".png"))
     print(table(runs))
+    print("\nours, CPU milliseconds per recipient by part of the machine:")
+    print(cpu_table(runs))
     print(f"results: {args.output} and {args.output.with_suffix('.png')}")
     incomplete = [
         f"{r['scenario']} {r['latency_ms']:g} ms {mode}"
         for r in runs
-        for mode in ("ours", "baseline", "limit", "simulator")
-        if not r[mode]["complete"]
+        for mode in MODES
+        if mode in r and not r[mode]["complete"]
     ]
     if incomplete:
         raise SystemExit("not every recipient was accepted in: " + ", ".join(incomplete))
