@@ -14,9 +14,12 @@ database, not on the CPU.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery
+from kombu import Connection
+from kombu.connection import ConnectionPool
+from kombu.transport.virtual import Transport as VirtualTransport
 
 from dispatcher.config import LANE_QUEUES, QUEUE_DISPATCH, Settings, get_settings
 from dispatcher.message import Priority
@@ -128,16 +131,33 @@ class CeleryWaker:
         """Messages waiting in a lane's queue (declared passively: never creates it)."""
         ensure_broker_folders(self.app)
         with self.app.connection_for_read() as connection:
-            # queue_declare is on every kombu channel, but typed only on AMQP's.
-            channel: Any = connection.default_channel
-            try:
-                declared = channel.queue_declare(lane.queue, passive=True)
-            except Exception as exc:
-                # Redis drops an empty list, so "no such queue" means nothing waits.
-                if getattr(exc, "reply_code", None) == 404:
-                    return 0
-                raise
-            return int(declared.message_count)
+            return _waiting(connection, lane)
+
+    def waiting(self, lane: Priority = Priority.NORMAL) -> int | None:
+        """``pending`` asked on a pooled connection, for producers to ask before every
+        wake-up; None on AMQP, where a fresh connection per job would cost more than
+        the message it might spare, and a pooled channel must not be risked (the
+        broker closes a channel whose passive declare finds no queue)."""
+        ensure_broker_folders(self.app)
+        # app.pool is a kombu ConnectionPool (typed as a producer pool by the stubs).
+        pool = cast(ConnectionPool, self.app.pool)
+        with pool.acquire(block=True) as connection:
+            if not isinstance(connection.transport, VirtualTransport):
+                return None
+            return _waiting(connection, lane)
+
+
+def _waiting(connection: Connection, lane: Priority) -> int:
+    # queue_declare is on every kombu channel, but typed only on AMQP's.
+    channel: Any = connection.default_channel
+    try:
+        declared = channel.queue_declare(lane.queue, passive=True)
+    except Exception as exc:
+        # Redis drops an empty list, so "no such queue" means nothing waits.
+        if getattr(exc, "reply_code", None) == 404:
+            return 0
+        raise
+    return int(declared.message_count)
 
 
 wake = CeleryWaker(app)

@@ -17,10 +17,12 @@ import pytest
 import redis
 from sqlalchemy import select
 
+from dispatcher.celery_app import CeleryWaker, make_celery
 from dispatcher.config import QUEUE_DISPATCH
 from dispatcher.errors import NoRecipientsError
 from dispatcher.gateway.simulator import FIRST_MESSAGE_ID
 from dispatcher.models import Attempt, AttemptOutcome, Batch, BatchStatus, Recipient
+from dispatcher.service import Dispatcher
 from helpers import (
     REDIS_HOST,
     REDIS_PORT,
@@ -375,3 +377,34 @@ def test_a_worker_killed_mid_call_leaves_unknown_never_a_resend(pipeline: Pipeli
     assert len(ledger) in (0, 2)
     assert len({e["number"] for e in ledger}) == len(ledger)
     assert all(w.process.poll() is None for w in workers if w is not victim)
+
+
+def test_wake_ups_already_waiting_serve_the_jobs_enqueued_after_them(
+    pipeline: Pipeline, redis_index: int
+) -> None:
+    """A producer counts the wake-ups waiting in its lane's queue: a task started
+    after a job's commit claims that job's batches too, so while one waits a
+    one-batch job sends none, and a larger job only what it lacks up to the fan-out.
+    Every job still goes out once, when a worker runs."""
+    settings = pipeline.env.settings()
+    app = make_celery(settings)
+    producer = Dispatcher(settings, database=pipeline.db, waker=CeleryWaker(app))
+    broker = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=redis_index)
+    try:
+        singles = [producer.enqueue(number(i), f"one of many, {i}").job_id for i in range(1, 21)]
+        assert broker.llen(QUEUE_DISPATCH) == 1, "the first job's wake-up serves the other 19"
+        three = producer.enqueue([number(100 + i) for i in range(250)], "three batches").job_id
+        assert broker.llen(QUEUE_DISPATCH) == 3, "a three-batch job adds the two it lacks"
+
+        pipeline.start_workers()
+        pipeline.wait_for(*singles, three, timeout_s=60)
+    finally:
+        broker.close()
+        producer.close()
+        app.close()
+
+    for job_id in singles:
+        assert [r.status for r in recipients_of(pipeline.db, job_id)] == ["sent"]
+    assert {r.status for r in recipients_of(pipeline.db, three)} == {"sent"}
+    assert send_requests(pipeline.sim) == 20 + 3, "one call per batch, none twice"
+    pipeline.check_invariants()

@@ -27,9 +27,11 @@ from urllib.parse import quote
 import kombu
 import pytest
 
+from dispatcher.celery_app import CeleryWaker, make_celery
 from dispatcher.config import QUEUE_DISPATCH
 from dispatcher.gateway.simulator import FIRST_MESSAGE_ID
 from dispatcher.models import AttemptOutcome, BatchStatus
+from dispatcher.service import Dispatcher
 from helpers import (
     Pipeline,
     attempts_of,
@@ -235,3 +237,24 @@ def test_a_worker_killed_mid_call_leaves_unknown_and_the_rest_completes(
     assert set(ledger) - {r.number for r in sent} in (set(), {number(1), number(2)})
     assert wakeups_waiting(broker_url) == 0
     assert all(w.process.poll() is None for w in workers if w is not victim)
+
+
+def test_producers_on_amqp_wake_for_every_job(pipeline: Pipeline, broker_url: str) -> None:
+    """On AMQP the producer does not count waiting wake-ups (that would take a
+    connection of its own per job): every job sends its own, and all are sent."""
+    settings = pipeline.env.settings()
+    app = make_celery(settings)
+    waker = CeleryWaker(app)
+    producer = Dispatcher(settings, database=pipeline.db, waker=waker)
+    try:
+        assert waker.waiting() is None
+        jobs = [producer.enqueue(number(i), f"each its own, {i}").job_id for i in range(1, 6)]
+        assert wakeups_waiting(broker_url) == 5
+        assert waker.pending() == 5, "the sweeper still counts them"
+        pipeline.start_workers()
+        pipeline.wait_for(*jobs, timeout_s=60)
+    finally:
+        producer.close()
+        app.close()
+    assert send_requests(pipeline.sim) == 5
+    pipeline.check_invariants()

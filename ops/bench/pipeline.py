@@ -514,6 +514,7 @@ def run_limit(
     control_url: str,
     threads: Sequence[int],
     processes_: int,
+    simulator_pid: int | None = None,
 ) -> dict[str, Any]:
     """The probe at each thread count; the fastest run, with the sweep beside it."""
     sweep: list[dict[str, Any]] = []
@@ -522,7 +523,11 @@ def run_limit(
         limit.reset(info)
         sim_before = simulator_accepted(control_url)
         workers, enqueued = limit.start_workers(info, gateway, processes=processes_, threads=count)
-        with RssSampler([w.pid for w in workers if w.pid is not None]) as sampler:
+        pids = [w.pid for w in workers if w.pid is not None]
+        with (
+            RssSampler(pids) as sampler,
+            CpuSampler(workers=pids, simulator=simulator_pid) as cpu,
+        ):
             started = time.time()
             recipients = limit.enqueue(info, scenario.jobs)
             enqueue_s = time.time() - started
@@ -532,7 +537,9 @@ def run_limit(
         found = limit.figures(info)
         sim_accepted = simulator_accepted(control_url) - sim_before
         run = _found_summary(found, recipients, sim_accepted, started, enqueue_s)
-        sweep.append(run | sampler.figures() | {"threads_per_process": count})
+        sweep.append(
+            run | sampler.figures() | cpu.figures(recipients) | {"threads_per_process": count}
+        )
     best = max(sweep, key=lambda r: r["recipients_per_s"] or 0.0)
     return best | {"processes": processes_, "sweep": sweep}
 
@@ -625,17 +632,21 @@ CPU_GROUPS = ("producers", "workers", "postgresql", "redis", "simulator", "other
 
 
 def cpu_table(runs: list[dict[str, Any]]) -> str:
-    """Where ours spent the machine's CPU: milliseconds per recipient, by part."""
-    header = "| scenario | latency | " + " | ".join(CPU_GROUPS) + " |"
-    lines = [header, "|" + "---|" * (len(CPU_GROUPS) + 2)]
+    """Where ours and the limit probe spent the machine's CPU: milliseconds per
+    recipient, by part (the probe's "producers" is its bulk enqueue, in this process)."""
+    header = "| scenario | latency | mode | " + " | ".join(CPU_GROUPS) + " |"
+    lines = [header, "|" + "---|" * (len(CPU_GROUPS) + 3)]
     for run in runs:
-        spent = run.get("ours", {}).get("cpu_ms_per_recipient")
-        if not spent:
-            continue
-        cells = [str(spent.get(group, "")) for group in CPU_GROUPS]
-        lines.append(
-            f"| {run['scenario']} | {run['latency_ms']:g} ms | " + " | ".join(cells) + " |"
-        )
+        for mode in ("ours", "limit"):
+            spent = run.get(mode, {}).get("cpu_ms_per_recipient")
+            if not spent:
+                continue
+            cells = [str(spent.get(group, "")) for group in CPU_GROUPS]
+            lines.append(
+                f"| {run['scenario']} | {run['latency_ms']:g} ms | {mode} | "
+                + " | ".join(cells)
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -850,6 +861,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 control_url=urls["control_url"],
                                 threads=limit_threads,
                                 processes_=cores,
+                                simulator_pid=sim.pid,
                             )
                         if "simulator" in modes:
                             print(f"{name} at {latency:g} ms: simulator alone ...", flush=True)
@@ -885,7 +897,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.output.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     chart(runs, args.output.with_suffix(".png"))
     print(table(runs))
-    print("\nours, CPU milliseconds per recipient by part of the machine:")
+    print("\nCPU milliseconds per recipient, by part of the machine:")
     print(cpu_table(runs))
     print(f"results: {args.output} and {args.output.with_suffix('.png')}")
     incomplete = [
