@@ -13,12 +13,16 @@ database, not on the CPU.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, cast
 
+import redis
 from celery import Celery
 from kombu import Connection
 from kombu.connection import ConnectionPool
+from kombu.transport.redis import PRIORITY_STEPS
+from kombu.transport.redis import Channel as RedisChannel
 from kombu.transport.virtual import Transport as VirtualTransport
 
 from dispatcher.config import LANE_QUEUES, QUEUE_DISPATCH, Settings, get_settings
@@ -121,6 +125,8 @@ class CeleryWaker:
 
     def __init__(self, celery: Celery) -> None:
         self.app = celery
+        self._lock = threading.Lock()
+        self._redis: redis.Redis | None = None
 
     def __call__(self, count: int, lane: Priority = Priority.NORMAL) -> None:
         ensure_broker_folders(self.app)
@@ -134,17 +140,50 @@ class CeleryWaker:
             return _waiting(connection, lane)
 
     def waiting(self, lane: Priority = Priority.NORMAL) -> int | None:
-        """``pending`` asked on a pooled connection, for producers to ask before every
-        wake-up; None on AMQP, where a fresh connection per job would cost more than
-        the message it might spare, and a pooled channel must not be risked (the
-        broker closes a channel whose passive declare finds no queue)."""
+        """``pending`` made cheap enough for producers to ask before every wake-up.
+
+        On Redis one round trip on a client kept for it (kombu's own count opens a
+        client and a transaction each time, which cost more than the message it
+        might spare); on the file broker kombu's count; on AMQP None, as a fresh
+        connection per job would cost more than the message, and a pooled channel
+        must not be risked (the broker closes a channel whose passive declare
+        finds no queue).
+        """
+        url = str(self.app.conf.broker_url or "")
+        if url.startswith(("redis://", "rediss://")):
+            client = self._redis_client(url)
+            # kombu keeps a queue's messages in one list per priority step.
+            keys = [lane.queue] + [
+                f"{lane.queue}{RedisChannel.sep}{step}" for step in PRIORITY_STEPS if step
+            ]
+            with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.llen(key)
+                return sum(int(n) for n in pipe.execute())
         ensure_broker_folders(self.app)
         # app.pool is a kombu ConnectionPool (typed as a producer pool by the stubs).
         pool = cast(ConnectionPool, self.app.pool)
         with pool.acquire(block=True) as connection:
             if not isinstance(connection.transport, VirtualTransport):
                 return None
-            return _waiting(connection, lane)
+            # A virtual channel's own count: an empty queue is 0, not an exception.
+            channel: Any = connection.default_channel
+            return int(channel._size(lane.queue))
+
+    def _redis_client(self, url: str) -> redis.Redis:
+        with self._lock:
+            if self._redis is None:
+                self._redis = redis.Redis.from_url(
+                    url, socket_timeout=5.0, socket_connect_timeout=5.0
+                )
+            return self._redis
+
+    def close(self) -> None:
+        """Close the client ``waiting`` keeps (the app's connections are the app's)."""
+        with self._lock:
+            if self._redis is not None:
+                self._redis.close()
+                self._redis = None
 
 
 def _waiting(connection: Connection, lane: Priority) -> int:
@@ -154,7 +193,8 @@ def _waiting(connection: Connection, lane: Priority) -> int:
         declared = channel.queue_declare(lane.queue, passive=True)
     except Exception as exc:
         # Redis drops an empty list, so "no such queue" means nothing waits.
-        if getattr(exc, "reply_code", None) == 404:
+        # py-amqp and kombu's virtual channels give the code as 404 or as "404".
+        if str(getattr(exc, "reply_code", "")) == "404":
             return 0
         raise
     return int(declared.message_count)

@@ -49,6 +49,11 @@ class _LazyCeleryWaker:
 
         return wake.pending(lane)
 
+    def waiting(self, lane: Priority = Priority.NORMAL) -> int | None:
+        from dispatcher.celery_app import wake
+
+        return wake.waiting(lane)
+
 
 def service(waker: Waker | None = None) -> Dispatcher:
     """The process's Dispatcher, built on first use."""

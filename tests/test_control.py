@@ -16,6 +16,7 @@ import pytest
 import redis
 from sqlalchemy import update
 
+from dispatcher import celery_app, migrate, runtime
 from dispatcher.celery_app import CeleryWaker, make_celery
 from dispatcher.config import QUEUE_DISPATCH
 from dispatcher.db import Database
@@ -261,7 +262,60 @@ def test_the_sweeper_never_keeps_more_wake_ups_waiting_than_the_fan_out(
         assert svc.sweep()["woken"] == 0, "nothing is woken while paused"
     finally:
         queue.close()
+        waker.close()
         app.close()
+
+
+@pytest.mark.services
+def test_the_process_waker_of_send_counts_the_wake_ups_waiting(
+    pg_db: Database,
+    simulator: GatewaySimulator,
+    tmp_path: Path,
+    broker_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``dispatcher.send()`` wakes through runtime's lazy waker: it must ask what
+    waits as the Celery waker does, or every job sends its own message."""
+    settings = make_settings(pg_db, simulator, tmp_path, broker_url=broker_url)
+    app = make_celery(settings)
+    waker = CeleryWaker(app)
+    monkeypatch.setattr(celery_app, "wake", waker)
+    svc = Dispatcher(settings, database=pg_db, waker=runtime._LazyCeleryWaker())
+    queue = redis.Redis.from_url(broker_url)
+    try:
+        for i in range(1, 6):
+            svc.enqueue(number(i), f"one of five, {i}")
+        assert queue.llen(QUEUE_DISPATCH) == 1, "one wake-up waits for all five"
+    finally:
+        queue.close()
+        waker.close()
+        app.close()
+
+
+def test_the_file_broker_counts_waiting_wake_ups_for_producers(
+    simulator: GatewaySimulator, tmp_path: Path
+) -> None:
+    """The embedded default broker (files) coalesces wake-ups as Redis does."""
+    sqlite = Database(f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    migrate.upgrade(sqlite)
+    settings = make_settings(sqlite, simulator, tmp_path)
+    assert settings.effective_broker_url.startswith("filesystem://")
+    app = make_celery(settings)
+    waker = CeleryWaker(app)
+    svc = Dispatcher(settings, database=sqlite, waker=waker)
+    try:
+        assert waker.waiting() == 0
+        for i in range(1, 4):
+            svc.enqueue(number(i), f"one of three, {i}")
+        assert waker.waiting() == 1, "the first job's wake-up waits for all three"
+        svc.enqueue([number(100 + i) for i in range(250)], "three batches")
+        assert waker.waiting() == 3
+        assert waker.pending() == 3, "the sweeper's count agrees"
+    finally:
+        svc.close()
+        waker.close()
+        app.close()
+        sqlite.dispose()
 
 
 # --- call limits ---------------------------------------------------------------------

@@ -388,7 +388,8 @@ def test_wake_ups_already_waiting_serve_the_jobs_enqueued_after_them(
     Every job still goes out once, when a worker runs."""
     settings = pipeline.env.settings()
     app = make_celery(settings)
-    producer = Dispatcher(settings, database=pipeline.db, waker=CeleryWaker(app))
+    waker = CeleryWaker(app)
+    producer = Dispatcher(settings, database=pipeline.db, waker=waker)
     broker = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=redis_index)
     try:
         singles = [producer.enqueue(number(i), f"one of many, {i}").job_id for i in range(1, 21)]
@@ -401,6 +402,7 @@ def test_wake_ups_already_waiting_serve_the_jobs_enqueued_after_them(
     finally:
         broker.close()
         producer.close()
+        waker.close()
         app.close()
 
     for job_id in singles:

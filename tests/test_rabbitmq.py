@@ -255,6 +255,7 @@ def test_producers_on_amqp_wake_for_every_job(pipeline: Pipeline, broker_url: st
         pipeline.wait_for(*jobs, timeout_s=60)
     finally:
         producer.close()
+        waker.close()
         app.close()
     assert send_requests(pipeline.sim) == 5
     pipeline.check_invariants()
