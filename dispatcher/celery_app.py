@@ -134,8 +134,11 @@ class CeleryWaker:
             self.app.send_task(TASK_DISPATCH, queue=lane.queue, expires=WAKE_EXPIRES_S)
 
     def pending(self, lane: Priority = Priority.NORMAL) -> int:
-        """Messages waiting in a lane's queue (declared passively: never creates it)."""
-        ensure_broker_folders(self.app)
+        """Messages waiting in a lane's queue: ``waiting`` where it can tell, else on a
+        connection of its own (declared passively: never creates the queue)."""
+        count = self.waiting(lane)
+        if count is not None:
+            return count
         with self.app.connection_for_read() as connection:
             return _waiting(connection, lane)
 
@@ -192,8 +195,8 @@ def _waiting(connection: Connection, lane: Priority) -> int:
     try:
         declared = channel.queue_declare(lane.queue, passive=True)
     except Exception as exc:
-        # Redis drops an empty list, so "no such queue" means nothing waits.
-        # py-amqp and kombu's virtual channels give the code as 404 or as "404".
+        # A queue nobody has declared yet holds nothing. py-amqp gives the code as
+        # 404, kombu's virtual channels as "404".
         if str(getattr(exc, "reply_code", "")) == "404":
             return 0
         raise

@@ -513,11 +513,17 @@ class Dispatcher:
         job sends its own. Wake-ups that vanish (a broker flush, expiry) are the
         sweeper's, as before.
         """
-        count = min(batches, self.settings.wake_fanout)
-        pending = self._pending_wakes(lane, ask="waiting")
-        if pending is not None:
-            count -= pending
+        self._wake_beyond_waiting(batches, lane, ask="waiting")
+
+    def _wake_beyond_waiting(self, wanted: int, lane: Priority, *, ask: str) -> int:
+        """Send ``wanted`` wake-ups (at most the fan-out) less those already waiting in
+        the lane's queue, counted by the waker's ``ask`` method; returns how many."""
+        count = min(wanted, self.settings.wake_fanout)
+        waiting = self._pending_wakes(lane, ask=ask)
+        if waiting is not None:
+            count = max(count - waiting, 0)
         self._wake(count, lane)
+        return count
 
     def _wake(self, batches: int, lane: Priority = Priority.NORMAL) -> None:
         count = min(batches, self.settings.wake_fanout)
@@ -1099,10 +1105,7 @@ class Dispatcher:
         woken = 0
         # Each lane has its own queue: a worker dedicated to one lane only hears its own.
         for lane, count in wanted.items():
-            pending = self._pending_wakes(lane)
-            count = max(count - pending, 0) if pending is not None else count
-            self._wake(count, lane)
-            woken += count
+            woken += self._wake_beyond_waiting(count, lane, ask="pending")
         return woken
 
     def _pending_wakes(self, lane: Priority, *, ask: str = "pending") -> int | None:

@@ -310,7 +310,7 @@ def test_the_file_broker_counts_waiting_wake_ups_for_producers(
         assert waker.waiting() == 1, "the first job's wake-up waits for all three"
         svc.enqueue([number(100 + i) for i in range(250)], "three batches")
         assert waker.waiting() == 3
-        assert waker.pending() == 3, "the sweeper's count agrees"
+        assert waker.pending() == 3, "the sweeper counts them alike"
     finally:
         svc.close()
         waker.close()
