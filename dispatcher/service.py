@@ -429,31 +429,46 @@ class Dispatcher:
         callback_url: str | None,
     ) -> None:
         now = timing.now
+        job = Job(
+            id=job_id,
+            created_at=now,
+            text=text,
+            sender=sender,
+            kind=str(kind_),
+            maxconcat=maxconcat,
+            parts=info.parts,
+            encoding=str(info.encoding),
+            recipient_count=len(prepared.accepted),
+            refused_count=len(prepared.refused),
+            created_by=actor,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            reference=reference,
+            callback_url=callback_url,
+            callback_state="waiting" if callback_url else None,
+            send_at=timing.send_at,
+            priority=str(timing.priority),
+            expires_at=timing.expires_at,
+        )
+        refused = [(r.raw[:32], f"refused at enqueue: {r.reason}"[:500]) for r in prepared.refused]
+        small = (
+            len(groups) <= 1 and len(prepared.accepted) + len(refused) <= store.SMALL_JOB_MAX_ROWS
+        )
         with self.db.transaction() as session:
-            store.insert_job(
-                session,
-                job=Job(
-                    id=job_id,
-                    created_at=now,
-                    text=text,
-                    sender=sender,
-                    kind=str(kind_),
-                    maxconcat=maxconcat,
-                    parts=info.parts,
-                    encoding=str(info.encoding),
-                    recipient_count=len(prepared.accepted),
-                    refused_count=len(prepared.refused),
-                    created_by=actor,
-                    idempotency_key=idempotency_key,
-                    request_hash=request_hash,
-                    reference=reference,
-                    callback_url=callback_url,
-                    callback_state="waiting" if callback_url else None,
-                    send_at=timing.send_at,
-                    priority=str(timing.priority),
+            if small and session.get_bind().dialect.name == "postgresql":
+                store.insert_small_job(
+                    session,
+                    job=job,
+                    accepted=groups[0] if groups else [],
+                    refused=refused,
+                    due_at=timing.due_at,
+                    lane=timing.priority.lane,
                     expires_at=timing.expires_at,
-                ),
-            )
+                    now=now,
+                    actor=actor,
+                )
+                return
+            store.insert_job(session, job=job)
             batch_ids = store.insert_batches(
                 session,
                 job_id=job_id,
@@ -481,15 +496,15 @@ class Dispatcher:
                 {
                     "job_id": job_id,
                     "batch_id": None,
-                    "number": refused.raw[:32],
+                    "number": number,
                     "status": str(_S.FAILED),
                     "error_code": "INVALID_NUMBER",
-                    "error_detail": f"refused at enqueue: {refused.reason}"[:500],
+                    "error_detail": detail,
                     "attempts": 0,
                     "created_at": now,
                     "updated_at": now,
                 }
-                for refused in prepared.refused
+                for number, detail in refused
             )
             store.insert_recipients(session, rows=rows)
             store.record_transitions(

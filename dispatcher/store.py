@@ -167,25 +167,118 @@ def _by_columns(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, ...], list[di
     return groups
 
 
+def _defaults(table: Any, given: Collection[str]) -> dict[str, Any]:
+    """The Python-side column defaults an ORM or Core INSERT would apply to the
+    columns of ``table`` that ``given`` leaves out (for statements SQLAlchemy does
+    not build: COPY, and the one-statement enqueue)."""
+    return {
+        column.key: column.default.arg(None) if column.default.is_callable else column.default.arg
+        for column in table.columns
+        if column.key not in given and not column.primary_key and column.default is not None
+    }
+
+
 def _copy_rows(session: Session, table: Any, rows: Sequence[dict[str, Any]]) -> None:
     """COPY ``rows`` into ``table`` in the session's transaction, with the Python-side
     column defaults an INSERT would have applied to columns the rows leave out."""
     groups = _by_columns(rows)
     cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
     for keys, members in groups.items():
-        defaults = {
-            column.key: column.default.arg(None)
-            if column.default.is_callable
-            else column.default.arg
-            for column in table.columns
-            if column.key not in keys and not column.primary_key and column.default is not None
-        }
+        defaults = _defaults(table, keys)
         names = [*keys, *defaults]
         quoted = ", ".join(f'"{name}"' for name in names)
         with cursor.copy(f'COPY "{table.name}" ({quoted}) FROM STDIN') as copy:
             extra = tuple(defaults.values())
             for row in members:
                 copy.write_row((*row.values(), *extra))
+
+
+# A job this small goes in by one statement on PostgreSQL (see ``insert_small_job``).
+SMALL_JOB_MAX_ROWS = COPY_MIN_ROWS - 1
+
+
+def insert_small_job(
+    session: Session,
+    *,
+    job: Job,
+    accepted: Sequence[str],
+    refused: Sequence[tuple[str, str]],
+    due_at: dt.datetime,
+    lane: int,
+    expires_at: dt.datetime | None,
+    now: dt.datetime,
+    actor: str,
+) -> None:
+    """On PostgreSQL, write a job of at most one batch in one statement: the job, its
+    batch (when any number was accepted), its recipients (``accepted`` queued,
+    ``refused`` as (number, detail) failed with INVALID_NUMBER) and each one's first
+    status event, the same rows the separate inserts write.
+
+    One round trip instead of four: most of a one-recipient ``send()`` was the
+    statements' own cost, not their rows'.
+    """
+    table = Job.__table__
+    # As insert_job: the attributes ``job`` was given, defaults for the rest.
+    given = {c.key: vars(job)[c.key] for c in table.columns if c.key in vars(job)}
+    given |= _defaults(table, given)
+    rows: list[tuple[str, bool, str | None]] = [(number, True, None) for number in accepted]
+    rows += [(number, False, detail) for number, detail in refused]
+    session.execute(
+        _small_job_statement(tuple(given)),
+        {f"job_{k}": v for k, v in given.items()}
+        | {
+            "job_id": job.id,
+            "rows": _json_rows(("number", "accepted", "detail"), rows),
+            "with_batch": bool(accepted),
+            "due_at": due_at,
+            "lane": lane,
+            "expires_at": expires_at,
+            "now": now,
+            "actor": actor,
+        },
+    )
+
+
+@functools.cache
+def _small_job_statement(columns: tuple[str, ...]) -> TextClause:
+    # Column names come from the model, never from input (S608). Foreign keys are
+    # checked at the end of the statement, when the job and batch rows exist.
+    names = ", ".join(f'"{c}"' for c in columns)
+    values = ", ".join(f":job_{c}" for c in columns)
+    return text(
+        f"""
+        WITH job AS (
+            INSERT INTO jobs ({names}) VALUES ({values})
+        ),
+        batch AS (
+            INSERT INTO batches (job_id, status, due_at, attempts, created_at, updated_at,
+                lane, expires_at)
+            SELECT :job_id, 'queued', :due_at, 0, :now, :now, :lane, :expires_at
+            WHERE :with_batch
+            RETURNING id
+        ),
+        given AS (
+            SELECT e.ord, e.value ->> 'number' AS number,
+                (e.value ->> 'accepted')::boolean AS accepted, e.value ->> 'detail' AS detail
+            FROM json_array_elements(CAST(:rows AS json)) WITH ORDINALITY AS e (value, ord)
+        ),
+        added AS (
+            INSERT INTO recipients (job_id, batch_id, number, status, error_code,
+                error_detail, attempts, created_at, updated_at)
+            SELECT :job_id, CASE WHEN g.accepted THEN (SELECT id FROM batch) END, g.number,
+                CASE WHEN g.accepted THEN 'queued' ELSE 'failed' END,
+                CASE WHEN g.accepted THEN NULL ELSE 'INVALID_NUMBER' END,
+                g.detail, 0, :now, :now
+            FROM given g ORDER BY g.ord
+            RETURNING id, status, error_detail
+        )
+        INSERT INTO status_events (recipient_id, job_id, at, from_status, to_status, cause,
+            actor, attempt_id)
+        SELECT id, :job_id, :now, NULL, status, COALESCE(error_detail, 'enqueued'), :actor,
+            NULL
+        FROM added ORDER BY id
+        """  # noqa: S608
+    )
 
 
 # --- history -----------------------------------------------------------------------

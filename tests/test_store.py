@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import event, text, update
 from sqlalchemy.engine import make_url
 
 from dispatcher import service as service_module
+from dispatcher import store
 from dispatcher.db import Database
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.models import (
@@ -414,3 +415,51 @@ def test_record_retries_until_the_database_is_back(
     assert entry["message_id"] in warning
     assert simulator.config().password not in caplog.text
     check_invariants(service.db, simulator)
+
+
+@pytest.mark.services
+def test_a_small_job_in_one_statement_writes_what_the_separate_inserts_write(
+    pg_db: Database, simulator: GatewaySimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On PostgreSQL a job of one batch and few numbers goes in by one statement
+    (``store.insert_small_job``); its rows must be the general path's, field for field."""
+    svc = make_service(pg_db, simulator, tmp_path, default_sender="Shop")
+    numbers = [number(1), "not a number", number(2), number(1), "12", number(3)]
+    options: dict[str, Any] = {
+        "priority": "high",
+        "valid_for_s": 600,
+        "reference": "order-77",
+        "maxconcat": 2,
+    }
+    try:
+        small = svc.enqueue(numbers, "Ünïcode text", **options)
+        monkeypatch.setattr(store, "SMALL_JOB_MAX_ROWS", 0)
+        general = svc.enqueue(numbers, "Ünïcode text", **options)
+    finally:
+        svc.close()
+    assert small.accepted == general.accepted
+    assert small.refused == general.refused
+    assert len(small.refused) == 2
+
+    def rows(job_id: str) -> dict[str, list[dict[str, Any]]]:
+        # Everything but the keys and clocks, which differ between two jobs.
+        varying = {"id", "job_id", "batch_id", "recipient_id", "created_at", "updated_at", "at"}
+        varying |= {"due_at", "expires_at", "request_hash"}
+        found: dict[str, list[dict[str, Any]]] = {}
+        with pg_db.transaction() as session:
+            for table in ("jobs", "batches", "recipients", "status_events"):
+                key = "id" if table == "jobs" else "job_id"
+                result = session.execute(
+                    text(f"SELECT * FROM {table} WHERE {key} = :job ORDER BY id"),  # noqa: S608
+                    {"job": job_id},
+                )
+                found[table] = [
+                    {k: v for k, v in row._mapping.items() if k not in varying} for row in result
+                ]
+        return found
+
+    mine, theirs = rows(small.job_id), rows(general.job_id)
+    assert mine == theirs
+    assert [r["status"] for r in mine["recipients"]] == ["queued"] * 3 + ["failed"] * 2
+    assert len(mine["status_events"]) == 5
+    assert len(mine["batches"]) == 1
