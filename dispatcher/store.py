@@ -742,7 +742,7 @@ _START_ATTEMPT = text(
     ),
     moved AS (
         UPDATE recipients SET status = :to_status, updated_at = :now
-        WHERE batch_id = :batch_id AND id IN (SELECT id FROM claimed)
+        WHERE batch_id = :batch_id AND id = ANY (ARRAY(SELECT id FROM claimed))
             AND (status || '') IN ('queued', 'retry_wait')
         RETURNING id, job_id
     ),
@@ -937,7 +937,7 @@ _RECORD_REPLY = text(
     ),
     current AS (
         SELECT r.id, r.status FROM recipients r
-        WHERE r.batch_id = :batch_id AND r.id IN (SELECT id FROM result)
+        WHERE r.batch_id = :batch_id AND r.id = ANY (ARRAY(SELECT id FROM result))
             AND (r.status || '') IN ('submitting', 'unknown')
             AND ((r.status || '') = 'submitting' OR r.error_code = :worker_lost)
         FOR UPDATE

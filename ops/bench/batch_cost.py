@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 from sqlalchemy import event
 
 from dispatcher import migrate
@@ -60,6 +61,21 @@ class StatementCounter:
         self.kinds.clear()
 
 
+def postgres_cpu_s() -> float:
+    """CPU seconds used so far by the PostgreSQL server's processes on this machine
+    (the server's, not only this database's: run it on a quiet machine)."""
+    total = 0.0
+    for process in psutil.process_iter(["name"]):
+        if not (process.info["name"] or "").startswith("postgres"):
+            continue
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def run(args: argparse.Namespace, database_url: str, data_dir: Path) -> None:
     """Enqueue, then dispatch everything in this thread, and print the cost per batch."""
     database = Database(database_url, pool_size=2)
@@ -77,12 +93,14 @@ def run(args: argparse.Namespace, database_url: str, data_dir: Path) -> None:
             gateway_password=config.password,
         )
         service = Dispatcher(settings, database=database)
+        server0 = postgres_cpu_s()
         if args.single:
             for i in range(args.batches):
                 service.enqueue(f"+4477009{i:05d}", f"one-time code {i}")
         else:
             numbers = [f"+4477009{i:05d}" for i in range(args.batches * 100)]
             service.enqueue(numbers, "bulk text")
+        enqueue_server_s = postgres_cpu_s() - server0
         # One warm-up batch: compiled-statement caches, the HTTP connection.
         service.dispatch_one(worker="bench")
         counter = StatementCounter(database)
@@ -92,9 +110,10 @@ def run(args: argparse.Namespace, database_url: str, data_dir: Path) -> None:
 
             profiler = Profiler(interval=0.0005)
             profiler.start()
-        cpu0, wall0 = time.thread_time(), time.perf_counter()
+        cpu0, wall0, server0 = time.thread_time(), time.perf_counter(), postgres_cpu_s()
         report = service.dispatch_due(worker="bench", budget_s=600.0)
         cpu_s, wall_s = time.thread_time() - cpu0, time.perf_counter() - wall0
+        dispatch_server_s = postgres_cpu_s() - server0
         if profiler is not None:
             profiler.stop()
             print(profiler.output_text(unicode=True, color=False, show_all=False))
@@ -106,6 +125,13 @@ def run(args: argparse.Namespace, database_url: str, data_dir: Path) -> None:
         f"commits per batch, {1000 * cpu_s / batches:.2f} ms CPU per batch (this thread), "
         f"{report.batches / wall_s:.1f} batches/s"
     )
+    if database.dialect == "postgresql":
+        recipients = args.batches * (1 if args.single else 100)
+        print(
+            f"PostgreSQL server CPU per recipient: {1000 * enqueue_server_s / recipients:.4f} ms "
+            f"at enqueue, {1000 * dispatch_server_s / (batches * (recipients // args.batches)):.4f}"
+            " ms to claim and record"
+        )
     for words, count in counter.kinds.most_common():
         print(f"  {count / batches:6.2f}  {words}")
         if args.show:
