@@ -13,7 +13,9 @@ database, not on the CPU.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,9 +30,16 @@ from kombu.transport.virtual import Transport as VirtualTransport
 from dispatcher.config import LANE_QUEUES, QUEUE_DISPATCH, Settings, get_settings
 from dispatcher.message import Priority
 
+log = logging.getLogger(__name__)
+
 TASK_DISPATCH = "dispatcher.dispatch"
 TASK_SWEEP = "dispatcher.sweep"
 TASK_HEARTBEAT = "dispatcher.heartbeat"
+
+# Producers count waiting wake-ups on the send() path: briefly, and after a failure
+# not again for a while (they wake as if none waited meanwhile).
+COUNT_TIMEOUT_S = 0.5
+COUNT_RETRY_AFTER_S = 10.0
 
 # A wake-up is worth nothing after a while: the sweeper sends fresh ones for work
 # still due, so stale messages left in a broker during an outage can be dropped.
@@ -127,6 +136,7 @@ class CeleryWaker:
         self.app = celery
         self._lock = threading.Lock()
         self._redis: redis.Redis | None = None
+        self._count_again_at = 0.0
 
     def __call__(self, count: int, lane: Priority = Priority.NORMAL) -> None:
         ensure_broker_folders(self.app)
@@ -154,15 +164,23 @@ class CeleryWaker:
         """
         url = str(self.app.conf.broker_url or "")
         if url.startswith(("redis://", "rediss://")):
-            client = self._redis_client(url)
+            if time.monotonic() < self._count_again_at:
+                return None
             # kombu keeps a queue's messages in one list per priority step.
             keys = [lane.queue] + [
                 f"{lane.queue}{RedisChannel.sep}{step}" for step in PRIORITY_STEPS if step
             ]
-            with client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.llen(key)
-                return sum(int(n) for n in pipe.execute())
+            try:
+                with self._redis_client(url).pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.llen(key)
+                    return sum(int(n) for n in pipe.execute())
+            except redis.RedisError:
+                # Not counting only costs a message; a Redis in trouble must not
+                # slow every send() by a timeout, so leave it alone for a while.
+                log.debug("could not count waiting wake-ups", exc_info=True)
+                self._count_again_at = time.monotonic() + COUNT_RETRY_AFTER_S
+                return None
         ensure_broker_folders(self.app)
         # app.pool is a kombu ConnectionPool (typed as a producer pool by the stubs).
         pool = cast(ConnectionPool, self.app.pool)
@@ -176,8 +194,15 @@ class CeleryWaker:
     def _redis_client(self, url: str) -> redis.Redis:
         with self._lock:
             if self._redis is None:
+                # The broker's own TLS options (a private CA, client certificates)
+                # use redis-py's names, as kombu passes them on to it.
+                tls = self.app.conf.broker_use_ssl
+                options = dict(tls) if isinstance(tls, dict) and url.startswith("rediss") else {}
                 self._redis = redis.Redis.from_url(
-                    url, socket_timeout=5.0, socket_connect_timeout=5.0
+                    url,
+                    socket_timeout=COUNT_TIMEOUT_S,
+                    socket_connect_timeout=COUNT_TIMEOUT_S,
+                    **options,
                 )
             return self._redis
 

@@ -157,6 +157,8 @@ class Claim:
     message: Message
     probe: bool = False
     """This batch is the circuit breaker's probe: its result closes or reopens it."""
+    more_due: bool = True
+    """Another batch was due when this one was claimed (True when unknown)."""
 
 
 class _GroupKey(NamedTuple):
@@ -183,6 +185,9 @@ class DispatchReport:
 
     batches: int = 0
     outcomes: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+_REQUEUING = frozenset({Outcome.TRANSIENT, Outcome.NO_CREDIT})
 
 
 def _sendable_claim(batch: store.ClaimedBatch, now: dt.datetime) -> bool:
@@ -624,6 +629,7 @@ class Dispatcher:
                         usercontext=batch.reference,
                     ),
                     probe=probe,
+                    more_due=batch.more_due,
                 )
 
     def submit(self, claim: Claim) -> Submission:
@@ -760,15 +766,21 @@ class Dispatcher:
 
     def dispatch_one(self, *, worker: str | None = None) -> Submission | None:
         """Claim, submit and record one batch; None when nothing is due."""
-        worker = worker or worker_name()
+        return self._dispatch_next(worker or worker_name())[0]
+
+    def _dispatch_next(self, worker: str) -> tuple[Submission | None, bool]:
+        """``dispatch_one``, and whether another batch was due when this one was claimed."""
         # The limiter's wait happens before the claim, never inside it.
         with self.limiter.slot():
             claim = self.claim(worker=worker)
             if claim is None:
-                return None
+                return None, False
             submission = self.submit(claim)
         self.record(claim, submission, worker=worker)
-        return submission
+        # A reply that puts work back (no credit, a transient error in an outage) may
+        # have made something due at once: look again, as before.
+        requeued = any(o.outcome in _REQUEUING for o in submission.outcomes)
+        return submission, claim.more_due or requeued
 
     def dispatch_due(
         self,
@@ -784,16 +796,32 @@ class Dispatcher:
         call in flight and claims nothing new.
         """
         report = DispatchReport()
+        worker = worker or worker_name()
         deadline = time.monotonic() + budget_s
-        while report.batches < max_batches and time.monotonic() < deadline:
+        while True:
+            if report.batches >= max_batches or time.monotonic() >= deadline:
+                break
             if stop is not None and stop.is_set():
                 break
-            submission = self.dispatch_one(worker=worker)
+            submission, more_due = self._dispatch_next(worker)
             if submission is None:
-                break
+                return report
             report.batches += 1
             for outcome in submission.outcomes:
                 report.outcomes[outcome.outcome] += 1
+            if not more_due:
+                # Nothing else was due when this batch was claimed. Work committed
+                # since has a wake-up of its own, or shares one still waiting in the
+                # broker, which starts a task after that commit; so an empty claim
+                # here would find only what those tasks will.
+                return report
+        # Stopped with work perhaps still due (time budget, batch limit, shutdown):
+        # jobs that shared this task's wake-up instead of sending their own must
+        # not wait for the sweeper, so hand what is due to fresh wake-ups.
+        try:
+            self._wake_due()
+        except Exception:
+            log.warning("could not hand due work on; the sweeper will", exc_info=True)
         return report
 
     # --- operator actions ----------------------------------------------------------

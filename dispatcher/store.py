@@ -225,7 +225,7 @@ def insert_small_job(
     rows += [(number, False, detail) for number, detail in refused]
     session.execute(
         _small_job_statement(tuple(given)),
-        {f"job_{k}": v for k, v in given.items()}
+        {f"col_{k}": v for k, v in given.items()}
         | {
             "job_id": job.id,
             "rows": _json_rows(("number", "accepted", "detail"), rows),
@@ -244,7 +244,7 @@ def _small_job_statement(columns: tuple[str, ...]) -> TextClause:
     # Column names come from the model, never from input (S608). Foreign keys are
     # checked at the end of the statement, when the job and batch rows exist.
     names = ", ".join(f'"{c}"' for c in columns)
-    values = ", ".join(f":job_{c}" for c in columns)
+    values = ", ".join(f":col_{c}" for c in columns)
     return text(
         f"""
         WITH job AS (
@@ -534,6 +534,9 @@ class ClaimedBatch:
     maxconcat: int
     reference: str | None
     recipients: list[PendingRecipient]
+    more_due: bool = True
+    """Another batch of the claimed lanes was due when this one was claimed (True
+    when the claim could not tell): the caller claims again, or may stop."""
 
 
 class Gated:
@@ -609,6 +612,7 @@ def claim_if_open(
             for r in rows
             if r.recipient_id is not None
         ],
+        more_due=bool(head.more_due),
     )
 
 
@@ -626,6 +630,15 @@ def _claim_statement(lanes: tuple[int, ...]) -> TextClause:
         f"""(SELECT id FROM batches
              WHERE status = 'queued' AND lane = {int(lane)} AND due_at <= :now
              ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"""  # noqa: S608
+        for lane in lanes
+    )
+    # Whether anything else was due: a task that claimed the last due batch stops
+    # after it instead of making an empty claim to find out. Rows other workers
+    # are claiming still count (no SKIP LOCKED), which only costs that empty claim.
+    others = " OR ".join(
+        f"""EXISTS (SELECT 1 FROM batches
+             WHERE status = 'queued' AND lane = {int(lane)} AND due_at <= :now
+                AND id <> (SELECT id FROM picked))"""  # noqa: S608
         for lane in lanes
     )
     return text(
@@ -650,6 +663,7 @@ def _claim_statement(lanes: tuple[int, ...]) -> TextClause:
             FOR UPDATE
         )
         SELECT ctl.paused, ctl.breaker_state,
+            CASE WHEN c.id IS NULL THEN false ELSE ({others}) END AS more_due,
             c.id AS batch_id, c.job_id, c.attempts, c.expires_at,
             j.text, j.sender, j.kind, j.maxconcat, j.reference,
             w.id AS recipient_id, w.number, w.attempts AS recipient_attempts,

@@ -318,6 +318,42 @@ def test_the_file_broker_counts_waiting_wake_ups_for_producers(
         sqlite.dispose()
 
 
+@pytest.mark.services
+def test_a_run_cut_short_hands_the_work_still_due_to_fresh_wake_ups(
+    pg_db: Database, simulator: GatewaySimulator, tmp_path: Path, broker_url: str
+) -> None:
+    """Jobs that shared one wake-up depend on its task claiming them all; a task that
+    stops early (time budget, batch limit, shutdown) wakes workers for the rest."""
+    settings = make_settings(pg_db, simulator, tmp_path, broker_url=broker_url)
+    app = make_celery(settings)
+    waker = CeleryWaker(app)
+    svc = Dispatcher(settings, database=pg_db, waker=waker)
+    queue = redis.Redis.from_url(broker_url)
+    try:
+        for i in range(1, 4):
+            svc.enqueue(number(i), f"one of three, {i}")
+        assert queue.llen(QUEUE_DISPATCH) == 1
+        queue.delete(QUEUE_DISPATCH)  # this task's own wake-up, taken off the queue
+
+        assert svc.dispatch_due(worker="w", max_batches=1).batches == 1
+        assert queue.llen(QUEUE_DISPATCH) == 2, "one for each job still due"
+
+        queue.delete(QUEUE_DISPATCH)
+        stop = threading.Event()
+        stop.set()
+        assert svc.dispatch_due(worker="w", stop=stop).batches == 0
+        assert queue.llen(QUEUE_DISPATCH) == 2, "a shutting-down task hands them on too"
+
+        queue.delete(QUEUE_DISPATCH)
+        assert svc.dispatch_due(worker="w").batches == 2
+        assert queue.llen(QUEUE_DISPATCH) == 0, "a run that emptied the lanes wakes nobody"
+    finally:
+        svc.close()
+        queue.close()
+        waker.close()
+        app.close()
+
+
 # --- call limits ---------------------------------------------------------------------
 
 

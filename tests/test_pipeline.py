@@ -397,7 +397,8 @@ def test_wake_ups_already_waiting_serve_the_jobs_enqueued_after_them(
         three = producer.enqueue([number(100 + i) for i in range(250)], "three batches").job_id
         assert broker.llen(QUEUE_DISPATCH) == 3, "a three-batch job adds the two it lacks"
 
-        pipeline.start_workers()
+        # No sweeps during the test: the waiting wake-ups alone must serve every job.
+        pipeline.start_workers(DISPATCHER_SWEEP_INTERVAL_S="600")
         pipeline.wait_for(*singles, three, timeout_s=60)
     finally:
         broker.close()

@@ -224,9 +224,10 @@ def test_a_batch_costs_three_statements_and_two_commits_on_postgresql(
         report = service.dispatch_due(worker="counted")
 
         assert report.batches == 2
-        # Two batches of three, and the empty claim that ends the run.
-        assert len(statements) == 2 * 3 + 1
-        assert len(commits) == 2 * 2 + 1
+        # Two batches of three; the second claim said nothing else was due, so no
+        # empty claim ends the run.
+        assert len(statements) == 2 * 3
+        assert len(commits) == 2 * 2
         check_invariants(service.db, simulator)
     finally:
         service.close()
@@ -423,19 +424,31 @@ def test_a_small_job_in_one_statement_writes_what_the_separate_inserts_write(
 ) -> None:
     """On PostgreSQL a job of one batch and few numbers goes in by one statement
     (``store.insert_small_job``); its rows must be the general path's, field for field."""
-    svc = make_service(pg_db, simulator, tmp_path, default_sender="Shop")
+    svc = make_service(pg_db, simulator, tmp_path, default_sender="Shop", webhook_secret="s" * 32)
     numbers = [number(1), "not a number", number(2), number(1), "12", number(3)]
     options: dict[str, Any] = {
         "priority": "high",
         "valid_for_s": 600,
         "reference": "order-77",
         "maxconcat": 2,
+        "send_at": utcnow() + dt.timedelta(hours=2),
+        "callback_url": "https://example.com/hook",
     }
+    one_statement: list[str] = []
+
+    def watch(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().startswith("WITH job AS"):
+            one_statement.append(statement)
+
+    event.listen(pg_db.engine, "before_cursor_execute", watch)
     try:
-        small = svc.enqueue(numbers, "Ünïcode text", **options)
+        small = svc.enqueue(numbers, "Ünïcode text", idempotency_key="k1", **options)
+        assert len(one_statement) == 1, "the small job went in by one statement"
         monkeypatch.setattr(store, "SMALL_JOB_MAX_ROWS", 0)
-        general = svc.enqueue(numbers, "Ünïcode text", **options)
+        general = svc.enqueue(numbers, "Ünïcode text", idempotency_key="k2", **options)
+        assert len(one_statement) == 1, "and the other by the separate inserts"
     finally:
+        event.remove(pg_db.engine, "before_cursor_execute", watch)
         svc.close()
     assert small.accepted == general.accepted
     assert small.refused == general.refused
@@ -443,10 +456,17 @@ def test_a_small_job_in_one_statement_writes_what_the_separate_inserts_write(
 
     def rows(job_id: str) -> dict[str, list[dict[str, Any]]]:
         # Everything but the keys and clocks, which differ between two jobs.
-        varying = {"id", "job_id", "batch_id", "recipient_id", "created_at", "updated_at", "at"}
-        varying |= {"due_at", "expires_at", "request_hash"}
+        # Times are compared as offsets: stamps from the job's creation, the
+        # schedule (due, expiry) from the send time both jobs were given.
+        varying = {"id", "job_id", "batch_id", "recipient_id", "idempotency_key"}
+        varying |= {"request_hash", "created_at"}
         found: dict[str, list[dict[str, Any]]] = {}
         with pg_db.transaction() as session:
+            created = session.execute(
+                text("SELECT created_at FROM jobs WHERE id = :job"), {"job": job_id}
+            ).scalar_one()
+            base = {"updated_at": created, "at": created, "due_at": options["send_at"]}
+            base |= {"expires_at": options["send_at"], "send_at": options["send_at"]}
             for table in ("jobs", "batches", "recipients", "status_events"):
                 key = "id" if table == "jobs" else "job_id"
                 result = session.execute(
@@ -454,12 +474,52 @@ def test_a_small_job_in_one_statement_writes_what_the_separate_inserts_write(
                     {"job": job_id},
                 )
                 found[table] = [
-                    {k: v for k, v in row._mapping.items() if k not in varying} for row in result
+                    {
+                        k: (v - base[k] if k in base and v is not None else v)
+                        for k, v in row._mapping.items()
+                        if k not in varying
+                    }
+                    for row in result
                 ]
         return found
 
     mine, theirs = rows(small.job_id), rows(general.job_id)
     assert mine == theirs
+    assert mine["jobs"][0]["callback_state"] == "waiting"
+    assert mine["batches"][0]["due_at"] == dt.timedelta(0), "due at the send time"
+    assert mine["jobs"][0]["expires_at"] == dt.timedelta(seconds=600)
     assert [r["status"] for r in mine["recipients"]] == ["queued"] * 3 + ["failed"] * 2
     assert len(mine["status_events"]) == 5
     assert len(mine["batches"]) == 1
+
+
+@pytest.mark.services
+def test_a_task_that_claims_the_last_due_batch_stops_without_an_empty_claim(
+    pg_db: Database, simulator: GatewaySimulator, tmp_path: Path
+) -> None:
+    """The claim says whether anything else was due; a dispatch run ends after the
+    last due batch instead of claiming once more to find nothing."""
+    svc = make_service(pg_db, simulator, tmp_path)
+    claims: list[str] = []
+
+    def count_claims(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().startswith("WITH ctl AS"):
+            claims.append(statement)
+
+    event.listen(pg_db.engine, "before_cursor_execute", count_claims)
+    try:
+        jobs = [svc.enqueue(number(i), f"code {i}").job_id for i in range(1, 3)]
+        jobs.append(svc.enqueue(number(3), "urgent", priority="high").job_id)
+        report = svc.dispatch_due(worker="w")
+        assert report.batches == 3
+        assert len(claims) == 3, "three batches in two lanes, three claims, no empty fourth"
+
+        claims.clear()
+        assert svc.dispatch_due(worker="w").batches == 0
+        assert len(claims) == 1, "with nothing due, one claim finds that out"
+    finally:
+        event.remove(pg_db.engine, "before_cursor_execute", count_claims)
+        svc.close()
+    for job_id in jobs:
+        assert [r.status for r in recipients_of(pg_db, job_id)] == ["sent"]
+    assert send_requests(simulator) == 3
