@@ -798,9 +798,7 @@ class Dispatcher:
         report = DispatchReport()
         worker = worker or worker_name()
         deadline = time.monotonic() + budget_s
-        while True:
-            if report.batches >= max_batches or time.monotonic() >= deadline:
-                break
+        while report.batches < max_batches and time.monotonic() < deadline:
             if stop is not None and stop.is_set():
                 break
             submission, more_due = self._dispatch_next(worker)

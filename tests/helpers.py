@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from celery import Celery
 from psycopg import sql
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from dispatcher.config import ENV_PREFIX, QUEUE_DISPATCH, Settings, load_settings
 from dispatcher.db import Database
@@ -526,6 +526,22 @@ def check_invariants(
 # Long enough that nothing retries or expires by itself while a test looks.
 BACKOFF_S = 30.0
 SUBMITTING_TIMEOUT_S = 60.0
+
+
+@contextmanager
+def statements_starting(db: Database, prefix: str) -> Iterator[list[str]]:
+    """The SQL statements sent on ``db`` while inside, that start with ``prefix``."""
+    seen: list[str] = []
+
+    def watch(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().startswith(prefix):
+            seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", watch)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine, "before_cursor_execute", watch)
 
 
 def make_settings(

@@ -40,6 +40,7 @@ from helpers import (
     pg_admin,
     recipients_of,
     send_requests,
+    statements_starting,
     wait_until,
 )
 
@@ -434,21 +435,14 @@ def test_a_small_job_in_one_statement_writes_what_the_separate_inserts_write(
         "send_at": utcnow() + dt.timedelta(hours=2),
         "callback_url": "https://example.com/hook",
     }
-    one_statement: list[str] = []
-
-    def watch(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().startswith("WITH job AS"):
-            one_statement.append(statement)
-
-    event.listen(pg_db.engine, "before_cursor_execute", watch)
     try:
-        small = svc.enqueue(numbers, "Ünïcode text", idempotency_key="k1", **options)
-        assert len(one_statement) == 1, "the small job went in by one statement"
-        monkeypatch.setattr(store, "SMALL_JOB_MAX_ROWS", 0)
-        general = svc.enqueue(numbers, "Ünïcode text", idempotency_key="k2", **options)
-        assert len(one_statement) == 1, "and the other by the separate inserts"
+        with statements_starting(pg_db, "WITH job AS") as one_statement:
+            small = svc.enqueue(numbers, "Ünïcode text", idempotency_key="k1", **options)
+            assert len(one_statement) == 1, "the small job went in by one statement"
+            monkeypatch.setattr(store, "SMALL_JOB_MAX_ROWS", 0)
+            general = svc.enqueue(numbers, "Ünïcode text", idempotency_key="k2", **options)
+            assert len(one_statement) == 1, "and the other by the separate inserts"
     finally:
-        event.remove(pg_db.engine, "before_cursor_execute", watch)
         svc.close()
     assert small.accepted == general.accepted
     assert small.refused == general.refused
@@ -500,25 +494,18 @@ def test_a_task_that_claims_the_last_due_batch_stops_without_an_empty_claim(
     """The claim says whether anything else was due; a dispatch run ends after the
     last due batch instead of claiming once more to find nothing."""
     svc = make_service(pg_db, simulator, tmp_path)
-    claims: list[str] = []
-
-    def count_claims(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().startswith("WITH ctl AS"):
-            claims.append(statement)
-
-    event.listen(pg_db.engine, "before_cursor_execute", count_claims)
     try:
-        jobs = [svc.enqueue(number(i), f"code {i}").job_id for i in range(1, 3)]
-        jobs.append(svc.enqueue(number(3), "urgent", priority="high").job_id)
-        report = svc.dispatch_due(worker="w")
-        assert report.batches == 3
-        assert len(claims) == 3, "three batches in two lanes, three claims, no empty fourth"
+        with statements_starting(pg_db, "WITH ctl AS") as claims:
+            jobs = [svc.enqueue(number(i), f"code {i}").job_id for i in range(1, 3)]
+            jobs.append(svc.enqueue(number(3), "urgent", priority="high").job_id)
+            report = svc.dispatch_due(worker="w")
+            assert report.batches == 3
+            assert len(claims) == 3, "three batches in two lanes, three claims, no empty fourth"
 
-        claims.clear()
-        assert svc.dispatch_due(worker="w").batches == 0
-        assert len(claims) == 1, "with nothing due, one claim finds that out"
+            claims.clear()
+            assert svc.dispatch_due(worker="w").batches == 0
+            assert len(claims) == 1, "with nothing due, one claim finds that out"
     finally:
-        event.remove(pg_db.engine, "before_cursor_execute", count_claims)
         svc.close()
     for job_id in jobs:
         assert [r.status for r in recipients_of(pg_db, job_id)] == ["sent"]
