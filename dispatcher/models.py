@@ -174,6 +174,10 @@ class Job(Base):
     refused_count: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[str] = mapped_column(String(200), default="python")
     """Who enqueued it: ``python``, ``cli``, ``api:<key name>`` or ``dropin:<key name>``."""
+    owner_key_id: Mapped[int | None] = mapped_column(Integer)
+    """The ``api_keys.id`` of the key that enqueued it (``/v1`` or drop-in); None for
+    Python, the CLI and the dashboard. A key without the operate scope sees only the
+    jobs it owns (SPEC section 3), so ownership is the key's id, never its name."""
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     """SHA-256 of the request, to tell a replay from a different request under one key."""
@@ -194,6 +198,8 @@ class Job(Base):
     __table_args__ = (
         Index(None, "created_at"),
         Index(None, "reference"),
+        # A producer key's own listing, newest first (``GET /v1/jobs``).
+        Index(None, "owner_key_id", "id"),
         # The sweeper looks for finished jobs among the few still waiting to notify.
         Index(
             "ix_jobs_callback_waiting",
@@ -272,7 +278,8 @@ class Recipient(Base):
     number: Mapped[str] = mapped_column(String(32))
     """International digits, or the input as given when it was refused."""
     status: Mapped[str] = mapped_column(String(12))
-    gateway_message_id: Mapped[str | None] = mapped_column(String(64))
+    gateway_message_id: Mapped[str | None] = mapped_column(Text)
+    """Exactly as the gateway sent it, however long: an accepted ID is never cut."""
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_detail: Mapped[str | None] = mapped_column(String(500))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -284,7 +291,9 @@ class Recipient(Base):
         Index(None, "job_id"),
         Index(None, "batch_id"),
         Index(None, "number", "created_at"),
-        Index(None, "gateway_message_id"),
+        # Hash, not B-tree, on PostgreSQL: the search is by equality, and a B-tree
+        # entry over about 2.7 kB would make recording a long ID fail.
+        Index(None, "gateway_message_id", postgresql_using="hash"),
         Index(None, "status", "updated_at"),
     )
 

@@ -128,3 +128,56 @@ def test_every_upgrade_keeps_the_data_already_written(empty_database: Database) 
                 for table in ("jobs", "recipients", "status_events")
             }
         assert counts == {"jobs": 1, "recipients": 2, "status_events": 2}, revision
+
+
+def test_0008_gives_existing_jobs_their_owner_key_and_keeps_long_ids(
+    empty_database: Database,
+) -> None:
+    migrate.upgrade(empty_database, "0007")
+    with empty_database.engine.begin() as connection:
+        for key_id, name in ((1, "shop"), (2, "bank")):
+            connection.execute(
+                text(
+                    "INSERT INTO api_keys (id, name, token_hash, scopes, created_at, created_by)"
+                    " VALUES (:id, :name, :hash, 'send,read', :at, 'test')"
+                ),
+                {"id": key_id, "name": name, "hash": f"{key_id:064d}", "at": utcnow()},
+            )
+        for job_id, created_by in (
+            ("JA", "api:shop"),
+            ("JD", "dropin:bank"),
+            ("JP", "python"),
+            # A name that merely starts like a key's must not match it.
+            ("JX", "api:shop2"),
+        ):
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (id, created_at, text, kind, maxconcat, parts, encoding,"
+                    " recipient_count, refused_count, created_by) VALUES (:id, :at, 't', 'text',"
+                    " 1, 1, 'GSM-7', 1, 0, :by)"
+                ),
+                {"id": job_id, "at": utcnow(), "by": created_by},
+            )
+
+    migrate.upgrade(empty_database, "0008")
+
+    with empty_database.engine.begin() as connection:
+        owners: dict[str, int | None] = {
+            job_id: owner
+            for job_id, owner in connection.execute(text("SELECT id, owner_key_id FROM jobs"))
+        }
+        long_id = "9" * 5000
+        connection.execute(
+            text(
+                "INSERT INTO recipients (job_id, number, status, attempts, created_at,"
+                " updated_at, gateway_message_id) VALUES ('JA', '447700900001', 'sent', 1,"
+                " :at, :at, :gid)"
+            ),
+            {"at": utcnow(), "gid": long_id},
+        )
+        stored = connection.execute(
+            text("SELECT gateway_message_id FROM recipients WHERE gateway_message_id = :gid"),
+            {"gid": long_id},
+        ).scalar_one()
+    assert owners == {"JA": 1, "JD": 2, "JP": None, "JX": None}
+    assert stored == long_id
