@@ -162,10 +162,8 @@ def test_0008_gives_existing_jobs_their_owner_key_and_keeps_long_ids(
     migrate.upgrade(empty_database, "0008")
 
     with empty_database.engine.begin() as connection:
-        owners: dict[str, int | None] = {
-            job_id: owner
-            for job_id, owner in connection.execute(text("SELECT id, owner_key_id FROM jobs"))
-        }
+        rows = connection.execute(text("SELECT id, owner_key_id FROM jobs")).all()
+        owners: dict[str, int | None] = {row.id: row.owner_key_id for row in rows}
         long_id = "9" * 5000
         connection.execute(
             text(
