@@ -22,6 +22,7 @@ from dispatcher.db import Database
 from dispatcher.errors import AuthenticationError, InvalidOptionError, NotFoundError
 from dispatcher.message import check_sender
 from dispatcher.models import ApiKey, Scope, utcnow
+from dispatcher.tenancy import EVERY_JOB, Viewer, own_jobs
 
 # A label on every token, not a secret: it makes leaked tokens recognisable.
 TOKEN_PREFIX = "sdk_"  # noqa: S105
@@ -56,6 +57,8 @@ def parse_scopes(scopes: str | Iterable[str]) -> frozenset[Scope]:
 class KeyInfo:
     """A key as it may be shown: never its token or hash."""
 
+    id: int
+    """Its row id: what the jobs it enqueues record as their owner (``jobs.owner_key_id``)."""
     name: str
     scopes: frozenset[Scope]
     created_at: str
@@ -63,6 +66,11 @@ class KeyInfo:
     revoked_at: str | None
     allowed_senders: tuple[str, ...] | None = None
     """Senders this key may use; None: any valid sender."""
+
+    @property
+    def viewer(self) -> Viewer:
+        """Which jobs its requests see and act on: every one with ``operate``, else its own."""
+        return EVERY_JOB if Scope.OPERATE in self.scopes else own_jobs(self.id)
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready."""
@@ -96,6 +104,7 @@ def parse_senders(senders: Iterable[str] | None) -> tuple[str, ...] | None:
 
 def _info(key: ApiKey) -> KeyInfo:
     return KeyInfo(
+        id=key.id,
         name=key.name,
         scopes=key.scope_set,
         created_at=key.created_at.isoformat(),

@@ -23,6 +23,9 @@ the username and its *token* as the password, and reads what it always read:
   gateway has no code of its own for it. With no ``from``, the configured
   default sender (or the key's first allowed one) is used.
 
+The job belongs to the key: through ``/v1``, only that key (or an operator) sees
+it.
+
 ``type=6`` queues a voice message. The gateway has no parameter for a send
 time, a priority or a validity, so drop-in jobs go at once, in the ``normal``
 lane, with the server's default validity (``DISPATCHER_DEFAULT_VALIDITY_S``).
@@ -151,6 +154,7 @@ def _send(service: Dispatcher, key: KeyInfo, params: dict[str, str]) -> str:
             reference=params.get("usercontext") or None,
             actor=dropin_actor(key.name),
             allowed_senders=key.allowed_senders,
+            owner_key_id=key.id,
         )
     except NoRecipientsError:
         raise GatewayReply("INVALID_NUMBER") from None
