@@ -288,8 +288,9 @@ class Dispatcher:
         ``priority`` picks its lane; ``valid_for_s`` (default
         ``DISPATCHER_DEFAULT_VALIDITY_S``) is how long after its send time its
         recipients may still go out, after which those unsent end ``expired``.
-        With no sender, ``DISPATCHER_DEFAULT_SENDER`` is used; ``allowed_senders``
-        (an API key's) restricts the sender, raising SenderNotAllowedError.
+        With no sender, ``DISPATCHER_DEFAULT_SENDER`` is used. ``allowed_senders``
+        (an API key's grants) restricts the sender to those and the default, raising
+        SenderNotAllowedError; None (Python, the CLI) allows any valid sender.
         ``owner_key_id`` is the API key enqueuing, which alone (besides operators)
         will see the job.
 

@@ -94,9 +94,11 @@ class Api:
         """The service's database."""
         return self.service.db
 
-    def key(self, name: str, scopes: str = "send,read,operate") -> str:
-        """A new API key's token."""
-        token, _info = KeyStore(self.db).create(name, scopes, actor="test")
+    def key(
+        self, name: str, scopes: str = "send,read,operate", senders: list[str] | None = None
+    ) -> str:
+        """A new API key's token; ``senders`` are granted to it."""
+        token, _info = KeyStore(self.db).create(name, scopes, actor="test", senders=senders)
         return token
 
     def request(
@@ -245,7 +247,7 @@ def test_health_and_openapi_need_no_key(api: Api) -> None:
 
 def test_create_then_read_a_job(api: Api) -> None:
     """201 with the job's id and what was queued; GET shows each recipient (SPEC 5)."""
-    token = api.key("shop", "send,read")
+    token = api.key("shop", "send,read", senders=["Acme"])
     created = create_job(
         api,
         token,

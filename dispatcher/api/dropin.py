@@ -19,9 +19,10 @@ the username and its *token* as the password, and reads what it always read:
   ``maxconcat`` or ``type``, text longer than ``maxconcat`` parts),
   ``INVALID_NUMBER`` (no number usable), ``INTERNAL_ERROR`` (the dispatcher's
   database unavailable: nothing was queued, try again). A ``from`` the key may
-  not use (``dispatcher keys create --senders``) is ``INVALID_REQUEST`` too: the
-  gateway has no code of its own for it. With no ``from``, the configured
-  default sender (or the key's first allowed one) is used.
+  not use (neither granted to it, ``dispatcher keys update --grant-sender``, nor
+  the default sender) is ``INVALID_REQUEST`` too: the gateway has no code of its
+  own for it. With no ``from``, the configured default sender (or, for a key
+  whose grants do not include it, its first grant) is used.
 
 The job belongs to the key: through ``/v1``, only that key (or an operator) sees
 it.

@@ -130,7 +130,8 @@ def create_job(
 
     Numbers that cannot be phone numbers are listed in ``refused`` and recorded
     as failed; the request is refused whole (422, nothing written) only when no
-    number is usable or the text or an option is wrong.
+    number is usable or the text or an option is wrong. The key may use the
+    senders granted to it and the default sender; another is a 403.
     """
     service = _service(request)
     numbers = body.to.split(",") if isinstance(body.to, str) else list(body.to)
