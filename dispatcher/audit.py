@@ -38,6 +38,7 @@ from dispatcher.db import Database
 from dispatcher.errors import ConflictError, InvalidOptionError, NotFoundError
 from dispatcher.models import Recipient, RecipientStatus, utcnow
 from dispatcher.numbers import normalise
+from dispatcher.tenancy import EVERY_JOB, Viewer, visible_to
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ def _plan_export(
     job_id: str | None,
     kind: str,
     default_region: str,
+    viewer: Viewer,
 ) -> _Plan:
     try:
         kind_ = ExportKind(kind)
@@ -156,13 +158,15 @@ def _plan_export(
     wanted = normalise(number, default_region) if number is not None else None
     if job_id is not None:
         with db.transaction() as session:
-            if store.get_job(session, job_id=job_id) is None:
+            if store.get_job(session, job_id=job_id, owner_key_id=viewer.owner_key_id) is None:
                 raise NotFoundError(f"no job {job_id!r}")
     if since is None and until is None and wanted is None and job_id is None:
         raise InvalidOptionError(
             "say what to export: a time range (since, until), a number or a job"
         )
-    selection = store.AuditSelection(since=since, until=until, number=wanted, job_id=job_id)
+    selection = visible_to(
+        viewer, store.AuditSelection(since=since, until=until, number=wanted, job_id=job_id)
+    )
     if kind_ is ExportKind.EVENTS:
         query, key = store.audit_events_query(selection)
         return _Plan(query, key, EVENT_COLUMNS)
@@ -180,12 +184,15 @@ def export_csv(
     kind: str = "events",
     default_region: str = "GB",
     actor: str | None = None,
+    viewer: Viewer = EVERY_JOB,
 ) -> Iterator[str]:
     """The audit of a time range, a number (any format) or a job, as CSV lines.
 
     With ``actor``, the export itself is audited in operator_actions (who, when, which
     range, job and kind; whether a number was asked, never the number itself: the
     action log must not become a second copy of what retention and erasure remove).
+    Only the rows of jobs ``viewer`` may see are exported; a job it may not see is
+    NotFoundError, as one that does not exist.
 
     ``kind="events"``: one row per status change in ``[since, until)``;
     ``kind="recipients"``: one row per recipient of the jobs created in it. Times
@@ -202,6 +209,7 @@ def export_csv(
         job_id=job_id,
         kind=kind,
         default_region=default_region,
+        viewer=viewer,
     )
     if actor is not None:
         with db.transaction() as session:

@@ -612,7 +612,7 @@ def _key_store() -> KeyStore:
 @click.option(
     "--senders",
     default=None,
-    help="Comma-separated senders this key may use; default: any valid sender.",
+    help="Comma-separated senders granted to this key; without: the default sender only.",
 )
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
@@ -624,7 +624,7 @@ def keys_create(name: str, scopes: str, senders: str | None, as_json: bool) -> N
         _emit_json(info.as_dict() | {"token": token})
         return
     click.echo(f"key {info.name} ({', '.join(sorted(info.scopes))}) created.")
-    if info.allowed_senders is not None:
+    if info.allowed_senders:
         click.echo(f"allowed senders: {', '.join(info.allowed_senders)}")
     click.echo("token (shown once, keep it secret):")
     click.echo(token)
@@ -641,10 +641,42 @@ def keys_list(as_json: bool) -> None:
         return
     for info in infos:
         state = f"revoked {info.revoked_at}" if info.revoked_at else "active"
-        senders = ",".join(info.allowed_senders) if info.allowed_senders is not None else "any"
+        senders = ",".join(info.allowed_senders) or "default-only"
         click.echo(
             f"{info.name:<24} {','.join(sorted(info.scopes)):<20} {state:<10} senders {senders}"
         )
+
+
+@keys.command("update")
+@click.argument("name")
+@click.option("--scope", "scopes", default=None, help="Replace its scopes: send, read, operate.")
+@click.option(
+    "--grant-sender",
+    "grant",
+    multiple=True,
+    help="A sender it may use from now on (repeat, or comma-separate).",
+)
+@click.option(
+    "--revoke-sender", "revoke", multiple=True, help="A granted sender it may no longer use."
+)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def keys_update(
+    name: str, scopes: str | None, grant: Sequence[str], revoke: Sequence[str], as_json: bool
+) -> None:
+    """Rescope a key or grant and revoke its senders; audited, effective at once."""
+    info = _key_store().update(
+        name,
+        actor=_operator(),
+        scopes=scopes,
+        grant=[s for item in grant for s in item.split(",")],
+        revoke=[s for item in revoke for s in item.split(",")],
+    )
+    if as_json:
+        _emit_json(info.as_dict())
+        return
+    senders = ", ".join(info.allowed_senders) or "the default only"
+    click.echo(f"key {info.name}: scopes {','.join(sorted(info.scopes))}; senders {senders}")
 
 
 @keys.command("revoke")

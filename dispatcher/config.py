@@ -201,7 +201,8 @@ class Settings(BaseSettings):
     default_sender: str | None = Field(
         default=None,
         description="Sender used when a request names none (up to 11 letters, digits or "
-        "spaces, or up to 15 digits); unset: the gateway account's default.",
+        "spaces, or up to 15 digits), and one every API key may use besides its grants; "
+        "unset: the gateway account's default.",
     )
     default_validity_s: float | None = Field(
         default=None,

@@ -72,22 +72,32 @@ def check_sender(sender: object) -> str | None:
 def sender_for_key(
     sender: str | None, default: str | None, allowed: Collection[str] | None
 ) -> str | None:
-    """The sender a key's request goes out with, or SenderNotAllowedError.
+    """The sender a request goes out with, or SenderNotAllowedError.
 
     ``sender`` is the checked sender asked for (None: none asked), ``default`` the
-    configured default sender, ``allowed`` the key's allowed senders (None: any).
-    With none asked, the default is used if the key may use it, else the key's
-    first allowed sender.
+    configured default sender, ``allowed`` the senders granted to the API key
+    asking (None: no key, any valid sender). A key may use its grants and the
+    default, nothing else: a key without grants cannot pose as another brand. With
+    none asked, the default is used, unless the key has grants and the default is
+    not among them: then its first grant, as a key created for one brand expects.
     """
-    if not allowed:
+    if allowed is None:
         return sender if sender is not None else default
     if sender is None:
-        return default if default in allowed else next(iter(allowed))
-    if sender not in allowed:
-        raise SenderNotAllowedError(
-            f"sender {sender!r} is not allowed for this key; it may use {', '.join(allowed)}"
-        )
-    return sender
+        if not allowed or default in allowed:
+            return default
+        return next(iter(allowed))
+    if sender in allowed or sender == default:
+        return sender
+    usable = list(dict.fromkeys([*allowed, *([default] if default is not None else [])]))
+    if usable:
+        choices = f"it may use {', '.join(usable)}"
+    else:
+        choices = "it may use none but the gateway account's default (send no sender)"
+    raise SenderNotAllowedError(
+        f"sender {sender!r} is not granted to this key; {choices}; "
+        "an operator grants senders with `dispatcher keys update NAME --grant-sender`"
+    )
 
 
 class Priority(enum.StrEnum):

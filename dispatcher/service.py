@@ -75,6 +75,7 @@ from dispatcher.models import (
 from dispatcher.numbers import RecipientList, chunk, prepare
 from dispatcher.parts import TextInfo, check_maxconcat, check_text
 from dispatcher.retry import RetryPolicy
+from dispatcher.tenancy import EVERY_JOB, Viewer, visible_to
 from dispatcher.webhooks import Webhooks, check_callback_url
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,7 @@ class Dispatcher:
         callback_url: str | None = None,
         actor: str = "python",
         allowed_senders: Sequence[str] | None = None,
+        owner_key_id: int | None = None,
     ) -> EnqueueResult:
         """Validate a send request, write it whole in one transaction, then wake workers.
 
@@ -286,8 +288,11 @@ class Dispatcher:
         ``priority`` picks its lane; ``valid_for_s`` (default
         ``DISPATCHER_DEFAULT_VALIDITY_S``) is how long after its send time its
         recipients may still go out, after which those unsent end ``expired``.
-        With no sender, ``DISPATCHER_DEFAULT_SENDER`` is used; ``allowed_senders``
-        (an API key's) restricts the sender, raising SenderNotAllowedError.
+        With no sender, ``DISPATCHER_DEFAULT_SENDER`` is used. ``allowed_senders``
+        (an API key's grants) restricts the sender to those and the default, raising
+        SenderNotAllowedError; None (Python, the CLI) allows any valid sender.
+        ``owner_key_id`` is the API key enqueuing, which alone (besides operators)
+        will see the job.
 
         With ``idempotency_key``, a second request from the same ``actor`` with the
         same key and the same content returns the first job (``replayed``) and
@@ -362,6 +367,7 @@ class Dispatcher:
                 request_hash=request_hash,
                 reference=reference,
                 callback_url=callback_url,
+                owner_key_id=owner_key_id,
             )
         except IntegrityError:
             # Two requests with one idempotency key raced; the loser returns the winner's.
@@ -432,6 +438,7 @@ class Dispatcher:
         request_hash: str,
         reference: str | None,
         callback_url: str | None,
+        owner_key_id: int | None,
     ) -> None:
         now = timing.now
         job = Job(
@@ -446,6 +453,7 @@ class Dispatcher:
             recipient_count=len(prepared.accepted),
             refused_count=len(prepared.refused),
             created_by=actor,
+            owner_key_id=owner_key_id,
             idempotency_key=idempotency_key,
             request_hash=request_hash,
             reference=reference,
@@ -835,19 +843,21 @@ class Dispatcher:
         until: dt.datetime | None = None,
         numbers: Iterable[str] | None = None,
         confirm_unknown: bool = False,
+        viewer: Viewer = EVERY_JOB,
     ) -> OperatorResult:
         """Queue `failed` (and, confirmed, `unknown`) recipients again, audited.
 
         Retrying an `unknown` recipient may send it twice (the gateway may have
         accepted it already), so it needs ``confirm_unknown``; without it,
         ConfirmationRequiredError says how many would be touched. Numbers refused
-        at enqueue are never retried: they are not phone numbers.
+        at enqueue are never retried: they are not phone numbers. Only jobs
+        ``viewer`` may see are touched or counted.
         """
         wanted = {RecipientStatus(s) for s in statuses}
         if not wanted or not wanted <= {_S.FAILED, _S.UNKNOWN}:
             raise InvalidOptionError("retry takes recipients that are failed or unknown")
         if job_id is not None:
-            self._require_job(job_id)
+            self._require_job(job_id, viewer)
         selection = store.RecipientFilter(
             job_id=job_id,
             statuses=[str(s) for s in wanted],
@@ -857,6 +867,7 @@ class Dispatcher:
             numbers=list(numbers) if numbers is not None else None,
             retryable_only=True,
         )
+        selection = visible_to(viewer, selection)
         now = utcnow()
         with self.db.transaction() as session:
             if _S.UNKNOWN in wanted and not confirm_unknown:
@@ -912,14 +923,16 @@ class Dispatcher:
             self._wake(count, lane)
         return OperatorResult(affected=moved, jobs=sorted(by_job))
 
-    def cancel(self, job_id: str, *, actor: str) -> OperatorResult:
+    def cancel(self, job_id: str, *, actor: str, viewer: Viewer = EVERY_JOB) -> OperatorResult:
         """Cancel a job's recipients that no worker has claimed; audited.
 
         Recipients already `submitting` are past the point of no return and keep
-        their course; final ones are left as they are.
+        their course; final ones are left as they are. A job ``viewer`` may not see
+        is NotFoundError.
         """
-        self._require_job(job_id)
-        return self.cancel_matching(store.RecipientFilter(job_id=job_id), actor=actor)
+        self._require_job(job_id, viewer)
+        selection = visible_to(viewer, store.RecipientFilter(job_id=job_id))
+        return self.cancel_matching(selection, actor=actor)
 
     def cancel_matching(self, selection: store.RecipientFilter, *, actor: str) -> OperatorResult:
         """Cancel the waiting (`queued`, `retry_wait`) recipients of ``selection``; audited.
@@ -947,9 +960,9 @@ class Dispatcher:
         jobs = [selection.job_id] if selection.job_id else sorted({job for _i, job, _s in rows})
         return OperatorResult(affected=moved, jobs=jobs)
 
-    def _require_job(self, job_id: str) -> None:
+    def _require_job(self, job_id: str, viewer: Viewer) -> None:
         with self.db.transaction() as session:
-            if store.get_job(session, job_id=job_id) is None:
+            if store.get_job(session, job_id=job_id, owner_key_id=viewer.owner_key_id) is None:
                 raise NotFoundError(f"no job {job_id!r}")
 
     # --- pause and resume ----------------------------------------------------------
@@ -1176,10 +1189,14 @@ class Dispatcher:
 
     # --- reading -------------------------------------------------------------------
 
-    def job_view(self, job_id: str) -> dict[str, object]:
-        """A job as JSON-ready data (SPEC section 5): id, status, recipients, totals."""
+    def job_view(self, job_id: str, *, viewer: Viewer = EVERY_JOB) -> dict[str, object]:
+        """A job as JSON-ready data (SPEC section 5): id, status, recipients, totals.
+
+        NotFoundError for a job that does not exist or that ``viewer`` may not see,
+        alike.
+        """
         with self.db.transaction() as session:
-            job = store.get_job(session, job_id=job_id)
+            job = store.get_job(session, job_id=job_id, owner_key_id=viewer.owner_key_id)
             if job is None:
                 raise NotFoundError(f"no job {job_id!r}")
             recipients = store.job_recipients(session, job_id=job_id)
@@ -1206,12 +1223,19 @@ class Dispatcher:
         return rows
 
     def list_jobs_page(
-        self, *, selection: store.JobFilter, limit: int, after: str | None = None
+        self,
+        *,
+        selection: store.JobFilter,
+        limit: int,
+        after: str | None = None,
+        viewer: Viewer = EVERY_JOB,
     ) -> tuple[list[dict[str, Any]], bool]:
-        """A page of jobs, newest first, with ids below ``after``, and whether more follow.
+        """A page of jobs ``viewer`` may see, newest first, with ids below ``after``, and
+        whether more follow.
 
         Shared by the CLI (``dispatcher jobs``) and the API (``GET /v1/jobs``).
         """
+        selection = visible_to(viewer, selection)
         with self.db.transaction() as session:
             jobs, more = store.list_jobs(session, selection=selection, limit=limit, after=after)
             counts = store.status_counts(session, job_ids=[j.id for j in jobs])

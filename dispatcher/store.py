@@ -1126,9 +1126,24 @@ def expire_batch(
 # --- reading -----------------------------------------------------------------------
 
 
-def get_job(session: Session, *, job_id: str) -> Job | None:
-    """The job with this id, or None."""
-    return session.get(Job, job_id)
+def owned_by(owner_key_id: int | None) -> list[ColumnElement[bool]]:
+    """The condition that limits jobs to those one API key enqueued (none: every job).
+
+    The one place a producer key's view of the jobs is drawn (``dispatcher.tenancy``):
+    every selection with an ``owner_key_id`` goes through it.
+    """
+    if owner_key_id is None:
+        return []
+    return [Job.owner_key_id == owner_key_id]
+
+
+def get_job(session: Session, *, job_id: str, owner_key_id: int | None = None) -> Job | None:
+    """The job with this id, or None; with ``owner_key_id``, None for another key's job."""
+    if owner_key_id is None:
+        return session.get(Job, job_id)
+    return session.execute(
+        select(Job).where(Job.id == job_id, *owned_by(owner_key_id))
+    ).scalar_one_or_none()
 
 
 def job_recipients(session: Session, *, job_id: str) -> list[Recipient]:
@@ -1172,6 +1187,8 @@ class JobFilter:
     """Created at or after."""
     until: dt.datetime | None = None
     """Created before."""
+    owner_key_id: int | None = None
+    """Jobs enqueued by this API key (``dispatcher.tenancy``); None: any."""
 
 
 def list_jobs(
@@ -1182,7 +1199,8 @@ def list_jobs(
     Job ids are time-ordered and unique, so "ids below the last one seen"
     continues a listing exactly, even while new jobs arrive at its head.
     """
-    query = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    query = select(Job).where(*owned_by(selection.owner_key_id))
+    query = query.order_by(Job.id.desc()).limit(limit + 1)
     if after is not None:
         query = query.where(Job.id < after)
     if selection.reference is not None:
@@ -1374,6 +1392,8 @@ class RecipientFilter:
     retryable_only: bool = False
     """Leave out numbers refused at enqueue (never submitted, not phone numbers) and
     numbers removed by retention or erasure."""
+    owner_key_id: int | None = None
+    """Recipients of jobs enqueued by this API key (``dispatcher.tenancy``); None: any."""
 
     def only(self, status: str) -> RecipientFilter:
         """The same selection narrowed to one status."""
@@ -1399,6 +1419,8 @@ class RecipientFilter:
             # erased): there is nothing to send them to.
             where.append(Recipient.batch_id.is_not(None))
             where.append(Recipient.number.not_in(sorted(NUMBER_MARKERS)))
+        if self.owner_key_id is not None:
+            where.append(Recipient.job_id.in_(select(Job.id).where(*owned_by(self.owner_key_id))))
         return where
 
     def describe(self) -> dict[str, Any]:
@@ -1507,6 +1529,8 @@ class AuditSelection:
     until: dt.datetime | None = None
     number: str | None = None
     job_id: str | None = None
+    owner_key_id: int | None = None
+    """Rows of jobs enqueued by this API key (``dispatcher.tenancy``); None: any."""
 
 
 def audit_events_query(
@@ -1545,6 +1569,7 @@ def audit_events_query(
         .join(Recipient, Recipient.id == StatusEvent.recipient_id)
         .join(Job, Job.id == StatusEvent.job_id)
         .outerjoin(Attempt, Attempt.id == StatusEvent.attempt_id)
+        .where(*owned_by(selection.owner_key_id))
     )
     key: list[KeyColumn]
     if selection.number is not None:
@@ -1589,6 +1614,7 @@ def audit_recipients_query(
         Job.purged_at.label("purged_at"),
         Job.created_at.label("job_created_at"),
     ).join(Job, Job.id == Recipient.job_id)
+    query = query.where(*owned_by(selection.owner_key_id))
     key: list[KeyColumn]
     created: KeyColumn = Recipient.created_at
     if selection.number is not None:

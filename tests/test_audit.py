@@ -212,7 +212,9 @@ def api_for(service: Dispatcher) -> Iterator[str]:
         yield server.base_url
 
 
-def test_the_api_streams_the_export_to_operate_keys_only(service: Dispatcher) -> None:
+def test_the_api_streams_every_job_to_operate_keys_and_none_to_others(
+    service: Dispatcher,
+) -> None:
     job = service.enqueue(number(1), SECRET).job_id
     keys = KeyStore(service.db)
     ops, _ = keys.create("ops", "read,operate", actor="test")
@@ -235,7 +237,9 @@ def test_the_api_streams_the_export_to_operate_keys_only(service: Dispatcher) ->
         assert [(r["job_id"], r["number"]) for r in rows] == [(job, number(1))]
         assert SECRET not in ok.text
 
-        assert get(reader, job=job).status_code == 403
+        # A job Python enqueued is no key's: an operator's to export, not a reader's.
+        assert get(reader, job=job).status_code == 404
+        assert list(csv.reader(io.StringIO(get(reader, number=number(1)).text)))[1:] == []
         backwards = get(ops, since="2026-01-02T00:00:00Z", until="2026-01-01T00:00:00Z")
         assert backwards.status_code == 422
         assert "since must be before until" in backwards.json()["error"]["message"]

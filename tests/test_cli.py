@@ -13,10 +13,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from dispatcher import migrate
 from dispatcher.config import ENV_PREFIX
 from dispatcher.db import Database
+from dispatcher.models import OperatorAction
 from helpers import DispatcherEnv, run_cli
 
 JOB_KEYS = {"id", "status", "recipients"}
@@ -228,6 +230,65 @@ def test_keys_with_allowed_senders(migrated_env: DispatcherEnv) -> None:
     listing = cli(migrated_env, "keys", "list").stdout
     lines = {line.split()[0]: line for line in listing.splitlines()}
     assert lines["brand"].endswith("senders Acme,Shop")
-    assert lines["open"].endswith("senders any")
+    assert lines["open"].endswith("senders default-only")
     bad = cli(migrated_env, "keys", "create", "bad", "--senders", "Far Too Long Sender")
     assert_one_error_line(bad, 2, "sender must be")
+
+
+def test_keys_update_grants_revokes_and_rescopes(migrated_env: DispatcherEnv) -> None:
+    """Each change is one audited ``keys.update`` row with the key's grants before and after."""
+    cli(migrated_env, "keys", "create", "shop", "--scope", "send")
+    granted = cli(
+        migrated_env,
+        "keys",
+        "update",
+        "shop",
+        "--grant-sender",
+        "MyBank,Shop",
+        "--scope",
+        "send,read",
+    )
+    assert granted.returncode == 0, granted.stderr
+    assert granted.stdout.strip() == "key shop: scopes read,send; senders MyBank, Shop"
+    revoked = cli(migrated_env, "keys", "update", "shop", "--revoke-sender", "MyBank", "--json")
+    assert revoked.returncode == 0, revoked.stderr
+    assert json.loads(revoked.stdout)["allowed_senders"] == ["Shop"]
+    database = Database(migrated_env.settings().effective_database_url)
+    try:
+        with database.transaction() as session:
+            rows = session.execute(
+                select(OperatorAction.action, OperatorAction.actor, OperatorAction.detail)
+                .where(OperatorAction.action == "keys.update")
+                .order_by(OperatorAction.id)
+            ).all()
+    finally:
+        database.dispose()
+    assert [action for action, _actor, _detail in rows] == ["keys.update"] * 2
+    assert all(actor.startswith("cli:") for _action, actor, _detail in rows)
+    assert [json.loads(detail or "") for _action, _actor, detail in rows] == [
+        {
+            "before": {"scopes": ["send"], "allowed_senders": []},
+            "after": {"scopes": ["read", "send"], "allowed_senders": ["MyBank", "Shop"]},
+        },
+        {
+            "before": {"scopes": ["read", "send"], "allowed_senders": ["MyBank", "Shop"]},
+            "after": {"scopes": ["read", "send"], "allowed_senders": ["Shop"]},
+        },
+    ]
+
+
+def test_keys_update_errors_are_one_line(migrated_env: DispatcherEnv) -> None:
+    cli(migrated_env, "keys", "create", "shop")
+    cli(migrated_env, "keys", "create", "gone")
+    cli(migrated_env, "keys", "revoke", "gone")
+    cases: list[tuple[list[str], int, str]] = [
+        (["nobody", "--scope", "read"], 1, "no key named 'nobody'"),
+        (["shop"], 2, "say what to change"),
+        (["shop", "--scope", "admin"], 2, "unknown scope 'admin'"),
+        (["shop", "--grant-sender", "Far Too Long Sender"], 2, "sender must be"),
+        (["shop", "--revoke-sender", "MyBank"], 2, "was not granted sender 'MyBank'"),
+        (["shop", "--grant-sender", "X", "--revoke-sender", "X"], 2, "both granted and revoked"),
+        (["gone", "--scope", "read"], 2, "key 'gone' is revoked"),
+    ]
+    for args, code, needle in cases:
+        assert_one_error_line(cli(migrated_env, "keys", "update", *args), code, needle)

@@ -139,6 +139,7 @@ def jobs_of(db: Database) -> list[Job]:
 def test_post_form_with_valid_and_invalid_numbers(gateway: Gateway) -> None:
     """A POST form with several numbers: one line per number, the valid ones queued under
     one job id, the invalid one ``ERR:INVALID_NUMBER`` and recorded as failed."""
+    KeyStore(gateway.db).update(gateway.name, actor="test", grant=["Acme"])
     response = gateway.post(
         **gateway.login(),
         to="447700900001,07700 900002,not-a-number,+447700900001,07700-9",
@@ -169,6 +170,7 @@ def test_post_form_with_valid_and_invalid_numbers(gateway: Gateway) -> None:
 def test_get_query_with_one_number_and_every_option(gateway: Gateway) -> None:
     """A GET with one number: a single ``ID:<job id>`` line; from, type, maxconcat and
     usercontext become the job's sender, kind, maxconcat and reference."""
+    KeyStore(gateway.db).update(gateway.name, actor="test", grant=["447700900999"])
     reply = parse(
         gateway.get(
             **gateway.login(),

@@ -150,7 +150,7 @@ def test_a_bad_default_sender_stops_the_settings(tmp_path: Path) -> None:
 
 def test_allowed_senders_restrict_and_default(service: Dispatcher) -> None:
     allowed = ["Acme", "Shop"]
-    with pytest.raises(SenderNotAllowedError, match="not allowed"):
+    with pytest.raises(SenderNotAllowedError, match="not granted"):
         service.enqueue(number(1), "x", sender="Other", allowed_senders=allowed)
     job = service.enqueue(number(1), "x", allowed_senders=allowed).job_id
     assert service.job_view(job)["sender"] == "Acme"

@@ -1,7 +1,7 @@
 """Who is calling: bearer API keys, their scopes, and their rate limit.
 
 ``401`` (with ``WWW-Authenticate: Bearer``) when the token is missing, unknown
-or revoked; ``403`` when the key is live but lacks the route's scope; ``429``
+or revoked; ``403`` when the key is live but holds none of the route's scopes; ``429``
 (with ``Retry-After``) when the key has used up its bucket. A token is never
 logged nor echoed; once it has authenticated it is registered with the
 redaction filter, so even a stray log line would show it masked.
@@ -62,8 +62,9 @@ class Authenticator:
                 gateway_code="GATEWAY_ERROR",
             )
 
-    def bearer(self, token: str | None, scope: Scope) -> KeyInfo:
-        """The key of a ``/v1`` request that needs ``scope``, or ApiError 401/403/429."""
+    def bearer(self, token: str | None, *scopes: Scope) -> KeyInfo:
+        """The key of a ``/v1`` request that needs one of ``scopes``, or ApiError
+        401/403/429."""
         if not token:
             raise ApiError(
                 401,
@@ -77,8 +78,9 @@ class Authenticator:
             raise ApiError(
                 401, "unauthorized", "the API key is unknown or revoked", headers=_INVALID
             ) from None
-        if scope not in info.scopes:
-            raise ApiError(403, "forbidden", f"key {info.name!r} lacks the {scope.value!r} scope")
+        if not info.scopes & set(scopes):
+            wanted = " or ".join(repr(s.value) for s in scopes)
+            raise ApiError(403, "forbidden", f"key {info.name!r} lacks the {wanted} scope")
         self.spend(info)
         return info
 
@@ -104,14 +106,14 @@ def authenticator(request: Request) -> Authenticator:
     return auth
 
 
-def require(scope: Scope) -> Callable[..., KeyInfo]:
-    """A dependency giving the calling key, which must hold ``scope``."""
+def require(*scopes: Scope) -> Callable[..., KeyInfo]:
+    """A dependency giving the calling key, which must hold one of ``scopes``."""
 
     def dependency(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> KeyInfo:
         token = credentials.credentials if credentials is not None else None
-        return authenticator(request).bearer(token, scope)
+        return authenticator(request).bearer(token, *scopes)
 
     return dependency

@@ -19,9 +19,13 @@ the username and its *token* as the password, and reads what it always read:
   ``maxconcat`` or ``type``, text longer than ``maxconcat`` parts),
   ``INVALID_NUMBER`` (no number usable), ``INTERNAL_ERROR`` (the dispatcher's
   database unavailable: nothing was queued, try again). A ``from`` the key may
-  not use (``dispatcher keys create --senders``) is ``INVALID_REQUEST`` too: the
-  gateway has no code of its own for it. With no ``from``, the configured
-  default sender (or the key's first allowed one) is used.
+  not use (neither granted to it, ``dispatcher keys update --grant-sender``, nor
+  the default sender) is ``INVALID_REQUEST`` too: the gateway has no code of its
+  own for it. With no ``from``, the configured default sender (or, for a key
+  whose grants do not include it, its first grant) is used.
+
+The job belongs to the key: through ``/v1``, only that key (or an operator) sees
+it.
 
 ``type=6`` queues a voice message. The gateway has no parameter for a send
 time, a priority or a validity, so drop-in jobs go at once, in the ``normal``
@@ -151,6 +155,7 @@ def _send(service: Dispatcher, key: KeyInfo, params: dict[str, str]) -> str:
             reference=params.get("usercontext") or None,
             actor=dropin_actor(key.name),
             allowed_senders=key.allowed_senders,
+            owner_key_id=key.id,
         )
     except NoRecipientsError:
         raise GatewayReply("INVALID_NUMBER") from None

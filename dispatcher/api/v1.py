@@ -4,6 +4,12 @@ Routes are thin: check the caller, call the service, shape the answer. Every
 refusal is translated in ``dispatcher.api.errors``. The service calls block on
 the database, so the routes are plain functions, which FastAPI runs in its
 thread pool.
+
+Who sees what (``dispatcher.tenancy``): a key without the ``operate`` scope sees
+and acts on only the jobs it enqueued (here or through the drop-in endpoint);
+another key's job is a 404 exactly like a job that does not exist. A key with
+``operate`` sees every job. Each route passes the key's viewer to the service,
+which narrows the query; no route checks ownership itself.
 """
 
 from __future__ import annotations
@@ -59,14 +65,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {
-    404: {"model": ErrorBody, "description": "No such job."}
+    404: {
+        "model": ErrorBody,
+        "description": "No such job, or one another key enqueued (without `operate`).",
+    }
 }
 
 router = APIRouter(prefix="/v1", tags=["jobs"], responses=_ERRORS)
 
 SendKey = Annotated[KeyInfo, Depends(require(Scope.SEND))]
 ReadKey = Annotated[KeyInfo, Depends(require(Scope.READ))]
-OperateKey = Annotated[KeyInfo, Depends(require(Scope.OPERATE))]
+# Retry and cancel: a producer on its own jobs (send), an operator on any (operate).
+ActKey = Annotated[KeyInfo, Depends(require(Scope.SEND, Scope.OPERATE))]
+# The audit export: a producer's own jobs' rows (read), an operator's all (operate).
+ExportKey = Annotated[KeyInfo, Depends(require(Scope.READ, Scope.OPERATE))]
 JobId = Annotated[str, Path(description="A job id, as `POST /v1/jobs` returned it.")]
 
 
@@ -118,7 +130,8 @@ def create_job(
 
     Numbers that cannot be phone numbers are listed in ``refused`` and recorded
     as failed; the request is refused whole (422, nothing written) only when no
-    number is usable or the text or an option is wrong.
+    number is usable or the text or an option is wrong. The key may use the
+    senders granted to it and the default sender; another is a 403.
     """
     service = _service(request)
     numbers = body.to.split(",") if isinstance(body.to, str) else list(body.to)
@@ -144,6 +157,7 @@ def create_job(
         callback_url=body.callback_url,
         actor=api_actor(key),
         allowed_senders=key.allowed_senders,
+        owner_key_id=key.id,
     )
     if result.replayed:
         response.status_code = 200
@@ -175,8 +189,10 @@ def create_job(
     responses=_NOT_FOUND,
 )
 def get_job(request: Request, job_id: JobId, key: ReadKey) -> dict[str, object]:
-    """Each recipient's status, gateway message ID, error code and attempts."""
-    return _service(request).job_view(_known_job(job_id))
+    """Each recipient's status, gateway message ID, error code and attempts.
+
+    A key without `operate` sees only the jobs it enqueued."""
+    return _service(request).job_view(_known_job(job_id), viewer=key.viewer)
 
 
 @router.get(
@@ -204,7 +220,9 @@ def get_jobs(
         str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
     ] = None,
 ) -> JobPage:
-    """Pass each page's ``next_cursor`` as ``cursor`` until it is null."""
+    """Pass each page's ``next_cursor`` as ``cursor`` until it is null.
+
+    A key without `operate` lists only the jobs it enqueued."""
     service = _service(request)
     try:
         after = decode_cursor(cursor) if cursor is not None else None
@@ -225,7 +243,9 @@ def get_jobs(
         since=_utc(since),
         until=_utc(until),
     )
-    jobs, more = service.list_jobs_page(selection=selection, limit=limit, after=after)
+    jobs, more = service.list_jobs_page(
+        selection=selection, limit=limit, after=after, viewer=key.viewer
+    )
     next_cursor = encode_cursor(jobs[-1]["id"]) if more and jobs else None
     return JobPage(jobs=[JobSummary(**job) for job in jobs], next_cursor=next_cursor)
 
@@ -246,10 +266,11 @@ def get_jobs(
 def retry_job(
     request: Request,
     job_id: JobId,
-    key: OperateKey,
+    key: ActKey,
     body: Annotated[RetryRequest | None, Body()] = None,
 ) -> RetryResult:
-    """Audited with the key's name as the actor. Numbers refused at enqueue stay failed."""
+    """Needs `send` (the key's own jobs) or `operate` (any job). Audited with the key's
+    name as the actor. Numbers refused at enqueue stay failed."""
     wanted = body or RetryRequest()
     result = _service(request).retry(
         actor=api_actor(key),
@@ -257,6 +278,7 @@ def retry_job(
         statuses=list(wanted.statuses),
         error_code=wanted.error_code,
         confirm_unknown=wanted.confirm_unknown,
+        viewer=key.viewer,
     )
     return RetryResult(retried=result.affected, jobs=result.jobs)
 
@@ -267,9 +289,10 @@ def retry_job(
     summary="Cancel a job's recipients that no worker has claimed",
     responses=_NOT_FOUND,
 )
-def cancel_job(request: Request, job_id: JobId, key: OperateKey) -> CancelResult:
-    """Recipients already being submitted, and final ones, keep their course. Audited."""
-    result = _service(request).cancel(_known_job(job_id), actor=api_actor(key))
+def cancel_job(request: Request, job_id: JobId, key: ActKey) -> CancelResult:
+    """Needs `send` (the key's own jobs) or `operate` (any job). Recipients already being
+    submitted, and final ones, keep their course. Audited."""
+    result = _service(request).cancel(_known_job(job_id), actor=api_actor(key), viewer=key.viewer)
     return CancelResult(cancelled=result.affected, job=job_id)
 
 
@@ -285,7 +308,7 @@ def cancel_job(request: Request, job_id: JobId, key: OperateKey) -> CancelResult
 )
 def audit_csv(
     request: Request,
-    key: OperateKey,
+    key: ExportKey,
     since: Annotated[
         dt.datetime | None, Query(description="From this time (ISO 8601; UTC if no zone).")
     ] = None,
@@ -299,9 +322,8 @@ def audit_csv(
         Query(description="`events`: a row per status change; `recipients`: per recipient."),
     ] = ExportKind.EVENTS,
 ) -> StreamingResponse:
-    """Needs the `operate` scope: it is a bulk export of every producer's recipients
-    (personal data), while `read` keys are what applications use to follow their own
-    jobs. Times carry their zone; message text is never in it."""
+    """A key with `read` exports the rows of the jobs it enqueued only; a key with
+    `operate`, every producer's. Times carry their zone; message text is never in it."""
     service = _service(request)
     lines = export_csv(
         service.db,
@@ -312,6 +334,7 @@ def audit_csv(
         kind=kind.value,
         default_region=service.settings.default_region,
         actor=api_actor(key),
+        viewer=key.viewer,
     )
     return StreamingResponse(
         lines,
