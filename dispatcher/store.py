@@ -40,6 +40,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import TextClause
 
+from dispatcher import columns
 from dispatcher.models import (
     CONTROL_ROW_ID,
     Attempt,
@@ -884,28 +885,45 @@ def record_reply(
     complete_attempt(session, attempt_id=attempt_id, values=attempt)
     moved = 0
     for key, ids in groups.items():
-        values: dict[str, object] = {
-            "error_code": key.error_code,
-            "next_attempt_at": key.next_attempt_at,
-        }
-        if key.spent:
-            values["attempts"] = Recipient.attempts + 1
-        if key.message_id is not None:
-            values["gateway_message_id"] = key.message_id
-        moved += transition(
-            session,
-            ids=ids,
-            from_statuses=RECORDABLE,
-            guard=record_guard(),
-            to_status=key.status,
-            at=at,
-            cause=key.cause,
-            actor=actor,
-            attempt_id=attempt_id,
-            values=values,
+        moved += record_outcome(
+            session, ids=ids, group=key, attempt_id=attempt_id, at=at, actor=actor
         )
     settle_batch(session, batch_id=batch_id, now=at)
     return moved
+
+
+def record_outcome(
+    session: Session,
+    *,
+    ids: Collection[int],
+    group: OutcomeGroup,
+    attempt_id: int,
+    at: dt.datetime,
+    actor: str,
+) -> int:
+    """Write one outcome of a reply for recipients ``ids`` (``record_reply``'s step
+    per group outside PostgreSQL, and the careful path's per recipient); returns how
+    many moved (``record_guard``)."""
+    values: dict[str, object] = {
+        "error_code": group.error_code,
+        "next_attempt_at": group.next_attempt_at,
+    }
+    if group.spent:
+        values["attempts"] = Recipient.attempts + 1
+    if group.message_id is not None:
+        values["gateway_message_id"] = group.message_id
+    return transition(
+        session,
+        ids=ids,
+        from_statuses=RECORDABLE,
+        guard=record_guard(),
+        to_status=group.status,
+        at=at,
+        cause=group.cause,
+        actor=actor,
+        attempt_id=attempt_id,
+        values=values,
+    )
 
 
 _RESULT_COLUMNS = (
@@ -1044,7 +1062,9 @@ def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: s
         complete_attempt(
             session,
             attempt_id=attempt_id,
-            values={"outcome": AttemptOutcome.ABANDONED, "finished_at": now, "error": cause},
+            values=columns.fit_attempt(
+                {"outcome": AttemptOutcome.ABANDONED, "finished_at": now, "error": cause}
+            ),
         )
     ids = list(
         session.execute(
@@ -1059,10 +1079,10 @@ def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: s
         from_statuses=[RecipientStatus.SUBMITTING],
         to_status=RecipientStatus.UNKNOWN,
         at=now,
-        cause=cause,
+        cause=columns.fit_cause(cause),
         actor="sweeper",
         attempt_id=in_flight[-1] if in_flight else None,
-        values={"error_code": WORKER_LOST, "error_detail": cause[:500]},
+        values=columns.fit(Recipient, {"error_code": WORKER_LOST, "error_detail": cause}),
     )
 
 
