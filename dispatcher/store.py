@@ -907,9 +907,8 @@ def record_outcome(
     values: dict[str, object] = {
         "error_code": group.error_code,
         "next_attempt_at": group.next_attempt_at,
+        "attempts": _attempts_after(spent=group.spent),
     }
-    if group.spent:
-        values["attempts"] = Recipient.attempts + 1
     if group.message_id is not None:
         values["gateway_message_id"] = group.message_id
     return transition(
@@ -924,6 +923,19 @@ def record_outcome(
         attempt_id=attempt_id,
         values=values,
     )
+
+
+def _attempts_after(*, spent: bool) -> ColumnElement[int]:
+    """A recipient's attempt count once a reply is recorded.
+
+    The sweeper counted the attempt when it guessed WORKER_LOST (``abandon_batch``);
+    a late reply of that attempt replaces the guess, so it must not count it again,
+    and takes the count back when the reply says nothing was spent. ``record_guard``
+    lets only such recipients be ``unknown`` here; ``_RECORD_REPLY`` does the same.
+    """
+    counted = Recipient.attempts + int(spent)
+    guessed = (Recipient.status == str(RecipientStatus.UNKNOWN)) & (Recipient.attempts > 0)
+    return case((guessed, counted - 1), else_=counted)
 
 
 _RESULT_COLUMNS = (
@@ -977,7 +989,8 @@ _RECORD_REPLY = text(
     moved AS (
         UPDATE recipients r SET status = g.status, updated_at = :now,
             error_code = g.error_code, next_attempt_at = g.next_attempt_at,
-            attempts = r.attempts + g.spent,
+            attempts = r.attempts + g.spent
+                - CASE WHEN c.status = 'unknown' AND r.attempts > 0 THEN 1 ELSE 0 END,
             gateway_message_id = COALESCE(g.message_id, r.gateway_message_id)
         FROM result g, current c
         WHERE r.id = g.id AND c.id = g.id
@@ -1042,7 +1055,11 @@ def stale_submitting_batches(
 
 
 def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: str) -> int:
-    """Close a dead worker's batch: its in-flight attempt abandoned, recipients unknown."""
+    """Close a dead worker's batch: its in-flight attempt abandoned, recipients unknown.
+
+    The recipients' attempt counts include the abandoned call: it may have reached
+    the gateway. A late reply of it replaces this guess without counting it twice
+    (``record_outcome``)."""
     moved = session.execute(
         update(Batch)
         .where(Batch.id == batch_id, Batch.status == BatchStatus.SUBMITTING)
@@ -1082,7 +1099,8 @@ def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: s
         cause=columns.fit_cause(cause),
         actor="sweeper",
         attempt_id=in_flight[-1] if in_flight else None,
-        values=columns.fit(Recipient, {"error_code": WORKER_LOST, "error_detail": cause}),
+        values=columns.fit(Recipient, {"error_code": WORKER_LOST, "error_detail": cause})
+        | {"attempts": Recipient.attempts + 1},
     )
 
 

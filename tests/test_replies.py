@@ -15,6 +15,7 @@ import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,6 +39,7 @@ from helpers import (
     events_of,
     number,
     recipients_of,
+    send_requests,
 )
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -285,9 +287,46 @@ def test_an_outcome_nothing_can_write_is_left_to_the_sweeper_and_the_rest_record
 
     good, stuck = recipients_of(service.db, job_id)
     assert (good.status, good.gateway_message_id) == ("sent", "41")
-    assert (stuck.status, stuck.error_code) == ("unknown", store.WORKER_LOST)
+    assert (stuck.status, stuck.error_code, stuck.attempts) == ("unknown", store.WORKER_LOST, 1)
     [attempt] = attempts_of(service.db, job_id)
     assert attempt.outcome == AttemptOutcome.ACCEPTED, "the sweeper leaves a completed attempt"
+
+
+# --- the attempt a worker died in -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("knobs", "want"),
+    [
+        pytest.param({}, ("sent", 1), id="accepted"),
+        pytest.param({"transient_error_rate": 1.0}, ("retry_wait", 1), id="transient"),
+        pytest.param({"credit": 0}, ("queued", 0), id="no-credit-spends-nothing"),
+        pytest.param(
+            {"http_error_rate": 1.0, "http_error_status": 500}, ("unknown", 1), id="ambiguous"
+        ),
+    ],
+)
+def test_a_late_reply_replaces_the_sweepers_guess_without_counting_twice(
+    service: Dispatcher,
+    simulator: GatewaySimulator,
+    knobs: dict[str, Any],
+    want: tuple[str, int],
+) -> None:
+    # The worker's database was away past the submitting timeout: the sweeper counted
+    # the call it was in and guessed WORKER_LOST; then the reply could be written.
+    simulator.configure(**knobs)
+    job_id, claim, _ = claimed(service, 2, "late")
+    submission = service.submit(claim)
+    set_claimed_at(service.db, claim.batch_id, SUBMITTING_TIMEOUT_S + 5)
+    assert service.sweep()["abandoned_recipients"] == 2
+    guessed = recipients_of(service.db, job_id)
+    assert [(r.status, r.attempts) for r in guessed] == [("unknown", 1)] * 2
+
+    service.record(claim, submission, worker="w")
+
+    rows = recipients_of(service.db, job_id)
+    assert [(r.status, r.attempts) for r in rows] == [want] * 2
+    assert send_requests(simulator) == 1
 
 
 # --- any reply shape --------------------------------------------------------------------
