@@ -11,7 +11,9 @@ The order of commits is the product's guarantees (SPEC section 3):
    sweeper turns into ``unknown``, never into a resend.
 3. The reply is written, attempt and recipients together, in one transaction,
    retried while the database is away, and logged meanwhile so no accepted
-   gateway ID is lost.
+   gateway ID is lost. Its values are fitted to their columns first
+   (``dispatcher.columns``), and a write the database refuses all the same is made
+   recipient by recipient (``dispatcher.salvage``) rather than left to the sweeper.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import func
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
 
+from dispatcher import columns, salvage, store
 from dispatcher import rollup as rollups
-from dispatcher import store
 from dispatcher.audit import RetentionSchedule
 from dispatcher.config import Settings
 from dispatcher.control import UNPAUSED, Controls, control_view
@@ -645,16 +648,35 @@ class Dispatcher:
         return self.client.submit([r.number for r in claim.recipients], claim.message)
 
     def record(self, claim: Claim, submission: Submission, *, worker: str | None = None) -> None:
-        """Write the attempt's result and every recipient's, retrying while the DB is away."""
+        """Write the attempt's result and every recipient's, retrying while the DB is away.
+
+        A write the database refuses for good (not one it cannot take now) is made
+        again recipient by recipient (``dispatcher.salvage``), never given up: the
+        batch left ``submitting`` would have the sweeper call every recipient lost.
+        """
         worker = worker or worker_name()
         deadline = time.monotonic() + RECORD_RETRY_BUDGET_S
         delay_s = 0.5
+        careful = False
         while True:
             try:
-                self._record_once(claim, submission, worker)
+                if careful:
+                    self._record_carefully(claim, submission, worker)
+                else:
+                    self._record_once(claim, submission, worker)
                 return
-            except DBAPIError as exc:
-                if not _database_away(exc) or time.monotonic() >= deadline:
+            except (DBAPIError, UnicodeEncodeError) as exc:
+                away = isinstance(exc, DBAPIError) and salvage.database_away(exc)
+                if not away and not careful:
+                    log.warning(
+                        "attempt %s: the database refused the reply's write (%s); "
+                        "recording it recipient by recipient",
+                        claim.attempt_id,
+                        salvage.refusal(exc),
+                    )
+                    careful = True
+                    continue
+                if not away or time.monotonic() >= deadline:
                     log.error(
                         "giving up recording attempt %s; the sweeper will mark batch %s unknown. "
                         "Gateway reply kept here: %s",
@@ -675,43 +697,75 @@ class Dispatcher:
                 delay_s = min(delay_s * 2, 10.0)
 
     def _record_once(self, claim: Claim, submission: Submission, worker: str) -> None:
+        with self.db.transaction() as session:
+            write = self._prepare_reply(session, claim, submission, worker)
+            moved = store.record_reply(
+                session,
+                attempt_id=write.attempt_id,
+                batch_id=write.batch_id,
+                attempt=write.attempt,
+                groups=write.groups,
+                at=write.at,
+                actor=write.actor,
+                reset_breaker_failures=write.reset_breaker_failures,
+            )
+        self._after_record(claim, submission, write, moved)
+
+    def _record_carefully(self, claim: Claim, submission: Submission, worker: str) -> None:
+        with self.db.transaction() as session:
+            write = self._prepare_reply(session, claim, submission, worker)
+            result = salvage.record_reply(session, write)
+        result.log(
+            attempt_id=claim.attempt_id,
+            job_id=claim.job_id,
+            numbers={r.id: r.number for r in claim.recipients},
+        )
+        self._after_record(claim, submission, write, result.moved)
+
+    def _prepare_reply(
+        self, session: Session, claim: Claim, submission: Submission, worker: str
+    ) -> salvage.ReplyWrite:
+        """The breaker and pause steps of a reply, then its writes with values fitted
+        to their columns (``dispatcher.columns``), grouped by outcome."""
         now = utcnow()
         by_number = {r.number: r for r in claim.recipients}
         all_transient = all(o.outcome is Outcome.TRANSIENT for o in submission.outcomes)
-        with self.db.transaction() as session:
-            # A healthy reply (the common case) resets the breaker's count inside
-            # the reply's own statement; a probe or an outage goes the long way.
-            healthy = not claim.probe and not all_transient
-            outage = not healthy and self.controls.update_breaker(
-                session, now, probe=claim.probe, all_transient=all_transient
+        # A healthy reply (the common case) resets the breaker's count inside
+        # the reply's own statement; a probe or an outage goes the long way.
+        healthy = not claim.probe and not all_transient
+        outage = not healthy and self.controls.update_breaker(
+            session, now, probe=claim.probe, all_transient=all_transient
+        )
+        self.controls.pause_for(session, submission.outcomes, worker)
+        groups: dict[_GroupKey, list[int]] = defaultdict(list)
+        retry_at: dt.datetime | None = None
+        for outcome in submission.outcomes:
+            recipient = by_number[outcome.number]
+            made = recipient.attempts + 1
+            if outcome.outcome is Outcome.TRANSIENT and outage:
+                # The breaker holds the work; an outage must not use up attempts.
+                status = _S.RETRY_WAIT
+                cause = f"{outcome.error_code}; gateway outage, breaker open, no attempt spent"
+                spent = False
+                retry_at = retry_at or now
+            else:
+                status, cause = self._status_for(outcome, made)
+                spent = status is not _S.QUEUED
+                if status is _S.RETRY_WAIT and retry_at is None:
+                    retry_at = now + dt.timedelta(seconds=self.policy.delay_s(made))
+            key = _GroupKey(
+                status,
+                outcome.gateway_message_id,
+                columns.fit_code(outcome.error_code),
+                columns.fit_cause(cause),
+                spent,
             )
-            self.controls.pause_for(session, submission.outcomes, worker)
-            groups: dict[_GroupKey, list[int]] = defaultdict(list)
-            retry_at: dt.datetime | None = None
-            for outcome in submission.outcomes:
-                recipient = by_number[outcome.number]
-                made = recipient.attempts + 1
-                if outcome.outcome is Outcome.TRANSIENT and outage:
-                    # The breaker holds the work; an outage must not use up attempts.
-                    status = _S.RETRY_WAIT
-                    cause = f"{outcome.error_code}; gateway outage, breaker open, no attempt spent"
-                    spent = False
-                    retry_at = retry_at or now
-                else:
-                    status, cause = self._status_for(outcome, made)
-                    spent = status is not _S.QUEUED
-                    if status is _S.RETRY_WAIT and retry_at is None:
-                        retry_at = now + dt.timedelta(seconds=self.policy.delay_s(made))
-                key = _GroupKey(
-                    status, outcome.gateway_message_id, outcome.error_code, cause, spent
-                )
-                groups[key].append(recipient.id)
-            given = sum(len(ids) for ids in groups.values())
-            moved = store.record_reply(
-                session,
-                attempt_id=claim.attempt_id,
-                batch_id=claim.batch_id,
-                attempt={
+            groups[key].append(recipient.id)
+        return salvage.ReplyWrite(
+            attempt_id=claim.attempt_id,
+            batch_id=claim.batch_id,
+            attempt=columns.fit_attempt(
+                {
                     "finished_at": now,
                     "host": submission.host,
                     "http_status": submission.http_status,
@@ -719,25 +773,30 @@ class Dispatcher:
                     "latency_ms": submission.latency_ms,
                     "outcome": str(_attempt_outcome(submission.outcomes)),
                     "error": submission.error,
-                },
-                groups={
-                    store.OutcomeGroup(
-                        *key, next_attempt_at=retry_at if key.status is _S.RETRY_WAIT else None
-                    ): ids
-                    for key, ids in groups.items()
-                },
-                at=now,
-                actor=worker,
-                reset_breaker_failures=healthy,
+                }
+            ),
+            groups={
+                store.OutcomeGroup(
+                    *key, next_attempt_at=retry_at if key.status is _S.RETRY_WAIT else None
+                ): ids
+                for key, ids in groups.items()
+            },
+            at=now,
+            actor=columns.fit_actor(worker),
+            reset_breaker_failures=healthy,
+        )
+
+    def _after_record(
+        self, claim: Claim, submission: Submission, write: salvage.ReplyWrite, moved: int
+    ) -> None:
+        if moved != write.given:
+            log.warning(
+                "attempt %s: %d of %d recipients had left `submitting` before the "
+                "reply was recorded; the reply stays on the attempt row",
+                claim.attempt_id,
+                write.given - moved,
+                write.given,
             )
-            if moved != given:
-                log.warning(
-                    "attempt %s: %d of %d recipients had left `submitting` before the "
-                    "reply was recorded; the reply stays on the attempt row",
-                    claim.attempt_id,
-                    given - moved,
-                    given,
-                )
         self._log_outcomes(claim, submission)
 
     def _status_for(self, outcome: RecipientOutcome, made: int) -> tuple[RecipientStatus, str]:
@@ -1336,12 +1395,6 @@ def _request_hash(*parts: object) -> str:
 def _expiry_cause(expires_at: dt.datetime | None) -> str:
     when = expires_at.isoformat() if expires_at else "its expiry"
     return f"not sent: its validity ended at {when}"
-
-
-def _database_away(exc: DBAPIError) -> bool:
-    """True for errors that waiting can cure (connection lost, server restarting),
-    False for those it cannot (a value the database refuses)."""
-    return isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated
 
 
 def _outcome_summary(submission: Submission) -> str:

@@ -40,6 +40,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import TextClause
 
+from dispatcher import columns
 from dispatcher.models import (
     CONTROL_ROW_ID,
     Attempt,
@@ -884,28 +885,57 @@ def record_reply(
     complete_attempt(session, attempt_id=attempt_id, values=attempt)
     moved = 0
     for key, ids in groups.items():
-        values: dict[str, object] = {
-            "error_code": key.error_code,
-            "next_attempt_at": key.next_attempt_at,
-        }
-        if key.spent:
-            values["attempts"] = Recipient.attempts + 1
-        if key.message_id is not None:
-            values["gateway_message_id"] = key.message_id
-        moved += transition(
-            session,
-            ids=ids,
-            from_statuses=RECORDABLE,
-            guard=record_guard(),
-            to_status=key.status,
-            at=at,
-            cause=key.cause,
-            actor=actor,
-            attempt_id=attempt_id,
-            values=values,
+        moved += record_outcome(
+            session, ids=ids, group=key, attempt_id=attempt_id, at=at, actor=actor
         )
     settle_batch(session, batch_id=batch_id, now=at)
     return moved
+
+
+def record_outcome(
+    session: Session,
+    *,
+    ids: Collection[int],
+    group: OutcomeGroup,
+    attempt_id: int,
+    at: dt.datetime,
+    actor: str,
+) -> int:
+    """Write one outcome of a reply for recipients ``ids`` (``record_reply``'s step
+    per group outside PostgreSQL, and the careful path's per recipient); returns how
+    many moved (``record_guard``)."""
+    values: dict[str, object] = {
+        "error_code": group.error_code,
+        "next_attempt_at": group.next_attempt_at,
+        "attempts": _attempts_after(spent=group.spent),
+    }
+    if group.message_id is not None:
+        values["gateway_message_id"] = group.message_id
+    return transition(
+        session,
+        ids=ids,
+        from_statuses=RECORDABLE,
+        guard=record_guard(),
+        to_status=group.status,
+        at=at,
+        cause=group.cause,
+        actor=actor,
+        attempt_id=attempt_id,
+        values=values,
+    )
+
+
+def _attempts_after(*, spent: bool) -> ColumnElement[int]:
+    """A recipient's attempt count once a reply is recorded.
+
+    The sweeper counted the attempt when it guessed WORKER_LOST (``abandon_batch``);
+    a late reply of that attempt replaces the guess, so it must not count it again,
+    and takes the count back when the reply says nothing was spent. ``record_guard``
+    lets only such recipients be ``unknown`` here; ``_RECORD_REPLY`` does the same.
+    """
+    counted = Recipient.attempts + int(spent)
+    guessed = (Recipient.status == str(RecipientStatus.UNKNOWN)) & (Recipient.attempts > 0)
+    return case((guessed, counted - 1), else_=counted)
 
 
 _RESULT_COLUMNS = (
@@ -959,7 +989,8 @@ _RECORD_REPLY = text(
     moved AS (
         UPDATE recipients r SET status = g.status, updated_at = :now,
             error_code = g.error_code, next_attempt_at = g.next_attempt_at,
-            attempts = r.attempts + g.spent,
+            attempts = r.attempts + g.spent
+                - CASE WHEN c.status = 'unknown' AND r.attempts > 0 THEN 1 ELSE 0 END,
             gateway_message_id = COALESCE(g.message_id, r.gateway_message_id)
         FROM result g, current c
         WHERE r.id = g.id AND c.id = g.id
@@ -1024,7 +1055,11 @@ def stale_submitting_batches(
 
 
 def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: str) -> int:
-    """Close a dead worker's batch: its in-flight attempt abandoned, recipients unknown."""
+    """Close a dead worker's batch: its in-flight attempt abandoned, recipients unknown.
+
+    The recipients' attempt counts include the abandoned call: it may have reached
+    the gateway. A late reply of it replaces this guess without counting it twice
+    (``record_outcome``)."""
     moved = session.execute(
         update(Batch)
         .where(Batch.id == batch_id, Batch.status == BatchStatus.SUBMITTING)
@@ -1044,7 +1079,9 @@ def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: s
         complete_attempt(
             session,
             attempt_id=attempt_id,
-            values={"outcome": AttemptOutcome.ABANDONED, "finished_at": now, "error": cause},
+            values=columns.fit_attempt(
+                {"outcome": AttemptOutcome.ABANDONED, "finished_at": now, "error": cause}
+            ),
         )
     ids = list(
         session.execute(
@@ -1059,10 +1096,11 @@ def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: s
         from_statuses=[RecipientStatus.SUBMITTING],
         to_status=RecipientStatus.UNKNOWN,
         at=now,
-        cause=cause,
+        cause=columns.fit_cause(cause),
         actor="sweeper",
         attempt_id=in_flight[-1] if in_flight else None,
-        values={"error_code": WORKER_LOST, "error_detail": cause[:500]},
+        values=columns.fit(Recipient, {"error_code": WORKER_LOST, "error_detail": cause})
+        | {"attempts": Recipient.attempts + 1},
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reply_shapes import reply_shapes
 
 from dispatcher.gateway.protocol import (
     CODE_MISSING_FROM_REPLY,
@@ -209,19 +210,45 @@ OUTCOME_TABLE = [
         [Want(Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)],
         id="unreadable-err-empty",
     ),
+    # ambiguous: a recipient whose line is unreadable; the others keep their own lines
     pytest.param(
         [A, B],
         200,
         f"{A},ID:5\r\nsomething else\r\n".encode(),
-        [Want(Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)] * 2,
-        id="unreadable-one-bad-line-spoils-all",
+        [accepted("5"), Want(Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)],
+        id="unreadable-line-costs-only-the-unmatched",
     ),
     pytest.param(
         [A, B],
         200,
         f"{A},ID:5\r\nERR:GATEWAY_ERROR\r\n".encode(),
-        [Want(Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)] * 2,
+        [accepted("5"), Want(Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)],
         id="unreadable-bare-line-among-numbered",
+    ),
+    pytest.param(
+        [A, B, C],
+        200,
+        f"{A},ID:5\r\n{B},ID:5 trailing words\r\n{C},ERR:INVALID_NUMBER\r\n".encode(),
+        [
+            accepted("5"),
+            Want(Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY),
+            Want(Outcome.REJECTED, "INVALID_NUMBER"),
+        ],
+        id="unreadable-own-line",
+    ),
+    pytest.param(
+        [A],
+        200,
+        b"ID:5\r\n<html>footer</html>\r\n",
+        [Want(Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)],
+        id="unreadable-single-line-with-junk",
+    ),
+    pytest.param(
+        [A, B],
+        200,
+        b"ID:5\r\nID:5\r\n",
+        [Want(Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)] * 2,
+        id="unreadable-two-bare-lines",
     ),
     # ambiguous: recipient missing from a multi-line reply
     pytest.param(
@@ -314,6 +341,8 @@ def test_single_line_formats(body: bytes, want: Want) -> None:
         pytest.param("+447700900123", "447700900123", id="plus-sent-digits-replied"),
         pytest.param("447700900123", "+447700900123", id="digits-sent-plus-replied"),
         pytest.param("00447700900123", "447700900123", id="00-sent-digits-replied"),
+        pytest.param("447700900123", "00447700900123", id="digits-sent-00-replied"),
+        pytest.param("07700900123", "00447700900123", id="national-sent-00-replied"),
     ],
 )
 def test_reply_numbers_normalised_differently(sent: str, replied: str) -> None:
@@ -322,7 +351,7 @@ def test_reply_numbers_normalised_differently(sent: str, replied: str) -> None:
     body = f"{other},ERR:INVALID_NUMBER\r\n{replied},ID:4242\r\n".encode()
     result = classify_reply(numbers, 200, body)
     check(numbers, result, [accepted("4242"), Want(Outcome.REJECTED, "INVALID_NUMBER")])
-    assert result[0].reply_number == replied.lstrip("+")
+    assert result[0].reply_number == "447700900123"
 
 
 def test_duplicates_removed_by_gateway_share_one_line() -> None:
@@ -346,6 +375,30 @@ def test_national_and_international_forms_of_one_number_share_its_line() -> None
             accepted("56"),
             Want(Outcome.REJECTED, "INVALID_NUMBER"),
         ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "want"),
+    [
+        pytest.param(f"{A},ERR:GATEWAY_ERROR\r\n{A},ID:8\r\n", accepted("8"), id="err-then-id"),
+        pytest.param(f"{A},ID:8\r\n{A},ERR:INVALID_NUMBER\r\n", accepted("8"), id="id-then-err"),
+        pytest.param(f"{A},ID:8\r\n+{A},ID:9\r\n", accepted("8"), id="two-ids-first-wins"),
+        pytest.param(
+            f"{A},ERR:NO_TEXT\r\n{A},ERR:INVALID_NUMBER\r\n",
+            Want(Outcome.REQUEST_INVALID, "NO_TEXT"),
+            id="two-errs-first-wins",
+        ),
+    ],
+)
+def test_a_number_answered_twice_keeps_an_accepted_id(body: str, want: Want) -> None:
+    # The gateway removes duplicates, so this reply is malformed; an ID in it means
+    # the gateway may have sent the message, and is never thrown away for an error.
+    numbers = [A, B]
+    check(
+        numbers,
+        classify_reply(numbers, 200, (body + f"{B},ID:8\r\n").encode()),
+        [want, accepted("8")],
     )
 
 
@@ -391,6 +444,26 @@ def test_gateway_ids_are_exact_strings(gateway_id: str) -> None:
     for outcome in [*single, *multi]:
         assert outcome.gateway_message_id == gateway_id
         assert isinstance(outcome.gateway_message_id, str)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("x" * 70_000, id="longer-than-any-column"),
+        pytest.param("ÿ€😀ĳ" * 40, id="non-ascii"),
+        pytest.param("a\x01b\x07c\x7fd\x1be[0m", id="control-characters"),
+        pytest.param("ID:ERR:42", id="grammar-inside"),
+    ],
+)
+def test_ids_and_codes_are_verbatim_whatever_their_length_or_characters(value: str) -> None:
+    numbers = [A, B]
+    body = f"{A},ID:{value}\r\n{B},ERR:{value}\r\n".encode()
+    check(
+        numbers,
+        classify_reply(numbers, 200, body),
+        [accepted(value), Want(Outcome.REQUEST_INVALID, value)],
+    )
+    check([A], classify_reply([A], 200, f"ID:{value}".encode()), [accepted(value)])
 
 
 def test_result_order_is_submission_order_not_reply_order() -> None:
@@ -688,3 +761,24 @@ def test_well_formed_multi_line_reply_maps_every_recipient_once(
             assert outcome.error_code == (
                 CODE_MISSING_FROM_REPLY if lines else CODE_UNREADABLE_REPLY
             )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(numbers=st.lists(INTERNATIONAL, min_size=1, max_size=8, unique=True), data=st.data())
+def test_every_accepted_id_in_any_reply_shape_reaches_its_recipient(
+    numbers: list[str], data: st.DataObject
+) -> None:
+    # Mixed with lines that break the grammar, duplicates, bare lines and odd
+    # characters, every recipient with an ID: line is accepted with its first ID.
+    shape = data.draw(reply_shapes(numbers), label="reply")
+
+    result = classify_reply(numbers, 200, shape.body)
+
+    assert [r.number for r in result] == numbers
+    for number, outcome in zip(numbers, result, strict=True):
+        if number in shape.ids:
+            assert outcome.outcome is Outcome.ACCEPTED
+            assert outcome.gateway_message_id == shape.ids[number]
+        else:
+            assert outcome.outcome is not Outcome.ACCEPTED
+            assert outcome.gateway_message_id is None

@@ -150,25 +150,42 @@ def decode_body(body: bytes) -> str:
     return body.decode("utf-8", errors="replace").removeprefix("\ufeff").replace("\x00", "\ufffd")
 
 
-def _parse_lines(text: str) -> list[_Line] | None:
-    """Every non-blank line parsed, or None if any line breaks the grammar."""
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    lines: list[_Line]
+    """The lines that follow the grammar, in reply order."""
+    unreadable: int
+    """Non-blank lines that do not."""
+
+
+def _reply_number(raw: str) -> str:
+    # As the gateway writes numbers: international digits. A ``+`` or ``00``
+    # international prefix is dropped so every spelling meets the same recipient.
+    digits = raw.lstrip("+")
+    return digits[2:] if digits.startswith("00") and len(digits) > 2 else digits
+
+
+def _parse_lines(text: str) -> _Reply:
+    """Every non-blank line parsed; one outside the grammar is counted, not fatal."""
     parsed: list[_Line] = []
+    unreadable = 0
     for raw in text.splitlines():
         line = raw.strip()
         if not line:
             continue
         match = _LINE.match(line)
         if match is None:
-            return None
+            unreadable += 1
+            continue
         number = match["number"]
         parsed.append(
             _Line(
-                number=number.lstrip("+") if number else None,
+                number=_reply_number(number) if number else None,
                 message_id=match["id"],
                 code=match["code"],
             )
         )
-    return parsed
+    return _Reply(parsed, unreadable)
 
 
 def _line_outcome(number: str, line: _Line) -> RecipientOutcome:
@@ -210,13 +227,20 @@ def _match_key_candidates(digits: str) -> list[str]:
     return candidates
 
 
-def _assign(numbers: Sequence[str], lines: list[_Line]) -> list[RecipientOutcome]:
+def _assign(
+    numbers: Sequence[str], lines: list[_Line], *, unmatched_code: str
+) -> list[RecipientOutcome]:
     by_number: dict[str, _Line] = {}
     for line in lines:
-        if line.number is not None:
-            # The first line for a number wins; the gateway removes duplicates, so a
-            # second one would be a malformed reply, not a second outcome.
-            by_number.setdefault(line.number, line)
+        if line.number is None:
+            continue
+        seen = by_number.get(line.number)
+        # The gateway removes duplicates, so a second line for a number is a malformed
+        # reply, not a second outcome: the first line wins, except that an ``ID:``
+        # beats an ``ERR:``. The gateway may have sent it, and an accepted ID that
+        # arrived is kept rather than a failure an operator might retry.
+        if seen is None or (seen.message_id is None and line.message_id is not None):
+            by_number[line.number] = line
     reply_numbers = list(by_number)
     outcomes: list[RecipientOutcome] = []
     for number in numbers:
@@ -237,9 +261,7 @@ def _assign(numbers: Sequence[str], lines: list[_Line]) -> list[RecipientOutcome
             if len(ends) == 1:
                 found = by_number[ends[0]]
         if found is None:
-            outcomes.append(
-                RecipientOutcome(number, Outcome.AMBIGUOUS, error_code=CODE_MISSING_FROM_REPLY)
-            )
+            outcomes.append(RecipientOutcome(number, Outcome.AMBIGUOUS, error_code=unmatched_code))
         else:
             outcomes.append(_line_outcome(number, found))
     return outcomes
@@ -250,6 +272,8 @@ def classify_reply(numbers: Sequence[str], http_status: int, body: bytes) -> lis
 
     ``numbers`` are the numbers as submitted, in order; the result has the same
     length and order. Duplicated numbers each get the outcome of their one reply line.
+    Codes and IDs are returned verbatim, whatever their length or characters; fitting
+    them to the database is the recorder's business.
     """
     if http_status in TRANSIENT_HTTP_STATUSES:
         return _all(numbers, Outcome.TRANSIENT, f"HTTP_{http_status}")
@@ -261,16 +285,24 @@ def classify_reply(numbers: Sequence[str], http_status: int, body: bytes) -> lis
         # logic, and the same request would get the same answer.
         return _all(numbers, Outcome.REQUEST_INVALID, f"HTTP_{http_status}")
 
-    lines = _parse_lines(decode_body(body))
+    reply = _parse_lines(decode_body(body))
+    lines = reply.lines
     if not lines:
         return _all(numbers, Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)
-    if len(lines) == 1 and lines[0].number is None:
+    if len(lines) == 1 and lines[0].number is None and not reply.unreadable:
         # The single-line form: one recipient, or the whole submission's fate.
         return [_line_outcome(n, lines[0]) for n in numbers]
-    if any(line.number is None for line in lines):
-        # Bare lines among per-number lines are outside the grammar.
-        return _all(numbers, Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)
-    return _assign(numbers, lines)
+    # Each recipient takes its own line, so one line outside the grammar costs only
+    # the recipients without a readable line of their own, never the accepted IDs
+    # on the others. A bare line among others names nobody, and an unreadable line
+    # may have been anyone's: a recipient without a line is then unreadable, not
+    # merely missing; either way `unknown`, never resubmitted.
+    doubtful = reply.unreadable > 0 or any(line.number is None for line in lines)
+    return _assign(
+        numbers,
+        lines,
+        unmatched_code=CODE_UNREADABLE_REPLY if doubtful else CODE_MISSING_FROM_REPLY,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ def test_a_worker_killed_mid_call_leaves_its_batch_unknown_and_the_rest_is_sent(
 
     rows = recipients_of(faults.db, doomed.job_id)
     assert [(r.status, r.error_code, r.attempts) for r in rows] == [
-        ("unknown", "WORKER_LOST", 0)
+        ("unknown", "WORKER_LOST", 1)
     ] * 3
     [abandoned] = attempts_of(faults.db, doomed.job_id)
     assert abandoned.id == attempt.id
