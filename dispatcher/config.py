@@ -12,6 +12,7 @@ environment variables win over it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +23,7 @@ import urllib3
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from dispatcher import redaction
 from dispatcher.errors import ConfigurationError, InvalidSenderError
 
 ENV_PREFIX = "DISPATCHER_"
@@ -283,6 +285,21 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_parses(cls, value: str | None) -> str | None:
+        if not value:
+            return value
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError):
+            # Not echoed: the URL may hold a password.
+            raise ValueError("is not a well-formed database URL") from None
+        return value
+
     @field_validator("gateway_ca_bundle", mode="before")
     @classmethod
     def _ca_bundle_exists(cls, value: Any) -> Any:
@@ -370,6 +387,14 @@ class Settings(BaseSettings):
         if self.retry_backoff_max_s < self.retry_backoff_s:
             raise ValueError("DISPATCHER_RETRY_BACKOFF_MAX_S must be >= DISPATCHER_RETRY_BACKOFF_S")
         return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A database or broker URL may carry a password, and a repr ends up in
+        # tracebacks and log lines; secrets are SecretStr already.
+        for name, value in super().__repr_args__():
+            if name in ("database_url", "broker_url") and isinstance(value, str):
+                value = redaction.redact(value)
+            yield name, value
 
     @property
     def effective_database_url(self) -> str:
