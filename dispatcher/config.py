@@ -23,7 +23,7 @@ import urllib3
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from dispatcher import redaction
+from dispatcher import proxies, redaction
 from dispatcher.errors import ConfigurationError, InvalidSenderError
 
 ENV_PREFIX = "DISPATCHER_"
@@ -196,6 +196,19 @@ class Settings(BaseSettings):
     session_max_age_s: float = Field(
         default=8 * 3600.0, gt=0, description="How long a dashboard login lasts."
     )
+    cookie_secure: bool | None = Field(
+        default=None,
+        description="Mark the dashboard's session cookie Secure: true behind a proxy that "
+        "terminates TLS (the dispatcher then sees plain http); unset: Secure when the "
+        "request is https.",
+    )
+    # NoDecode: the variable is a comma-separated list, not JSON.
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Addresses or CIDRs of reverse proxies whose X-Forwarded-For is "
+        "believed (comma-separated); the client's address is then the first one from "
+        "the right that is not a trusted proxy. Unset: the header is ignored.",
+    )
 
     default_region: str = Field(
         default="GB", description="Region assumed for numbers written without +country."
@@ -269,6 +282,7 @@ class Settings(BaseSettings):
         "default_validity_s",
         "operator_password",
         "session_secret",
+        "cookie_secure",
         mode="before",
     )
     @classmethod
@@ -332,6 +346,12 @@ class Settings(BaseSettings):
             return check_sender(value)
         except InvalidSenderError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(n) for n in proxies.parse_networks(str(item) for item in items))
 
     @field_validator("worker_lanes", mode="before")
     @classmethod

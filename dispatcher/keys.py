@@ -56,6 +56,7 @@ def parse_scopes(scopes: str | Iterable[str]) -> frozenset[Scope]:
 class KeyInfo:
     """A key as it may be shown: never its token or hash."""
 
+    id: int
     name: str
     scopes: frozenset[Scope]
     created_at: str
@@ -96,6 +97,7 @@ def parse_senders(senders: Iterable[str] | None) -> tuple[str, ...] | None:
 
 def _info(key: ApiKey) -> KeyInfo:
     return KeyInfo(
+        id=key.id,
         name=key.name,
         scopes=key.scope_set,
         created_at=key.created_at.isoformat(),
@@ -161,6 +163,12 @@ class KeyStore:
         with self.db.transaction() as session:
             rows = session.execute(select(ApiKey).order_by(ApiKey.id.desc())).scalars()
             return [_info(r) for r in rows]
+
+    def get(self, key_id: int) -> KeyInfo | None:
+        """The key with this id, revoked or not; None if there is none (one lookup)."""
+        with self.db.transaction() as session:
+            key = session.get(ApiKey, key_id)
+            return _info(key) if key is not None else None
 
     def revoke(self, name: str, *, actor: str) -> KeyInfo:
         """Revoke a key at once; requests with it fail from now on."""
