@@ -608,7 +608,7 @@ def _key_store() -> KeyStore:
     "scopes",
     default="send,read",
     show_default=True,
-    help="Comma-separated: send, read, operate.",
+    help="Comma-separated: send, read, operate, balance.",
 )
 @click.option(
     "--senders",

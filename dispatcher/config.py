@@ -261,6 +261,18 @@ class Settings(BaseSettings):
         description="Requests an API key may make at once before the rate applies "
         "(the token bucket's size).",
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token /metrics requires (Authorization: Bearer <token>); "
+        "unset: /metrics answers anyone who can reach it.",
+    )
+    balance_cache_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How long the drop-in getbalance.aspx reuses the gateway's last "
+        "answer: one gateway call per this many seconds, whatever the callers ask.",
+    )
     max_recipients_per_job: int = Field(
         default=10_000,
         ge=1,
@@ -283,6 +295,7 @@ class Settings(BaseSettings):
         "operator_password",
         "session_secret",
         "cookie_secure",
+        "metrics_token",
         mode="before",
     )
     @classmethod
@@ -460,6 +473,7 @@ class Settings(BaseSettings):
             self.webhook_secret,
             self.operator_password,
             self.session_secret,
+            self.metrics_token,
         ]
         return [secret.get_secret_value() for secret in found if secret is not None]
 
