@@ -38,15 +38,20 @@ class Decoding:
     """A decoded text and, for each of its characters, its span in the original."""
 
     text: str
-    origin: list[Span]
+    origin: list[Span] | None
+    """None for the text itself, whose every character is its own span."""
 
     def span(self, start: int, end: int) -> Span:
         """The span of the original text that ``text[start:end]`` (non-empty) came from."""
+        if self.origin is None:
+            return start, end
         return self.origin[start][0], self.origin[end - 1][1]
 
-
-def _identity(text: str) -> Decoding:
-    return Decoding(text, [(i, i + 1) for i in range(len(text))])
+    def spans(self) -> list[Span]:
+        """Each character's span of the original text."""
+        if self.origin is None:
+            return [(i, i + 1) for i in range(len(self.text))]
+        return self.origin
 
 
 def _substitute(
@@ -55,18 +60,19 @@ def _substitute(
     """``source`` with each match of ``pattern`` replaced by its decoded pieces."""
     parts: list[str] = []
     origin: list[Span] = []
+    source_origin = source.spans()
     at = 0
     for match in pattern.finditer(source.text):
         start = match.start()
         parts.append(source.text[at:start])
-        origin.extend(source.origin[at:start])
+        origin.extend(source_origin[at:start])
         for chars, begin, end in decode(match.group()):
             parts.append(chars)
-            span = (source.origin[start + begin][0], source.origin[start + end - 1][1])
+            span = (source_origin[start + begin][0], source_origin[start + end - 1][1])
             origin.extend([span] * len(chars))
         at = match.end()
     parts.append(source.text[at:])
-    origin.extend(source.origin[at:])
+    origin.extend(source_origin[at:])
     return Decoding("".join(parts), origin)
 
 
@@ -146,7 +152,7 @@ def candidates(text: str) -> Iterator[Decoding]:
     Only decodings that change the text are kept, each distinct text once, at most
     ``MAX_CANDIDATES`` of them and ``MAX_DEPTH`` layers deep.
     """
-    first = _identity(text)
+    first = Decoding(text, None)
     yield first
     seen = {text}
     layer = [first]
