@@ -126,7 +126,8 @@ def migrate() -> None:
 
     database = runtime.service().db
     migrations.upgrade(database)
-    click.echo(f"database at revision {migrations.current_revision(database)}: {database.url}")
+    revision = migrations.current_revision(database)
+    click.echo(f"database at revision {revision}: {database.display_url}")
 
 
 def _require_schema() -> None:
@@ -607,7 +608,7 @@ def _key_store() -> KeyStore:
     "scopes",
     default="send,read",
     show_default=True,
-    help="Comma-separated: send, read, operate.",
+    help="Comma-separated: send, read, operate, balance.",
 )
 @click.option(
     "--senders",

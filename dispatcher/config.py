@@ -12,6 +12,7 @@ environment variables win over it.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +23,7 @@ import urllib3
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from dispatcher import proxies, redaction
 from dispatcher.errors import ConfigurationError, InvalidSenderError
 
 ENV_PREFIX = "DISPATCHER_"
@@ -194,6 +196,19 @@ class Settings(BaseSettings):
     session_max_age_s: float = Field(
         default=8 * 3600.0, gt=0, description="How long a dashboard login lasts."
     )
+    cookie_secure: bool | None = Field(
+        default=None,
+        description="Mark the dashboard's session cookie Secure: true behind a proxy that "
+        "terminates TLS (the dispatcher then sees plain http); unset: Secure when the "
+        "request is https.",
+    )
+    # NoDecode: the variable is a comma-separated list, not JSON.
+    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Addresses or CIDRs of reverse proxies whose X-Forwarded-For is "
+        "believed (comma-separated); the client's address is then the first one from "
+        "the right that is not a trusted proxy. Unset: the header is ignored.",
+    )
 
     default_region: str = Field(
         default="GB", description="Region assumed for numbers written without +country."
@@ -247,6 +262,18 @@ class Settings(BaseSettings):
         description="Requests an API key may make at once before the rate applies "
         "(the token bucket's size).",
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token /metrics requires (Authorization: Bearer <token>); "
+        "unset: /metrics answers anyone who can reach it.",
+    )
+    balance_cache_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="How long the drop-in getbalance.aspx reuses the gateway's last "
+        "answer: one gateway call per this many seconds, whatever the callers ask.",
+    )
     max_recipients_per_job: int = Field(
         default=10_000,
         ge=1,
@@ -268,6 +295,8 @@ class Settings(BaseSettings):
         "default_validity_s",
         "operator_password",
         "session_secret",
+        "cookie_secure",
+        "metrics_token",
         mode="before",
     )
     @classmethod
@@ -282,6 +311,21 @@ class Settings(BaseSettings):
         # An empty variable means "not set": keep forever.
         if isinstance(value, str) and not value.strip():
             return None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_parses(cls, value: str | None) -> str | None:
+        if not value:
+            return value
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except (ArgumentError, ValueError):
+            # Not echoed: the URL may hold a password.
+            raise ValueError("is not a well-formed database URL") from None
         return value
 
     @field_validator("gateway_ca_bundle", mode="before")
@@ -316,6 +360,12 @@ class Settings(BaseSettings):
             return check_sender(value)
         except InvalidSenderError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_list(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return tuple(str(n) for n in proxies.parse_networks(str(item) for item in items))
 
     @field_validator("worker_lanes", mode="before")
     @classmethod
@@ -372,6 +422,14 @@ class Settings(BaseSettings):
             raise ValueError("DISPATCHER_RETRY_BACKOFF_MAX_S must be >= DISPATCHER_RETRY_BACKOFF_S")
         return self
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A database or broker URL may carry a password, and a repr ends up in
+        # tracebacks and log lines; secrets are SecretStr already.
+        for name, value in super().__repr_args__():
+            if name in ("database_url", "broker_url") and isinstance(value, str):
+                value = redaction.redact(value)
+            yield name, value
+
     @property
     def effective_database_url(self) -> str:
         """The database URL in force: the configured one, or the embedded SQLite file."""
@@ -416,6 +474,7 @@ class Settings(BaseSettings):
             self.webhook_secret,
             self.operator_password,
             self.session_secret,
+            self.metrics_token,
         ]
         return [secret.get_secret_value() for secret in found if secret is not None]
 

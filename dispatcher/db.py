@@ -22,6 +22,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from dispatcher import redaction
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -130,6 +132,14 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._pid = os.getpid()
         self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Database({self.display_url!r})"
+
+    @property
+    def display_url(self) -> str:
+        """The URL with its password masked, for output and logs."""
+        return redaction.redact(self.url)
 
     @property
     def dialect(self) -> str:

@@ -192,6 +192,12 @@ class KeyStore:
             rows = session.execute(select(ApiKey).order_by(ApiKey.id.desc())).scalars()
             return [_info(r) for r in rows]
 
+    def get(self, key_id: int) -> KeyInfo | None:
+        """The key with this id, revoked or not; None if there is none (one lookup)."""
+        with self.db.transaction() as session:
+            key = session.get(ApiKey, key_id)
+            return _info(key) if key is not None else None
+
     def revoke(self, name: str, *, actor: str) -> KeyInfo:
         """Revoke a key at once; requests with it fail from now on."""
         with self.db.transaction() as session:

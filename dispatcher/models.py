@@ -418,6 +418,8 @@ class Scope(enum.StrEnum):
     """Read jobs, recipients and attempts."""
     OPERATE = "operate"
     """Retry, cancel, pause and resume; the dashboard."""
+    BALANCE = "balance"
+    """Read the gateway account's balance (the drop-in ``getbalance.aspx``)."""
 
 
 class ApiKey(Base):

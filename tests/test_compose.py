@@ -74,3 +74,35 @@ def test_monitoring_runs_under_the_ops_profile() -> None:
     assert "ops/grafana/dashboards" in " ".join(services["grafana"]["volumes"])
     # The Grafana admin password comes from the operator's environment.
     assert "${GRAFANA_ADMIN_PASSWORD:?" in COMPOSE.read_text()
+
+
+def _published(spec: dict[str, Any]) -> list[str]:
+    return [str(port) for port in spec.get("ports", [])]
+
+
+def test_no_port_is_published_on_a_public_interface() -> None:
+    # /metrics, Prometheus (no login) and the simulator must not face the network; the
+    # API and dashboard go behind a TLS proxy on the host.
+    for name, spec in _compose()["services"].items():
+        for port in _published(spec):
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def test_prometheus_scrapes_metrics_with_the_token() -> None:
+    services = _compose()["services"]
+    assert "DISPATCHER_METRICS_TOKEN" in _compose()["x-dispatcher-env"]
+    assert services["api"]["environment"]["DISPATCHER_METRICS_TOKEN"].startswith(
+        "${DISPATCHER_METRICS_TOKEN"
+    )
+    prometheus = services["prometheus"]
+    assert "DISPATCHER_METRICS_TOKEN" in prometheus["environment"]
+    config = yaml.safe_load((COMPOSE.parent / "ops/prometheus/prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == ["api:8080"]
+    authorization = job["authorization"]
+    assert authorization["type"] == "Bearer"
+    # The entrypoint writes the token to the very file the scrape job reads.
+    script = " ".join(prometheus["entrypoint"])
+    assert f'"$$DISPATCHER_METRICS_TOKEN" > {authorization["credentials_file"]}' in script
+    assert 'exec /bin/prometheus "$$@"' in script
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]

@@ -101,7 +101,8 @@ class Gateway:
 def gateway_factory(
     clean_env: None, pg_db: Database, broker_url: str, simulator: GatewaySimulator, tmp_path: Path
 ) -> Iterator[Any]:
-    """Starts dispatchers (with settings overridden), each with a send key ``shopN``."""
+    """Starts dispatchers (with settings overridden), each with a send and balance key
+    ``shopN``."""
     managers: list[Any] = []
 
     def start(*, with_key: bool = True, **overrides: Any) -> Gateway:
@@ -110,7 +111,8 @@ def gateway_factory(
         api = manager.__enter__()
         managers.append(manager)
         name = f"shop{len(managers)}"
-        token = KeyStore(api.db).create(name, "send", actor="test")[0] if with_key else ""
+        scopes = "send,balance"
+        token = KeyStore(api.db).create(name, scopes, actor="test")[0] if with_key else ""
         return Gateway(api, name, token)
 
     try:

@@ -7,13 +7,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from dispatcher import __version__, dashboard
 from dispatcher.api import dropin, errors, metrics, v1
 from dispatcher.api.auth import Authenticator
+from dispatcher.api.balance import BalanceCache
 from dispatcher.api.health import OK, HealthChecker
 from dispatcher.api.middleware import AccessLogMiddleware, BodyLimitMiddleware
 from dispatcher.api.ratelimit import LocalTokenBucket, NoLimit, RateLimiter, RedisTokenBucket
@@ -81,6 +82,7 @@ def create_app(service: Dispatcher | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.service = service
+    app.state.balance = BalanceCache(service, ttl_s=settings.balance_cache_s)
     app.state.authenticator = Authenticator(KeyStore(service.db), _limiter(settings, client))
     health = HealthChecker(settings, service.db, client)
 
@@ -103,12 +105,21 @@ def create_app(service: Dispatcher | None = None) -> FastAPI:
         return JSONResponse(result, status_code=200 if healthy else 503)
 
     scrape = metrics.registry(service.db, heartbeat_interval_s=settings.heartbeat_interval_s)
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
 
     # Left out of /openapi.json like the drop-in: Prometheus's text format, not JSON.
     @app.get("/metrics", include_in_schema=False, response_class=Response)
-    def prometheus_metrics() -> Response:
-        """Cluster-wide counters, histograms and gauges, read from the database. No key
-        needed (nothing in it is secret); a plain function, so it runs in a thread."""
+    def prometheus_metrics(request: Request) -> Response:
+        """Cluster-wide counters, histograms and gauges, read from the database; with
+        DISPATCHER_METRICS_TOKEN set, only for a scrape that presents it as a bearer
+        token. A plain function, so it runs in a thread."""
+        if token is not None and not metrics.authorized(request, token):
+            return Response(
+                "a bearer token is required\n",
+                status_code=401,
+                media_type="text/plain",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         return Response(metrics.exposition(scrape), media_type=CONTENT_TYPE_LATEST)
 
     # Middleware runs outermost-last-added: the access log sees the 413s too.

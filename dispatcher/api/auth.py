@@ -84,18 +84,18 @@ class Authenticator:
         self.spend(info)
         return info
 
-    def gateway_login(self, username: str, password: str) -> KeyInfo:
+    def gateway_login(self, username: str, password: str, *, scope: Scope = Scope.SEND) -> KeyInfo:
         """The key of a drop-in request: ``username`` its name, ``password`` its token.
 
         Raises GatewayLoginError when the token is unknown or revoked, belongs to
-        another key, or the key lacks the send scope: the gateway answers all of
-        them with one code, LOGIN_INVALID.
+        another key, or the key lacks ``scope`` (send, or balance for the balance):
+        the gateway answers all of them with one code, LOGIN_INVALID.
         """
         try:
             info = self.key_for(password)
         except AuthenticationError:
             raise GatewayLoginError from None
-        if info.name != username or Scope.SEND not in info.scopes:
+        if info.name != username or scope not in info.scopes:
             raise GatewayLoginError
         return info
 

@@ -27,6 +27,10 @@ the username and its *token* as the password, and reads what it always read:
 The job belongs to the key: through ``/v1``, only that key (or an operator) sees
 it.
 
+``getbalance.aspx`` needs a key with the ``balance`` scope (else
+``LOGIN_INVALID``) and answers ``BALANCE:<n>`` from a short cache
+(``dispatcher.api.balance``): one gateway call per ``DISPATCHER_BALANCE_CACHE_S``.
+
 ``type=6`` queues a voice message. The gateway has no parameter for a send
 time, a priority or a validity, so drop-in jobs go at once, in the ``normal``
 lane, with the server's default validity (``DISPATCHER_DEFAULT_VALIDITY_S``).
@@ -46,17 +50,16 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.datastructures import UploadFile
 
 from dispatcher.api.auth import Authenticator, GatewayLoginError, authenticator
+from dispatcher.api.balance import BalanceCache
 from dispatcher.api.errors import DROPIN_PREFIX, ApiError, gateway_error
 from dispatcher.errors import (
-    ConfigurationError,
-    GatewayError,
     NoRecipientsError,
-    PermanentGatewayError,
     SenderNotAllowedError,
     ValidationError,
 )
 from dispatcher.gateway.protocol import BALANCE_PATH, SEND_PATH, TYPE_TEXT, TYPE_VOICE
 from dispatcher.keys import KeyInfo
+from dispatcher.models import Scope
 from dispatcher.service import Dispatcher
 
 log = logging.getLogger(__name__)
@@ -96,7 +99,7 @@ async def _params(request: Request) -> dict[str, str]:
     return params
 
 
-def _login(auth: Authenticator, params: dict[str, str]) -> KeyInfo:
+def _login(auth: Authenticator, params: dict[str, str], scope: Scope) -> KeyInfo:
     username = params.get("username", "")
     if not username:
         raise GatewayReply("NO_USERNAME")
@@ -104,7 +107,7 @@ def _login(auth: Authenticator, params: dict[str, str]) -> KeyInfo:
     if not password:
         raise GatewayReply("NO_PASSWORD")
     try:
-        info = auth.gateway_login(username, password)
+        info = auth.gateway_login(username, password, scope=scope)
     except GatewayLoginError:
         raise GatewayReply("LOGIN_INVALID") from None
     auth.spend(info)
@@ -173,28 +176,6 @@ def _send(service: Dispatcher, key: KeyInfo, params: dict[str, str]) -> str:
     return CRLF.join(lines) + CRLF
 
 
-def _format_balance(balance: float) -> str:
-    if balance.is_integer():
-        return str(int(balance))
-    return f"{balance:.4f}".rstrip("0").rstrip(".")
-
-
-def _balance(service: Dispatcher) -> str:
-    try:
-        return f"BALANCE:{_format_balance(service.client.balance())}"
-    except PermanentGatewayError as exc:
-        # The dispatcher's own gateway account was refused: the caller's credentials
-        # were fine, so LOGIN_INVALID would mislead it.
-        log.error("drop-in balance: the gateway refused our account (%s)", exc.code)
-        return "ERR:INTERNAL_ERROR"
-    except GatewayError as exc:
-        log.warning("drop-in balance: the gateway did not answer (%s)", type(exc).__name__)
-        return "ERR:GATEWAY_ERROR"
-    except ConfigurationError:
-        log.error("drop-in balance: no gateway credentials configured for this server")
-        return "ERR:INTERNAL_ERROR"
-
-
 def _text(body: str) -> Response:
     return PlainTextResponse(body)
 
@@ -204,10 +185,12 @@ async def _handle(request: Request, path: str) -> Response:
     auth = authenticator(request)
     try:
         params = await _params(request)
-        key = await run_in_threadpool(_login, auth, params)
+        scope = Scope.SEND if path == SEND_PATH else Scope.BALANCE
+        key = await run_in_threadpool(_login, auth, params, scope)
         if path == SEND_PATH:
             return _text(await run_in_threadpool(_send, service, key, params))
-        return _text(await run_in_threadpool(_balance, service))
+        balance: BalanceCache = request.app.state.balance
+        return _text(await run_in_threadpool(balance.answer))
     except GatewayReply as reply:
         return gateway_error(reply.code)
     except ApiError as exc:

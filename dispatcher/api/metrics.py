@@ -6,13 +6,18 @@ process-local counters. Counters are all-time totals kept by the single-writer
 rollup, so they only grow; they move when the rollup runs, not at each send.
 
 Nothing here is secret: no numbers, message text, URLs or credentials, only counts,
-statuses, codes and worker node names.
+statuses, codes and worker node names. It still tells an outsider how busy the
+gateway account is and which workers run, so ``DISPATCHER_METRICS_TOKEN`` can
+require a bearer token for it, and ``docker-compose.yml`` does not publish it
+beyond the host.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable, Iterator, Sequence
 
+from fastapi import Request
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -186,3 +191,11 @@ def registry(database: Database, *, heartbeat_interval_s: float) -> CollectorReg
 def exposition(reg: CollectorRegistry) -> bytes:
     """The text format Prometheus scrapes."""
     return generate_latest(reg)
+
+
+def authorized(request: Request, token: str) -> bool:
+    """Whether the request presents ``token`` as its bearer token (constant time)."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(presented.strip().encode(), token.encode())

@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from dispatcher import redaction
 from dispatcher.api.errors import DROPIN_PREFIX
 
 Scope = MutableMapping[str, Any]
@@ -137,13 +138,14 @@ def _loggable_path(scope: Scope) -> str:
     """The request's path for a log line: never its query string, never a line break.
 
     The raw path is still percent-encoded, so a ``%0A`` in it cannot start a forged
-    log line; ``scope["query_string"]`` is never read here.
+    log line, and what else it holds goes through the one sanitiser every log line
+    passes (``redaction.sanitise``); ``scope["query_string"]`` is never read here.
     """
     raw = scope.get("raw_path")
     path = raw.decode("ascii", "backslashreplace") if isinstance(raw, bytes) else None
     if path is None:
         path = str(scope.get("path", "-"))
-    return path.split("?", 1)[0].encode("unicode_escape").decode("ascii")
+    return redaction.sanitise(path.split("?", 1)[0])
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -3,7 +3,9 @@
 Uvicorn's access log is always off: it prints query strings, and the drop-in
 endpoint's GET requests carry the password there. ``AccessLogMiddleware`` logs
 the path alone instead. ``log_config=None`` keeps the process's own logging
-(and its redacting filter) rather than uvicorn's.
+(and its redacting filter) rather than uvicorn's. Uvicorn's proxy headers are
+off too: the client's address is read through ``DISPATCHER_TRUSTED_PROXIES``
+alone (``dispatcher.proxies``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ def make_config(
         port=port,
         access_log=False,
         log_config=None,
+        # X-Forwarded-For and -Proto are read by the dispatcher itself, and only from
+        # DISPATCHER_TRUSTED_PROXIES (dispatcher.proxies); uvicorn's own reading would
+        # believe them from 127.0.0.1 or FORWARDED_ALLOW_IPS.
+        proxy_headers=False,
         server_header=False,
         lifespan="on",
     )

@@ -1,7 +1,7 @@
 """The operator dashboard: server-rendered pages at ``/`` of ``dispatcher serve``.
 
 ``install(app, service)`` mounts it; ``routes`` has the pages and actions,
-``session`` the signed login cookie and login throttling, ``queries`` the
+``session`` the signed login cookie, ``throttle`` the login throttle, ``queries`` the
 indexed reads, ``charts`` the geometry of the inline SVG charts.
 """
 

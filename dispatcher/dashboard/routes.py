@@ -3,7 +3,9 @@
 Pages are rendered on the server (Jinja2, autoescaped); every action is a POST
 form carrying the session's CSRF token, answered with a redirect (so a reload
 never repeats it), and goes through the same service functions as the CLI and
-the API, audited as ``dashboard:<key name>`` or ``dashboard:operator``.
+the API, audited as ``dashboard:<key name>`` or ``dashboard:operator``. A login is
+throttled per account and client address (``throttle``), the address read through
+``DISPATCHER_TRUSTED_PROXIES`` (``dispatcher.proxies``).
 
 Routes that touch the database are plain functions: FastAPI runs them in its
 thread pool, as it does ``/v1``'s.
@@ -26,15 +28,18 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from dispatcher import audit, heartbeat, redaction
+from dispatcher import audit, heartbeat, proxies, redaction
 from dispatcher.dashboard import charts, queries
 from dispatcher.dashboard.session import (
     COOKIE_NAME,
+    KEY,
     OPERATOR,
-    LoginThrottle,
+    PASSWORD,
+    Login,
     Session,
     SessionCodec,
 )
+from dispatcher.dashboard.throttle import LoginThrottle, account_of
 from dispatcher.errors import (
     AuthenticationError,
     ConfirmationRequiredError,
@@ -138,6 +143,7 @@ class Dashboard:
     throttle: LoginThrottle
     keys: KeyStore
     templates: jinja2.Environment
+    trusted_proxies: tuple[proxies.Network, ...] = ()
 
     def redact(self, text: str | None) -> str:
         """``text`` with every configured secret masked (raw replies are masked at
@@ -181,20 +187,40 @@ def _current(request: Request) -> Session | None:
     return _dashboard(request).codec.decode(request.cookies.get(COOKIE_NAME), now=time.time())
 
 
-def _key_is_live(dash: Dashboard, name: str) -> bool:
-    # A revoked key, or one that lost the operate scope, ends its sessions at once.
-    return any(
-        k.name == name and k.revoked_at is None and Scope.OPERATE in k.scopes
-        for k in dash.keys.list()
+def _client(request: Request) -> str:
+    """The client's address, through the trusted proxies; what the dashboard logs and
+    throttles on."""
+    return proxies.client_address(
+        request.client.host if request.client else None,
+        request.headers.getlist("x-forwarded-for"),
+        _dashboard(request).trusted_proxies,
     )
+
+
+def _is_live(dash: Dashboard, login: Login) -> bool:
+    """Whether what proved ``login`` still would: the password login is still on, or
+    the key (looked up by its id, whatever its name) is live with the operate scope."""
+    if login.kind == PASSWORD:
+        return dash.service.settings.operator_password is not None
+    if login.kind != KEY or login.key_id is None:
+        return False
+    key = dash.keys.get(login.key_id)
+    return key is not None and key.revoked_at is None and Scope.OPERATE in key.scopes
+
+
+def _live_session(request: Request) -> Session | None:
+    session = _current(request)
+    if session is None or session.login is None:
+        return None
+    if not _is_live(_dashboard(request), session.login):
+        return None
+    return session
 
 
 def operator(request: Request) -> Session:
     """The logged-in session; LoginRequired otherwise."""
-    session = _current(request)
-    if session is None or session.who is None:
-        raise LoginRequired(request.url.path)
-    if session.who != OPERATOR and not _key_is_live(_dashboard(request), session.who):
+    session = _live_session(request)
+    if session is None:
         raise LoginRequired(request.url.path)
     return session
 
@@ -266,11 +292,12 @@ def _done(done: str | None, n: str | None) -> str | None:
 def login_page(request: Request, next: str = "/") -> Response:
     """The login form."""
     dash = _dashboard(request)
-    session = _current(request)
-    if session is not None and session.who is not None:
+    if _live_session(request) is not None:
         return _redirect(_safe_next(next))
-    fresh = session is None
-    if session is None:
+    session = _current(request)
+    # A session whose key was revoked logs in again, on a fresh anonymous session.
+    fresh = session is None or session.login is not None
+    if session is None or session.login is not None:
         session = dash.codec.new(None, now=time.time())
     return dash.page(
         request,
@@ -283,19 +310,20 @@ def login_page(request: Request, next: str = "/") -> Response:
     )
 
 
-def _authenticate(dash: Dashboard, secret: str) -> str | None:
-    """Who ``secret`` proves: a live key with the operate scope, or the operator password."""
+def _authenticate(dash: Dashboard, secret: str) -> Login | None:
+    """What ``secret`` proves: a live key with the operate scope, or the operator password."""
     if not secret:
         return None
     password = dash.service.settings.operator_password
     if password is not None and hmac.compare_digest(
         secret.encode(), password.get_secret_value().encode()
     ):
-        return OPERATOR
+        return Login(PASSWORD, OPERATOR)
     try:
-        return dash.keys.authenticate(secret, scope=Scope.OPERATE).name
+        key = dash.keys.authenticate(secret, scope=Scope.OPERATE)
     except AuthenticationError:
         return None
+    return Login(KEY, key.name, key.id)
 
 
 @router.post("/login")
@@ -308,19 +336,20 @@ def login(
     """Check an API key token (operate scope) or the operator password; start a session."""
     dash = _dashboard(request)
     now = time.time()
-    client = request.client.host if request.client else "unknown"
+    client = _client(request)
     session = _current(request)
     if session is None or not csrf or not hmac.compare_digest(csrf, session.csrf):
         raise DashboardError(403, "The login form has expired: reload the page and try again.")
-    wait_s = dash.throttle.wait_s(client)
+    account = account_of(secret)
+    wait_s = dash.throttle.wait_s(account, client)
     if wait_s > 0:
         log.warning("dashboard login refused from %s: too many failed attempts", client)
         raise DashboardError(
             429, f"Too many failed logins from your address; try again in {wait_s:.0f} s."
         )
-    who = _authenticate(dash, secret)
-    if who is None:
-        dash.throttle.failed(client)
+    login = _authenticate(dash, secret)
+    if login is None:
+        dash.throttle.failed(account, client)
         # Never the secret: not even masked, since its length alone is a hint.
         log.warning("dashboard login failed from %s", client)
         return dash.page(
@@ -332,10 +361,10 @@ def login(
             error="That is not an API key with the operate scope, nor the operator password.",
             password_login=dash.service.settings.operator_password is not None,
         )
-    dash.throttle.succeeded(client)
-    log.info("dashboard login by %s from %s", who, client)
+    dash.throttle.succeeded(account, client)
+    log.info("dashboard login by %s (%s) from %s", login.who, login.kind, client)
     response = _redirect(_safe_next(next))
-    dash.codec.write(response, request, dash.codec.new(who, now=now), now=now)
+    dash.codec.write(response, request, dash.codec.new(login, now=now), now=now)
     return response
 
 
@@ -344,7 +373,7 @@ def logout(request: Request, session: Checked) -> Response:
     """End the session (clear its cookie)."""
     log.info("dashboard logout by %s", session.who)
     response = _redirect("/login")
-    SessionCodec.clear(response, request)
+    _dashboard(request).codec.clear(response, request)
     return response
 
 
@@ -721,6 +750,7 @@ def install(app: FastAPI, service: Dispatcher) -> None:
         throttle=LoginThrottle(),
         keys=KeyStore(service.db),
         templates=_environment(),
+        trusted_proxies=proxies.parse_networks(service.settings.trusted_proxies),
     )
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="dashboard-static")

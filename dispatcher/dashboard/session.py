@@ -1,15 +1,16 @@
-"""Dashboard sessions: a signed cookie that says who logged in, and login throttling.
+"""Dashboard sessions: a signed cookie that says who logged in and how.
 
-The cookie holds who (an API key's name, or ``operator``), a CSRF token and an
-expiry, signed with HMAC-SHA256 under ``DISPATCHER_SESSION_SECRET``. It never
-holds the token or password that proved it: a leaked cookie is worth one
-session, not a credential. Every visitor gets a session, anonymous until login,
-so the login form carries a CSRF token too; logging in issues a fresh one (no
-session fixation).
+The cookie holds what kind of login it was (the operator password, or an API key
+and that key's id), a display name, a CSRF token and an expiry, signed with
+HMAC-SHA256 under ``DISPATCHER_SESSION_SECRET``. It never holds the token or
+password that proved it: a leaked cookie is worth one session, not a credential.
+Every visitor gets a session, anonymous until login, so the login form carries a
+CSRF token too; logging in issues a fresh one (no session fixation).
 
 Sessions are stateless, so logout clears the cookie but cannot recall a copy
-stolen earlier; a key's sessions end as soon as the key is revoked, because each
-request checks the key is still live (see ``routes``).
+stolen earlier; a key's sessions end as soon as the key is revoked or loses the
+operate scope, because each request looks the key up by its id (see ``routes``).
+No name is special: a key named ``operator`` is still a key.
 """
 
 from __future__ import annotations
@@ -21,10 +22,8 @@ import hmac
 import json
 import logging
 import secrets
-import threading
-import time
-from collections import deque
 from dataclasses import dataclass
+from typing import Literal
 
 from fastapi import Request, Response
 
@@ -35,18 +34,36 @@ log = logging.getLogger(__name__)
 COOKIE_NAME = "dispatcher_session"
 OPERATOR = "operator"
 """Who the audit names after a password login."""
+# Kinds of login, not credentials.
+PASSWORD = "password"  # noqa: S105
+KEY = "key"
+"""The kinds of login: the operator password, or an API key with the operate scope."""
 ANONYMOUS_MAX_AGE_S = 3600.0
 """How long the pre-login session (its CSRF token for the login form) lasts."""
-_VERSION = 1
+_VERSION = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """Who a login proved: its kind, the name shown and audited, and a key's id."""
+
+    kind: str
+    who: str
+    key_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """One browser's session: who logged in (None before login) and its CSRF token."""
+    """One browser's session: its login (None before login) and its CSRF token."""
 
-    who: str | None
+    login: Login | None
     csrf: str
     expires_at: float
+
+    @property
+    def who(self) -> str | None:
+        """The name shown and audited; None before login."""
+        return self.login.who if self.login is not None else None
 
     @property
     def actor(self) -> str:
@@ -78,14 +95,23 @@ class SessionCodec:
         # Derived, so the configured value itself is never the HMAC key of anything else.
         self._key = hashlib.sha256(b"dispatcher-dashboard-session\0" + key).digest()
         self.max_age_s = settings.session_max_age_s
+        self.secure = settings.cookie_secure
 
     def _sign(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
     def encode(self, session: Session) -> str:
         """The cookie value of ``session``."""
+        login = session.login
         body = json.dumps(
-            {"v": _VERSION, "who": session.who, "csrf": session.csrf, "exp": session.expires_at},
+            {
+                "v": _VERSION,
+                "kind": login.kind if login else None,
+                "who": login.who if login else None,
+                "key": login.key_id if login else None,
+                "csrf": session.csrf,
+                "exp": session.expires_at,
+            },
             separators=(",", ":"),
         )
         payload = _b64(body.encode())
@@ -104,22 +130,27 @@ class SessionCodec:
             return None
         if not isinstance(data, dict) or data.get("v") != _VERSION:
             return None
-        who, csrf, expires_at = data.get("who"), data.get("csrf"), data.get("exp")
+        csrf, expires_at = data.get("csrf"), data.get("exp")
         if not isinstance(csrf, str) or not isinstance(expires_at, int | float):
-            return None
-        if who is not None and not isinstance(who, str):
             return None
         if expires_at <= now:
             return None
-        return Session(who=who, csrf=csrf, expires_at=float(expires_at))
+        login = _login(data.get("kind"), data.get("who"), data.get("key"))
+        if login is False:
+            return None
+        return Session(login=login, csrf=csrf, expires_at=float(expires_at))
 
-    def new(self, who: str | None, *, now: float) -> Session:
-        """A fresh session (and CSRF token) for ``who``; None: not logged in yet."""
-        age_s = self.max_age_s if who is not None else ANONYMOUS_MAX_AGE_S
-        return Session(who=who, csrf=secrets.token_urlsafe(24), expires_at=now + age_s)
+    def new(self, login: Login | None, *, now: float) -> Session:
+        """A fresh session (and CSRF token) for ``login``; None: not logged in yet."""
+        age_s = self.max_age_s if login is not None else ANONYMOUS_MAX_AGE_S
+        return Session(login=login, csrf=secrets.token_urlsafe(24), expires_at=now + age_s)
+
+    def _secure(self, request: Request) -> bool:
+        return self.secure if self.secure is not None else request.url.scheme == "https"
 
     def write(self, response: Response, request: Request, session: Session, *, now: float) -> None:
-        """Set the cookie on ``response``: HttpOnly, SameSite=Lax, Secure over https."""
+        """Set the cookie on ``response``: HttpOnly, SameSite=Lax, Secure over https (or
+        always, or never, as ``DISPATCHER_COOKIE_SECURE`` says)."""
         response.set_cookie(
             COOKIE_NAME,
             self.encode(session),
@@ -127,60 +158,28 @@ class SessionCodec:
             path="/",
             httponly=True,
             samesite="lax",
-            secure=request.url.scheme == "https",
+            secure=self._secure(request),
         )
 
-    @staticmethod
-    def clear(response: Response, request: Request) -> None:
+    def clear(self, response: Response, request: Request) -> None:
         """Remove the cookie."""
         response.delete_cookie(
             COOKIE_NAME,
             path="/",
             httponly=True,
             samesite="lax",
-            secure=request.url.scheme == "https",
+            secure=self._secure(request),
         )
 
 
-class LoginThrottle:
-    """At most ``max_failures`` failed logins per client address in ``window_s``.
-
-    Kept in the process: it slows a guesser down by orders of magnitude, which is
-    what it is for; API key tokens have 256 bits and need no more. A strong
-    operator password is still the operator's job.
-    """
-
-    def __init__(self, *, max_failures: int = 5, window_s: float = 300.0) -> None:
-        self.max_failures = max_failures
-        self.window_s = window_s
-        self._failures: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-
-    def _recent(self, client: str, now: float) -> deque[float]:
-        times = self._failures.setdefault(client, deque())
-        while times and times[0] <= now - self.window_s:
-            times.popleft()
-        return times
-
-    def wait_s(self, client: str, *, now: float | None = None) -> float:
-        """Seconds until ``client`` may try again; 0 when it may now."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            times = self._recent(client, now)
-            if len(times) < self.max_failures:
-                return 0.0
-            return times[0] + self.window_s - now
-
-    def failed(self, client: str, *, now: float | None = None) -> None:
-        """Count a failed login from ``client``."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            self._recent(client, now).append(now)
-            if len(self._failures) > 10_000:
-                # A flood of addresses must not grow this without bound.
-                self._failures = {k: v for k, v in self._failures.items() if v}
-
-    def succeeded(self, client: str) -> None:
-        """Forget ``client``'s failures."""
-        with self._lock:
-            self._failures.pop(client, None)
+def _login(kind: object, who: object, key_id: object) -> Login | Literal[False] | None:
+    """The login a cookie's fields describe; None: anonymous; False: not well-formed."""
+    if kind is None and who is None and key_id is None:
+        return None
+    if not isinstance(who, str):
+        return False
+    if kind == PASSWORD and key_id is None:
+        return Login(PASSWORD, who)
+    if kind == KEY and isinstance(key_id, int) and not isinstance(key_id, bool):
+        return Login(KEY, who, key_id)
+    return False
