@@ -56,6 +56,7 @@ from dispatcher.models import (
     WebhookDelivery,
     utcnow,
 )
+from dispatcher.storable import check_storable, unstorable
 
 _R = TypeVar("_R")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -1128,6 +1129,8 @@ def expire_batch(
 
 def get_job(session: Session, *, job_id: str) -> Job | None:
     """The job with this id, or None."""
+    if unstorable(job_id) is not None:
+        return None  # No job has an id the database cannot even hold.
     return session.get(Job, job_id)
 
 
@@ -1172,6 +1175,14 @@ class JobFilter:
     """Created at or after."""
     until: dt.datetime | None = None
     """Created before."""
+
+    def __post_init__(self) -> None:
+        # No row can hold such a value: refused here as the mistake it is, not as a
+        # driver error from inside the query.
+        for name in ("number", "reference"):
+            value = getattr(self, name)
+            if value is not None:
+                check_storable(value, name)
 
 
 def list_jobs(
@@ -1374,6 +1385,15 @@ class RecipientFilter:
     retryable_only: bool = False
     """Leave out numbers refused at enqueue (never submitted, not phone numbers) and
     numbers removed by retention or erasure."""
+
+    def __post_init__(self) -> None:
+        # No row can hold such a value: refused here as the mistake it is, not as a
+        # driver error from inside the query.
+        for name, value in (("job_id", self.job_id), ("error_code", self.error_code)):
+            if value is not None:
+                check_storable(value, name)
+        for number in self.numbers or ():
+            check_storable(number, "a number")
 
     def only(self, status: str) -> RecipientFilter:
         """The same selection narrowed to one status."""
