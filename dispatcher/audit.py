@@ -39,6 +39,7 @@ from dispatcher.errors import ConflictError, InvalidOptionError, NotFoundError
 from dispatcher.models import Recipient, RecipientStatus, utcnow
 from dispatcher.numbers import normalise
 from dispatcher.tenancy import EVERY_JOB, Viewer, visible_to
+from dispatcher.times import to_utc
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,7 @@ def safe_cell(value: object) -> str:
 
 
 def _utc(value: dt.datetime | None, name: str) -> dt.datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, dt.datetime):
-        raise InvalidOptionError(f"{name} must be a date and time")
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
+    return None if value is None else to_utc(value, name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dispatcher import __version__, redaction
 from dispatcher.errors import ConfigurationError, DispatcherError, NotFoundError, ValidationError
+from dispatcher.storable import unstorable
+from dispatcher.times import parse_time, to_utc
 
 if TYPE_CHECKING:
     from dispatcher.keys import KeyStore
@@ -73,8 +75,8 @@ def _emit_json(data: Any) -> None:
 
 class IsoTime(click.ParamType[dt.datetime]):
     """An ISO 8601 date or time (``2026-11-24``, ``2026-11-24T09:00:00+01:00``,
-    ``...Z``); a time without a zone is read as UTC unless ``naive_as_utc`` is off,
-    when it is passed on for the service to refuse (a send time must say its zone)."""
+    ``...Z``) in UTC; a time without a zone is read as UTC unless ``naive_as_utc`` is
+    off, when it is refused (a send time must say its zone)."""
 
     name = "ISO_TIME"
 
@@ -84,21 +86,31 @@ class IsoTime(click.ParamType[dt.datetime]):
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> dt.datetime:
-        if isinstance(value, dt.datetime):
-            return value
+        field = param.name if param is not None and param.name else "time"
         try:
-            parsed = dt.datetime.fromisoformat(str(value).strip())
-        except ValueError:
-            self.fail(f"{value!r} is not an ISO 8601 date or time (2026-11-24T09:00:00Z)")
-        try:
-            if parsed.tzinfo is None and self.naive_as_utc:
-                return parsed.replace(tzinfo=dt.UTC)
-            return parsed
-        except OverflowError:  # pragma: no cover - fromisoformat bounds it first
-            self.fail(f"{value!r} is out of range")
+            if isinstance(value, dt.datetime):
+                return to_utc(value, field, assume_utc=self.naive_as_utc)
+            return parse_time(str(value), field, assume_utc=self.naive_as_utc)
+        except ValidationError as exc:
+            self.fail(str(exc), param, ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The top-level group: refuses an argument that is not text before any command runs."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Bytes that are not UTF-8 reach Python as lone surrogates, which no database
+        # can store and no look-up can match: one line here, not a traceback later.
+        for arg in args:
+            problem = unstorable(arg)
+            if problem is not None:
+                shown = arg if len(arg) <= 40 else arg[:40] + "..."
+                click.echo(f"error: the argument {shown!r} {problem}", err=True)
+                ctx.exit(EXIT_USAGE)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dispatcher")
 @click.option(
     "--log-level",

@@ -25,27 +25,21 @@ which never splits a UTF-8 sequence, fits exactly.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import String
 
 from dispatcher.models import Attempt, Base, Recipient, StatusEvent
+from dispatcher.storable import make_storable
 
 CLIPPED = "…"
 """Ends a value that was clipped to fit its column."""
 CODE_DIGEST_CHARS = 8
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _CODE_COLUMNS = frozenset({"error_code"})
 _EXACT_COLUMNS = frozenset({"gateway_message_id"})
 """Stored exactly or not at all: a changed ID would point at another message."""
-
-
-def storable(text: str) -> str:
-    """``text`` with what no database text column takes (NUL, lone surrogates) replaced."""
-    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def clip(text: str, width: int) -> str:
@@ -80,7 +74,7 @@ def fit(model: type[Base], values: Mapping[str, Any]) -> dict[str, Any]:
     fitted: dict[str, Any] = {}
     for name, value in values.items():
         if isinstance(value, str) and name not in _EXACT_COLUMNS:
-            value = storable(value)
+            value = make_storable(value)
             width = width_of(model, name)
             if width is not None:
                 value = clip_code(value, width) if name in _CODE_COLUMNS else clip(value, width)

@@ -11,6 +11,7 @@ from collections.abc import Collection
 from dispatcher.config import LANE_NAMES, LANE_QUEUES
 from dispatcher.errors import InvalidOptionError, InvalidSenderError, SenderNotAllowedError
 from dispatcher.gateway.protocol import TYPE_TEXT, TYPE_VOICE
+from dispatcher.times import to_utc
 
 # A validity longer than this is a mistake in units, not a wish.
 MAX_VALIDITY_S = 30 * 86400.0
@@ -139,26 +140,22 @@ def check_priority(priority: object) -> Priority:
 MAX_SCHEDULE_AHEAD = dt.timedelta(days=366)
 """How far ahead a job may be scheduled."""
 
+SEND_AT_TOLERANCE = dt.timedelta(minutes=5)
+"""How far in the past a ``send_at`` may be and still be sent (at once): room for
+clock skew between a producer and the dispatcher, not for a time long gone, which
+is a mistake (a wrong date or zone) that would send at once what was meant for later."""
+
 
 def check_send_at(send_at: object) -> dt.datetime | None:
-    """``send_at`` in UTC, or None; InvalidOptionError for a naive or non-datetime value.
+    """``send_at`` in UTC, or None; InvalidOptionError for a naive, non-datetime or
+    out-of-range value. ``check_send_at_not_past`` is the other half.
 
     A time without a zone is refused rather than guessed: read as local time or
     as UTC, one of the two guesses sends an SMS hours early or late.
     """
     if send_at is None:
         return None
-    if not isinstance(send_at, dt.datetime):
-        raise InvalidOptionError(f"send_at must be a datetime, not {type(send_at).__name__}")
-    if send_at.tzinfo is None or send_at.utcoffset() is None:
-        raise InvalidOptionError(
-            "send_at must be timezone-aware (e.g. 2026-11-24T09:00:00+00:00); "
-            f"got {send_at.isoformat()} with no offset"
-        )
-    try:
-        utc = send_at.astimezone(dt.UTC)
-    except OverflowError:
-        raise InvalidOptionError("send_at is out of range in UTC") from None
+    utc = to_utc(send_at, "send_at", assume_utc=False)
     # A bound keeps the expiry arithmetic (send_at + validity) in range, and a send
     # time years ahead is a typo, not a plan.
     latest = dt.datetime.now(dt.UTC) + MAX_SCHEDULE_AHEAD
@@ -167,6 +164,17 @@ def check_send_at(send_at: object) -> dt.datetime | None:
             f"send_at may be at most {MAX_SCHEDULE_AHEAD.days} days ahead, got {utc.isoformat()}"
         )
     return utc
+
+
+def check_send_at_not_past(send_at: dt.datetime | None, now: dt.datetime) -> None:
+    """InvalidOptionError when ``send_at`` (UTC) is more than ``SEND_AT_TOLERANCE``
+    before ``now``."""
+    if send_at is not None and send_at < now - SEND_AT_TOLERANCE:
+        minutes = SEND_AT_TOLERANCE.total_seconds() / 60
+        raise InvalidOptionError(
+            f"send_at {send_at.isoformat()} is in the past (more than {minutes:g} minutes "
+            "before now): leave it out to send at once"
+        )
 
 
 def check_validity(valid_for_s: object) -> float | None:

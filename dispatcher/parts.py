@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass
 
 from dispatcher.errors import InvalidOptionError, InvalidTextError
+from dispatcher.storable import check_storable
 
 MAXCONCAT_MIN = 1
 # Concatenated SMS number their parts in one byte, so 255 is the hard ceiling.
@@ -86,8 +87,7 @@ def check_text(text: object, maxconcat: int) -> TextInfo:
         raise InvalidTextError(f"text must be a string, not {type(text).__name__}")
     if not text.strip():
         raise InvalidTextError("text is empty")
-    if "\x00" in text:
-        raise InvalidTextError("text contains a NUL character")
+    check_storable(text, "text", error=InvalidTextError)
     info = analyse(text)
     if info.parts > maxconcat:
         raise InvalidTextError(

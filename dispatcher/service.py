@@ -60,6 +60,7 @@ from dispatcher.message import (
     check_kind,
     check_priority,
     check_send_at,
+    check_send_at_not_past,
     check_sender,
     check_validity,
     sender_for_key,
@@ -78,6 +79,7 @@ from dispatcher.models import (
 from dispatcher.numbers import RecipientList, chunk, prepare
 from dispatcher.parts import TextInfo, check_maxconcat, check_text
 from dispatcher.retry import RetryPolicy
+from dispatcher.storable import check_storable
 from dispatcher.tenancy import EVERY_JOB, Viewer, visible_to
 from dispatcher.webhooks import Webhooks, check_callback_url
 
@@ -343,6 +345,9 @@ class Dispatcher:
             replay = self._replay(actor, idempotency_key, request_hash)
             if replay is not None:
                 return replay
+        # After the replay: a retried request is answered with its job even once
+        # its send time has passed.
+        check_send_at_not_past(send_at, utcnow())
         prepared = prepare(raw_numbers, self.settings.default_region)
         if not prepared.accepted:
             reasons = "; ".join(f"{r.raw!r}: {r.reason}" for r in prepared.refused[:5])
@@ -1028,6 +1033,7 @@ class Dispatcher:
 
     def pause(self, *, actor: str, detail: str = "paused by an operator") -> dict[str, Any]:
         """Stop all claims until ``resume``; calls in flight finish and are recorded."""
+        check_storable(detail, "the reason")
         with self.db.transaction() as session:
             changed = self.controls.set_pause(
                 session, reason=PauseReason.MANUAL, detail=detail, actor=actor
@@ -1376,7 +1382,7 @@ def _check_label(name: str, value: object) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidOptionError(f"{name} must be a string, not {type(value).__name__}")
-    value = value.strip()
+    value = check_storable(value, name).strip()
     if not value:
         return None
     if len(value) > MAX_LABEL_LENGTH or not value.isprintable():
@@ -1389,7 +1395,9 @@ def _check_label(name: str, value: object) -> str | None:
 def _request_hash(*parts: object) -> str:
     """A digest of a send request's content, for idempotent replays."""
     canonical = json.dumps(parts, default=repr, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    # surrogatepass: a number with a lone surrogate is refused on its own (recorded
+    # as failed), so the hash must not fail on it; valid text encodes as before.
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _expiry_cause(expires_at: dt.datetime | None) -> str:

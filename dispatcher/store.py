@@ -57,6 +57,7 @@ from dispatcher.models import (
     WebhookDelivery,
     utcnow,
 )
+from dispatcher.storable import check_storable, unstorable
 
 _R = TypeVar("_R")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -1177,6 +1178,8 @@ def owned_by(owner_key_id: int | None) -> list[ColumnElement[bool]]:
 
 def get_job(session: Session, *, job_id: str, owner_key_id: int | None = None) -> Job | None:
     """The job with this id, or None; with ``owner_key_id``, None for another key's job."""
+    if unstorable(job_id) is not None:
+        return None  # No job has an id the database cannot even hold.
     if owner_key_id is None:
         return session.get(Job, job_id)
     return session.execute(
@@ -1227,6 +1230,14 @@ class JobFilter:
     """Created before."""
     owner_key_id: int | None = None
     """Jobs enqueued by this API key (``dispatcher.tenancy``); None: any."""
+
+    def __post_init__(self) -> None:
+        # No row can hold such a value: refused here as the mistake it is, not as a
+        # driver error from inside the query.
+        for name in ("number", "reference"):
+            value = getattr(self, name)
+            if value is not None:
+                check_storable(value, name)
 
 
 def list_jobs(
@@ -1432,6 +1443,15 @@ class RecipientFilter:
     numbers removed by retention or erasure."""
     owner_key_id: int | None = None
     """Recipients of jobs enqueued by this API key (``dispatcher.tenancy``); None: any."""
+
+    def __post_init__(self) -> None:
+        # No row can hold such a value: refused here as the mistake it is, not as a
+        # driver error from inside the query.
+        for name, value in (("job_id", self.job_id), ("error_code", self.error_code)):
+            if value is not None:
+                check_storable(value, name)
+        for number in self.numbers or ():
+            check_storable(number, "a number")
 
     def only(self, status: str) -> RecipientFilter:
         """The same selection narrowed to one status."""

@@ -13,9 +13,11 @@ import datetime as dt
 import pytest
 from sqlalchemy import update
 
+from dispatcher import service as service_module
 from dispatcher.db import Database
 from dispatcher.errors import InvalidOptionError
 from dispatcher.gateway.simulator import GatewaySimulator
+from dispatcher.message import SEND_AT_TOLERANCE
 from dispatcher.models import Batch, BatchStatus, Job, Recipient, RecipientStatus, utcnow
 from dispatcher.service import Dispatcher
 from dispatcher.store import oldest_due_query
@@ -61,14 +63,76 @@ def test_a_naive_send_at_is_refused_and_nothing_is_written(service: Dispatcher) 
     assert row_counts(service.db) == before
 
 
-def test_a_send_at_in_the_past_is_due_at_once(
+def test_a_send_at_just_past_is_due_at_once(
     service: Dispatcher, simulator: GatewaySimulator
 ) -> None:
-    past = utcnow() - dt.timedelta(minutes=5)
+    """Within SEND_AT_TOLERANCE (clock skew between producer and dispatcher) a past
+    send time is sent at once."""
+    past = utcnow() - SEND_AT_TOLERANCE + dt.timedelta(seconds=30)
     result = service.enqueue(number(1), "overdue", send_at=past)
     assert service.dispatch_due().batches == 1
     assert [e["number"] for e in simulator.ledger()] == [number(1)]
     assert recipients_of(service.db, result.job_id)[0].status == RecipientStatus.SENT
+
+
+@pytest.mark.parametrize(
+    "send_at",
+    [
+        pytest.param(
+            utcnow() - SEND_AT_TOLERANCE - dt.timedelta(seconds=30), id="beyond-tolerance"
+        ),
+        pytest.param(dt.datetime(2001, 1, 1, tzinfo=dt.UTC), id="years-ago"),
+        pytest.param(dt.datetime(1, 1, 1, tzinfo=dt.UTC), id="year-1"),
+    ],
+)
+def test_a_send_at_in_the_past_is_refused(service: Dispatcher, send_at: dt.datetime) -> None:
+    """A send time long gone is a wrong date or zone, not a wish to send now."""
+    before = row_counts(service.db)
+    with pytest.raises(InvalidOptionError, match="in the past"):
+        service.enqueue(number(1), "hi", send_at=send_at)
+    assert row_counts(service.db) == before
+
+
+def test_a_replay_is_answered_after_its_send_time_has_passed(
+    service: Dispatcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idempotent retry of a scheduled request returns its job even once the send
+    time is past the tolerance: the past check comes after the replay lookup."""
+    send_at = utcnow() + dt.timedelta(seconds=1)
+    first = service.enqueue(number(1), "hi", send_at=send_at, idempotency_key="k-1")
+    later = utcnow() + SEND_AT_TOLERANCE + dt.timedelta(minutes=1)
+    monkeypatch.setattr(service_module, "utcnow", lambda: later)
+    again = service.enqueue(number(1), "hi", send_at=send_at, idempotency_key="k-1")
+    assert again.replayed
+    assert again.job_id == first.job_id
+    with pytest.raises(InvalidOptionError, match="in the past"):
+        service.enqueue(number(1), "hi", send_at=send_at, idempotency_key="k-2")
+
+
+@pytest.mark.parametrize(
+    ("send_at", "needle"),
+    [
+        pytest.param(
+            dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1))),
+            "out of range",
+            id="year-1-plus-one-hour",
+        ),
+        pytest.param(
+            dt.datetime(
+                9999, 12, 31, 23, 59, 59, tzinfo=dt.timezone(-dt.timedelta(hours=23, minutes=59))
+            ),
+            "out of range",
+            id="year-9999-minus-23-59",
+        ),
+    ],
+)
+def test_a_send_at_with_no_utc_time_is_refused(
+    service: Dispatcher, send_at: dt.datetime, needle: str
+) -> None:
+    before = row_counts(service.db)
+    with pytest.raises(InvalidOptionError, match=needle):
+        service.enqueue(number(1), "hi", send_at=send_at)
+    assert row_counts(service.db) == before
 
 
 def test_a_scheduled_job_can_be_cancelled_before_its_time(

@@ -11,6 +11,7 @@ after, and counting the wake-ups sent.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -104,6 +105,14 @@ def service(db: Database) -> Iterator[Service]:
         yield Service(svc, waker, db)
     finally:
         svc.close()
+
+
+def _offset(minutes: int) -> dt.tzinfo:
+    return dt.timezone(dt.timedelta(minutes=minutes))
+
+
+def _utc(year: int, month: int, day: int) -> dt.datetime:
+    return dt.datetime(year, month, day, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -220,6 +229,72 @@ BAD = [
         ),
         id="idempotency-key-too-long",
     ),
+    # What PostgreSQL (NUL) or any UTF-8 database (a lone surrogate) cannot hold is
+    # refused naming the field, never a driver error from deep inside the insert.
+    pytest.param(
+        Bad(GOOD_TO, "a\ud800b", InvalidTextError, "text is not valid Unicode"),
+        id="text-lone-surrogate",
+    ),
+    pytest.param(
+        Bad(GOOD_TO, "a\udcffb", InvalidTextError, "text is not valid Unicode"),
+        id="text-undecodable-byte",
+    ),
+    pytest.param(
+        Bad(GOOD_TO, "hi", InvalidOptionError, "reference contains a NUL", {"reference": "a\x00"}),
+        id="reference-nul",
+    ),
+    pytest.param(
+        Bad(
+            GOOD_TO,
+            "hi",
+            InvalidOptionError,
+            "reference is not valid Unicode",
+            {"reference": "r\udfff"},
+        ),
+        id="reference-lone-surrogate",
+    ),
+    pytest.param(
+        Bad(
+            GOOD_TO,
+            "hi",
+            InvalidOptionError,
+            "idempotency_key contains a NUL",
+            {"idempotency_key": "k\x00"},
+        ),
+        id="idempotency-key-nul",
+    ),
+    pytest.param(
+        Bad(["\ud800", "44\x00"], "hi", NoRecipientsError, "no valid recipient"),
+        id="to-only-unstorable",
+    ),
+    pytest.param(
+        Bad(GOOD_TO, "hi", InvalidOptionError, "in the past", {"send_at": _utc(1, 1, 1)}),
+        id="send-at-year-1",
+    ),
+    pytest.param(
+        Bad(GOOD_TO, "hi", InvalidOptionError, "in the past", {"send_at": _utc(2001, 1, 1)}),
+        id="send-at-past",
+    ),
+    pytest.param(
+        Bad(
+            GOOD_TO,
+            "hi",
+            InvalidOptionError,
+            "out of range",
+            {"send_at": dt.datetime(1, 1, 1, tzinfo=_offset(60))},
+        ),
+        id="send-at-before-year-1-in-utc",
+    ),
+    pytest.param(
+        Bad(
+            GOOD_TO,
+            "hi",
+            InvalidOptionError,
+            "out of range",
+            {"send_at": dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=_offset(-(23 * 60 + 59)))},
+        ),
+        id="send-at-after-year-9999-in-utc",
+    ),
 ]
 
 
@@ -267,6 +342,21 @@ def test_a_mixed_list_keeps_the_strings_and_records_an_int_as_refused(service: S
     ]
 
 
+def test_a_number_that_is_not_text_is_recorded_as_refused(service: Service) -> None:
+    """A number with a lone surrogate or a NUL (which no database column can hold) is
+    refused like any impossible number and recorded, escaped, beside the others."""
+    result = service.dispatcher.enqueue(["07700 900123", "0770\udcff", "44\x00"], "Odd bytes")
+
+    assert result.accepted == [number(123)]
+    assert [raw for raw, _reason in result.refused] == ["'0770\\udcff'", "'44\\x00'"]
+    rows = recipients_of(service.db, result.job_id)
+    assert [(r.number, r.status, r.error_code) for r in rows] == [
+        (number(123), "queued", None),
+        ("'0770\\udcff'", "failed", "INVALID_NUMBER"),
+        ("'44\\x00'", "failed", "INVALID_NUMBER"),
+    ]
+
+
 def test_the_limits_themselves_are_accepted(service: Service) -> None:
     # The edges of every check, so the refusals above are not simply "refuse a lot".
     accepted = [
@@ -311,6 +401,10 @@ def public_send(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[Count
         pytest.param(GOOD_TO, "hi", {"maxconcat": 0}, InvalidOptionError, "maxconcat", id="mc"),
         pytest.param(GOOD_TO, "hi", {"kind": "fax"}, InvalidOptionError, "kind", id="kind"),
         pytest.param(GOOD_TO, "hi", {"sender": "Acme!"}, InvalidSenderError, "sender", id="from"),
+        pytest.param(GOOD_TO, "a\ud800", {}, InvalidTextError, "not valid Unicode", id="surrogate"),
+        pytest.param(
+            GOOD_TO, "hi", {"send_at": _utc(2001, 1, 1)}, InvalidOptionError, "past", id="past"
+        ),
     ],
 )
 def test_public_send_refuses_in_one_readable_line_and_writes_nothing(

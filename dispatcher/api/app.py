@@ -16,7 +16,11 @@ from dispatcher.api import dropin, errors, metrics, v1
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.balance import BalanceCache
 from dispatcher.api.health import OK, HealthChecker
-from dispatcher.api.middleware import AccessLogMiddleware, BodyLimitMiddleware
+from dispatcher.api.middleware import (
+    AccessLogMiddleware,
+    BodyLimitMiddleware,
+    EncodingMiddleware,
+)
 from dispatcher.api.ratelimit import LocalTokenBucket, NoLimit, RateLimiter, RedisTokenBucket
 from dispatcher.api.schemas import Health
 from dispatcher.config import Settings
@@ -122,7 +126,9 @@ def create_app(service: Dispatcher | None = None) -> FastAPI:
             )
         return Response(metrics.exposition(scrape), media_type=CONTENT_TYPE_LATEST)
 
-    # Middleware runs outermost-last-added: the access log sees the 413s too.
+    # Middleware runs outermost-last-added: the access log sees the 413s too, and
+    # the UTF-8 check reads a body already bounded.
+    app.add_middleware(EncodingMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AccessLogMiddleware)
     return app

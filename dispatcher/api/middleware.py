@@ -1,6 +1,6 @@
-"""ASGI middleware: the access log and the body-size limit.
+"""ASGI middleware: the access log, the body-size limit and the UTF-8 check.
 
-Both are plain ASGI (not Starlette's ``BaseHTTPMiddleware``) so they see every
+All are plain ASGI (not Starlette's ``BaseHTTPMiddleware``) so they see every
 byte and every answer, including those of requests the app never routes.
 
 **The access log** writes method, path, status and duration, and never the
@@ -13,6 +13,9 @@ Uvicorn's own access log, which prints the query, must stay off
 it is known to be too large: at once from its ``Content-Length``, or, for a
 chunked body, when the bytes read so far pass the limit. Nothing past the limit
 is ever held in memory, and the app never sees a refused request.
+
+**The UTF-8 check** refuses with 400 a query string, a form or a JSON body whose
+bytes are not UTF-8, instead of letting them reach the routes as U+FFFD.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from dispatcher import redaction
 from dispatcher.api.errors import DROPIN_PREFIX
@@ -112,26 +116,91 @@ class BodyLimitMiddleware:
         await self.app(scope, _replay(whole, None, receive), send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        if str(scope.get("path", "")).startswith(DROPIN_PREFIX + "/"):
-            body = b"ERR:INVALID_REQUEST"
-            content_type = b"text/plain; charset=utf-8"
+        message = f"the request body is larger than {self.max_bytes} bytes"
+        # The rest of the body will not be read: the connection cannot be reused.
+        await refuse(scope, send, 413, "body_too_large", message, close=True)
+
+
+class EncodingMiddleware:
+    """400 for a query string, form or JSON body that is not UTF-8, before the app reads it.
+
+    Starlette decodes query strings and forms with ``errors="replace"``, so bytes
+    that are not UTF-8 would reach the routes as U+FFFD and be sent or stored as
+    if the client had meant them; FastAPI answers a JSON body that is not UTF-8
+    with a 400 that does not say why. Here both are refused with the reason.
+    Runs inside ``BodyLimitMiddleware``, so the body it reads is already bounded.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if not _is_utf8(unquote_to_bytes(scope.get("query_string", b""))):
+            await refuse(scope, send, 400, "invalid_encoding", "the query string is not UTF-8")
+            return
+        media_type = _media_type(scope)
+        if media_type == "application/x-www-form-urlencoded":
+            decode: Callable[[bytes], bytes] = unquote_to_bytes
+            code, reason = "invalid_encoding", "the form is not UTF-8"
+        elif media_type == "application/json" or media_type.endswith("+json"):
+            # RFC 8259: JSON between systems is UTF-8; the same code as any other
+            # body that is not JSON.
+            decode = bytes
+            code, reason = "malformed_json", "the body is not valid JSON: it is not UTF-8"
         else:
-            message = f"the request body is larger than {self.max_bytes} bytes"
-            body = json.dumps({"error": {"code": "body_too_large", "message": message}}).encode()
-            content_type = b"application/json"
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", content_type),
-                    (b"content-length", str(len(body)).encode()),
-                    # The rest of the body will not be read: the connection cannot be reused.
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay(None, message, receive), send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if not _is_utf8(decode(body)):
+            await refuse(scope, send, 400, code, reason)
+            return
+        whole = {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, _replay(whole, None, receive), send)
+
+
+async def refuse(
+    scope: Scope, send: Send, status: int, code: str, message: str, *, close: bool = False
+) -> None:
+    """Answer ``status`` before the app sees the request: the ``/v1`` error body, or
+    ``ERR:INVALID_REQUEST`` under the drop-in prefix (its clients read nothing else)."""
+    if str(scope.get("path", "")).startswith(DROPIN_PREFIX + "/"):
+        body = b"ERR:INVALID_REQUEST"
+        content_type = b"text/plain; charset=utf-8"
+    else:
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        content_type = b"application/json"
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _media_type(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"content-type":
+            return str(value.decode("latin-1").split(";", 1)[0].strip().lower())
+    return ""
 
 
 def _loggable_path(scope: Scope) -> str:

@@ -49,6 +49,7 @@ from dispatcher.models import RecipientStatus, Scope
 from dispatcher.numbers import normalise
 from dispatcher.service import MAX_LABEL_LENGTH, Dispatcher
 from dispatcher.store import JobFilter
+from dispatcher.times import to_utc
 
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
@@ -56,7 +57,11 @@ DEFAULT_PAGE_SIZE = 50
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in (
-        (400, "The body is not JSON, or the cursor is not one this API gave."),
+        (
+            400,
+            "The body is not JSON, the query string or body is not UTF-8, or the cursor "
+            "is not one this API gave.",
+        ),
         (401, "No API key, or an unknown or revoked one."),
         (403, "The key lacks the scope this route needs, or may not use that sender."),
         (422, "The request is not valid; nothing was written."),
@@ -344,12 +349,6 @@ def audit_csv(
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """A time from the query, in UTC (a time without a zone is read as UTC)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    try:
-        return value.astimezone(dt.UTC)
-    except OverflowError:
-        raise ApiError(422, "invalid_option", "that time is out of range in UTC") from None
+    """A time from the query, in UTC (a time without a zone is read as UTC); a time
+    with no UTC equivalent is InvalidOptionError (422)."""
+    return None if value is None else to_utc(value, "the time")

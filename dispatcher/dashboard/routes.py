@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import logging
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,8 @@ from dispatcher.errors import (
 from dispatcher.keys import KeyStore
 from dispatcher.models import RecipientStatus, Scope
 from dispatcher.service import Dispatcher
+from dispatcher.storable import unstorable
+from dispatcher.times import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ RETRYABLE = ("failed", "unknown")
 CANCELLABLE = ("queued", "retry_wait")
 MAX_QUERY_LENGTH = 200
 MAX_REASON_LENGTH = 400
+# Larger counts in a ?n= link are not from an action of ours.
+MAX_SHOWN_COUNT = 10**9
 
 SECURITY_HEADERS = {
     # No inline script or style anywhere: an injected tag could not run.
@@ -251,38 +254,39 @@ def _redirect(url: str) -> RedirectResponse:
     return RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
 
 
+def _whole_number(value: str, most: int) -> int | None:
+    """``value`` as an int from 0 to ``most`` if it is written in ASCII digits, else None
+    (``int()`` also takes other scripts' digits and would convert any length)."""
+    if not (value.isascii() and value.isdigit()) or len(value) > len(str(most)):
+        return None
+    number = int(value)
+    return number if number <= most else None
+
+
 def _page_number(value: str | None) -> int:
     if value is None or value == "":
         return 1
-    if not value.isdigit() or not 1 <= int(value) <= queries.MAX_PAGE:
+    page = _whole_number(value, queries.MAX_PAGE)
+    if page is None or page < 1:
         raise DashboardError(400, f"page must be a whole number from 1 to {queries.MAX_PAGE}")
-    return int(value)
-
-
-_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+    return page
 
 
 def _parse_time(name: str, value: str | None) -> dt.datetime | None:
     """A time from a form: ISO 8601, a date, or a datetime-local (read as UTC)."""
     if value is None or not value.strip():
         return None
-    text = value.strip()
     try:
-        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise DashboardError(
-            400, f"{name} must be a time like 2026-11-24T09:30 (UTC) or 2026-11-24"
-        ) from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC)
+        return parse_time(value, name)
+    except ValidationError as exc:
+        raise DashboardError(400, str(exc)) from None
 
 
 def _done(done: str | None, n: str | None) -> str | None:
     template = DONE_MESSAGES.get(done or "")
     if template is None:
         return None
-    return template.format(n=int(n) if n and n.isdigit() else 0)
+    return template.format(n=_whole_number(n or "", MAX_SHOWN_COUNT) or 0)
 
 
 # --- login ---------------------------------------------------------------------------
@@ -423,7 +427,7 @@ def overview(
 def pause(request: Request, session: Checked, reason: Annotated[str, Form()] = "") -> Response:
     """Pause dispatch everywhere, with the operator's reason."""
     reason = reason.strip()[:MAX_REASON_LENGTH] or "paused from the dashboard"
-    _dashboard(request).service.pause(actor=session.actor, detail=reason)
+    _service_call(_dashboard(request).service.pause, actor=session.actor, detail=reason)
     return _redirect("/?done=paused")
 
 
@@ -443,6 +447,9 @@ def search(request: Request, session: Operator, q: str = "", page: str | None = 
     dash = _dashboard(request)
     if len(q) > MAX_QUERY_LENGTH:
         raise DashboardError(400, f"a search is at most {MAX_QUERY_LENGTH} characters")
+    problem = unstorable(q)
+    if problem is not None:
+        raise DashboardError(400, f"the search {problem}")
     result = queries.search(
         dash.service.db, q, region=dash.service.settings.default_region, page=_page_number(page)
     )
@@ -532,7 +539,9 @@ def _recipient_query(
     if status not in LIST_STATUSES:
         raise DashboardError(400, f"status must be one of {', '.join(LIST_STATUSES)}")
     code = (error_code or "").strip().upper() or None
-    if code is not None and (len(code) > 64 or not code.replace("_", "").isalnum()):
+    if code is not None and (
+        len(code) > 64 or not code.isascii() or not code.replace("_", "").isalnum()
+    ):
         raise DashboardError(400, "an error code is letters, digits and '_' (GATEWAY_ERROR)")
     return queries.RecipientQuery(
         status=status,
