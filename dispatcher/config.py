@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -165,9 +166,25 @@ class Settings(BaseSettings):
         default=None,
         description="HMAC key that signs completion webhooks; needed to accept callback_url.",
     )
-    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Deadline of one webhook try as a whole (connect, TLS, sending, the "
+        "reply's status and headers); a receiver still talking then is cut off.",
+    )
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     webhook_backoff_s: float = Field(default=10.0, gt=0)
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Development only: callback URLs may reach any address, this host, "
+        "private networks and cloud metadata included.",
+    )
+    # NoDecode: the variable is a comma-separated list, not JSON.
+    webhook_allowed_cidrs: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = Field(
+        default=(),
+        description="Networks callback URLs may reach although not public, comma-separated "
+        "(e.g. 10.20.0.0/16 for an internal receiver, 127.0.0.0/8 for tests).",
+    )
 
     retention_days: int | None = Field(
         default=None,
@@ -315,6 +332,21 @@ class Settings(BaseSettings):
             return check_sender(value)
         except InvalidSenderError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("webhook_allowed_cidrs", mode="before")
+    @classmethod
+    def _network_list(cls, value: Any) -> Any:
+        items = value.split(",") if isinstance(value, str) else list(value)
+        networks = []
+        for item in items:
+            text = str(item).strip()
+            if not text:
+                continue
+            try:
+                networks.append(ip_network(text, strict=False))
+            except ValueError:
+                raise ValueError(f"{text!r} is not a network such as 10.0.0.0/8") from None
+        return tuple(networks)
 
     @field_validator("worker_lanes", mode="before")
     @classmethod

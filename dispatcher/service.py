@@ -75,7 +75,7 @@ from dispatcher.models import (
 from dispatcher.numbers import RecipientList, chunk, prepare
 from dispatcher.parts import TextInfo, check_maxconcat, check_text
 from dispatcher.retry import RetryPolicy
-from dispatcher.webhooks import Webhooks, check_callback_url
+from dispatcher.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ class Dispatcher:
         validity_s = asked_validity or self.settings.default_validity_s
         info = check_text(text, maxconcat)
         reference = _check_label("reference", reference)
-        callback_url = check_callback_url(callback_url, self.settings)
+        callback_url = self.webhooks.check_url(callback_url)
         idempotency_key = _check_label("idempotency_key", idempotency_key)
         if isinstance(to, str):
             raw_numbers: list[object] = list(to.split(","))
