@@ -44,6 +44,9 @@ QUEUE_DISPATCH_BULK = "dispatcher.dispatch.bulk"
 LANE_NAMES = ("high", "normal", "bulk")
 """Priority lanes in claim order: a batch's ``lane`` column is the index here."""
 LANE_QUEUES = {"high": QUEUE_DISPATCH_HIGH, "normal": QUEUE_DISPATCH, "bulk": QUEUE_DISPATCH_BULK}
+# Completion webhooks travel apart from dispatch, so a stalled receiver never holds
+# a thread that a claim is waiting for.
+QUEUE_WEBHOOKS = "dispatcher.webhooks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +177,14 @@ class Settings(BaseSettings):
     )
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     webhook_backoff_s: float = Field(default=10.0, gt=0)
+    webhook_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Most threads of a worker process delivering webhooks at once (never "
+        "more than half its threads, at least one), so stalled receivers cannot take "
+        "the threads dispatch needs.",
+    )
     webhook_allow_private: bool = Field(
         default=False,
         description="Development only: callback URLs may reach any address, this host, "
@@ -415,6 +426,12 @@ class Settings(BaseSettings):
         """The broker URL in force: the configured one, or the embedded filesystem broker."""
         # kombu wants a host in every URL, even for a transport that has none.
         return self.broker_url or "filesystem://localhost/"
+
+    @property
+    def webhook_threads(self) -> int:
+        """Threads of a worker that may deliver webhooks at once: the setting, capped at
+        half the worker's threads so dispatch always keeps the rest, and at least one."""
+        return min(self.webhook_concurrency, max(1, self.worker_concurrency // 2))
 
     @property
     def broker_folder(self) -> Path:

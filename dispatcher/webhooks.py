@@ -1,14 +1,15 @@
 """Completion webhooks: when every recipient of a job is final, POST the job to its URL.
 
 A job with a ``callback_url`` waits (``callback_state = 'waiting'``); the sweeper
-finds the finished ones and queues one delivery each; the dispatch task delivers
-due ones, retrying with backoff, recording every try. Delivery is at least once:
-a worker that dies after the POST and before recording it will POST again, so
-receivers should deduplicate on ``X-Dispatcher-Delivery``.
+finds the finished ones, queues one delivery each and wakes the webhook queue;
+the webhook task delivers due ones, retrying with backoff, recording every try.
+Delivery is at least once: a worker that dies after the POST and before recording
+it will POST again, so receivers should deduplicate on ``X-Dispatcher-Delivery``.
 
-The URL must reach a public address, checked at enqueue and at each try on the
-address connected to; a try has one deadline and reads a few KiB of the reply
-(``gateway.webhook_client``).
+Receivers cannot hurt dispatch: the URL must reach a public address, checked at
+enqueue and at each try on the address connected to; a try has one deadline and
+reads a few KiB of the reply (``gateway.webhook_client``); and deliveries run on
+their own queue, at most ``Settings.webhook_threads`` threads of a worker at once.
 
 Each POST carries the job's JSON (the shape of ``GET /v1/jobs/{id}``) and
 ``X-Dispatcher-Signature: sha256=<hex>``, the HMAC-SHA256 under
@@ -23,6 +24,7 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
 from urllib.parse import urlsplit
 
@@ -100,6 +102,7 @@ class Webhooks:
         self.client = WebhookClient(
             deadline_s=settings.webhook_timeout_s, policy=policy, resolver=resolver
         )
+        self._threads = threading.BoundedSemaphore(settings.webhook_threads)
         if settings.webhook_secret is not None:
             redaction.register_secret(settings.webhook_secret.get_secret_value())
 
@@ -191,29 +194,36 @@ class Webhooks:
                 claimed=DeliveryStatus.SENDING,
             )
 
-    def deliver_due(self, *, budget_s: float = 30.0) -> int:
-        """Deliver due webhooks until none is due or the budget is spent; returns tries."""
+    def deliver_due(self, *, budget_s: float = 30.0, stop: threading.Event | None = None) -> int:
+        """Deliver due webhooks until none is due, the budget is spent or ``stop`` is set;
+        returns tries. Returns 0 at once when ``webhook_threads`` threads of this process
+        are delivering already: they take this call's work too."""
         from dispatcher.service import job_to_dict
 
         if self.settings.webhook_secret is None:
             # Without the secret no callback can be asked for (check_callback_url),
-            # nor signed: skip the claim's transaction that every dispatch task,
-            # one per single-recipient job, would otherwise pay for nothing.
+            # nor signed: skip the claim's transaction.
             return 0
-        deadline = time.monotonic() + budget_s
-        tries = 0
-        while time.monotonic() < deadline:
-            delivery = self._claim()
-            if delivery is None:
-                break
-            with self.db.transaction() as session:
-                job = store.get_job(session, job_id=delivery.job_id)
-                assert job is not None
-                recipients = store.job_recipients(session, job_id=job.id)
-                body = json.dumps(job_to_dict(job, recipients)).encode()
-            self._try(delivery, body)
-            tries += 1
-        return tries
+        # Not blocking: a thread waiting here would be a thread taken from dispatch.
+        if not self._threads.acquire(blocking=False):
+            return 0
+        try:
+            deadline = time.monotonic() + budget_s
+            tries = 0
+            while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+                delivery = self._claim()
+                if delivery is None:
+                    break
+                with self.db.transaction() as session:
+                    job = store.get_job(session, job_id=delivery.job_id)
+                    assert job is not None
+                    recipients = store.job_recipients(session, job_id=job.id)
+                    body = json.dumps(job_to_dict(job, recipients)).encode()
+                self._try(delivery, body)
+                tries += 1
+            return tries
+        finally:
+            self._threads.release()
 
     def _try(self, delivery: WebhookDelivery, body: bytes) -> None:
         assert self.settings.webhook_secret is not None

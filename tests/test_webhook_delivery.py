@@ -1,5 +1,5 @@
 """Webhook delivery cannot hurt dispatch: one deadline per try, a few KiB read of any
-reply.
+reply, its own queue, and a bounded share of a worker's threads.
 
 The receivers here are raw TCP servers that misbehave on purpose: one never answers,
 one trickles a byte at a time, one answers with a body far larger than any reply.
@@ -8,20 +8,34 @@ one trickles a byte at a time, one answers with a body far larger than any reply
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import ipaddress
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 from test_webhooks import LOOPBACK, SECRET, deliveries, tries
 
+from dispatcher.celery_app import worker_queues
+from dispatcher.config import QUEUE_WEBHOOKS, load_settings
+from dispatcher.db import Database
+from dispatcher.errors import ConfigurationError
 from dispatcher.gateway.addresses import AddressPolicy
+from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.gateway.webhook_client import MAX_REPLY_BYTES, WebhookClient
-from dispatcher.models import DeliveryStatus, WebhookAttempt
-from helpers import Pipeline, number, wait_until
+from dispatcher.models import (
+    DeliveryStatus,
+    RecipientStatus,
+    WebhookAttempt,
+    WebhookDelivery,
+    utcnow,
+)
+from helpers import Pipeline, make_service, number, recipients_of, wait_until
 
 HUGE_BYTES = 64 * 1024 * 1024
 CHUNK = b"x" * 65536
@@ -259,3 +273,123 @@ def test_a_real_worker_cuts_a_trickle_at_the_deadline_and_reads_little_of_a_huge
     assert by_job[big_job].status == DeliveryStatus.DELIVERED
     wait_until(lambda: big.ends, 30, message="the huge reply's sender to stop")
     assert big.ends[0].startswith("cut"), "the worker closed before the body was sent whole"
+
+
+# --- apart from dispatch: own queue, a bounded share of threads ---------------------
+
+
+def test_a_process_delivers_on_at_most_its_webhook_threads(
+    database: Database, simulator: GatewaySimulator, tmp_path: Path, receivers: ReceiverFactory
+) -> None:
+    rx = receivers(stall_until_released)
+    svc = make_service(
+        database,
+        simulator,
+        tmp_path,
+        webhook_secret=SECRET,
+        webhook_allowed_cidrs=LOOPBACK,
+        webhook_timeout_s=20,
+        webhook_concurrency=1,
+        worker_concurrency=4,
+    )
+    try:
+        for i in range(2):
+            svc.enqueue(number(i), "x", callback_url=rx.url)
+        svc.dispatch_due(worker="w")
+        svc.sweep()
+        first = threading.Thread(target=svc.webhooks.deliver_due)
+        first.start()
+        wait_until(lambda: rx.open == 1, 10, message="one delivery to stall")
+        started = time.monotonic()
+        assert svc.webhooks.deliver_due() == 0, "the only webhook thread is busy"
+        assert time.monotonic() - started < 1.0, "and it did not wait for it"
+        rx.release.set()
+        first.join(timeout=30)
+        assert [d.status for d in deliveries(svc.db)] == [DeliveryStatus.DELIVERED] * 2
+        assert rx.peak == 1
+    finally:
+        rx.release.set()
+        svc.close()
+
+
+def test_a_delivery_whose_worker_died_is_retried_soon_after_its_deadline(
+    database: Database, simulator: GatewaySimulator, tmp_path: Path
+) -> None:
+    """At least once: a delivery left ``sending`` is queued again once its try's
+    deadline and a margin have passed, and not before."""
+    svc = make_service(database, simulator, tmp_path, webhook_secret=SECRET, webhook_timeout_s=10)
+    try:
+        svc.enqueue(number(1), "x", callback_url="http://93.184.215.14/hook")
+        svc.dispatch_due(worker="w")
+        svc.sweep()
+        with svc.db.transaction() as session:
+            session.execute(
+                update(WebhookDelivery).values(
+                    status=DeliveryStatus.SENDING, claimed_at=utcnow() - dt.timedelta(seconds=35)
+                )
+            )
+        assert svc.webhooks.release_stale() == 0, "35 s: the try may still be running"
+        with svc.db.transaction() as session:
+            session.execute(
+                update(WebhookDelivery).values(claimed_at=utcnow() - dt.timedelta(seconds=45))
+            )
+        assert svc.webhooks.release_stale() == 1, "45 s: past 10 s and the 30 s margin"
+        assert [d.status for d in deliveries(svc.db)] == [DeliveryStatus.QUEUED]
+    finally:
+        svc.close()
+
+
+def test_webhook_threads_never_exceed_half_a_workers_threads() -> None:
+    def threads(**values: object) -> int:
+        return load_settings(settings_file="/dev/null", **values).webhook_threads
+
+    assert threads() == 2
+    assert threads(webhook_concurrency=8, worker_concurrency=4) == 2
+    assert threads(worker_concurrency=1) == 1
+    with pytest.raises(ConfigurationError, match="DISPATCHER_WEBHOOK_ALLOWED_CIDRS"):
+        load_settings(webhook_allowed_cidrs="10.0.0.0/8,not-a-net")
+
+
+def test_webhooks_have_their_own_queue_which_high_only_workers_leave() -> None:
+    assert worker_queues(("high", "normal", "bulk"))[-1] == QUEUE_WEBHOOKS
+    assert QUEUE_WEBHOOKS in worker_queues(("normal", "bulk"))
+    assert QUEUE_WEBHOOKS not in worker_queues(("high",))
+
+
+@pytest.mark.services
+def test_stalled_receivers_never_delay_another_jobs_dispatch(
+    pipeline: Pipeline, receivers: ReceiverFactory
+) -> None:
+    """Six finished jobs' receivers never answer, with a deadline of a minute. The
+    worker runs 4 threads (``-c 4``, whatever DISPATCHER_WORKER_CONCURRENCY says);
+    deliveries may take half of them, never more, though 3 are asked for; so a job
+    enqueued meanwhile is sent while every delivery is still stalled."""
+    rx = receivers(stall_until_released)
+    pipeline.env = pipeline.env.with_vars(
+        webhook_secret=SECRET,
+        webhook_allowed_cidrs=LOOPBACK,
+        webhook_timeout_s="60",
+        webhook_concurrency="3",
+        worker_concurrency="16",
+    )
+    pipeline.workers.start(1, env=pipeline.env, concurrency=4)
+    for i in range(6):
+        pipeline.enqueue(number(i), "hooked", callback_url=rx.url)
+    wait_until(lambda: rx.open >= 2, 30, message="two deliveries to stall")
+    # Several sweeps, each of which wakes the webhook queue again: more threads would
+    # be taken now if deliveries were not bounded.
+    time.sleep(3)
+    assert rx.peak == 2, f"{rx.peak} deliveries at once on a 4-thread worker"
+
+    other = pipeline.enqueue(number(99), "not hooked").job_id
+    pipeline.wait_for(other, timeout_s=90)
+
+    assert [r.status for r in recipients_of(pipeline.db, other)] == [RecipientStatus.SENT]
+    assert tries(pipeline.db) == [], "it was sent while every delivery was still stalled"
+    assert rx.open == 2
+    rx.release.set()
+    wait_until(
+        lambda: [d.status for d in deliveries(pipeline.db)] == [DeliveryStatus.DELIVERED] * 6,
+        60,
+        message="every delivery once released",
+    )

@@ -188,7 +188,7 @@ def test_callbacks_need_a_signing_secret(service: Dispatcher) -> None:
 @pytest.mark.services
 def test_a_real_worker_delivers_the_webhook(pipeline: Pipeline, receiver: Receiver) -> None:
     # The whole path: enqueue, a worker sends, its sweeper queues the delivery and
-    # wakes the dispatch task, which POSTs it.
+    # wakes the webhook queue, whose task POSTs it.
     pipeline.env = pipeline.env.with_vars(webhook_secret=SECRET, webhook_allowed_cidrs=LOOPBACK)
     pipeline.start_workers(1)
     job = pipeline.enqueue([number(1), number(2)], "e2e", callback_url=receiver.url).job_id
