@@ -2,6 +2,8 @@
 
 Wake-ups travel on one queue per priority lane (``LANE_QUEUES``: high, normal,
 bulk), so a worker started with ``--lanes high`` hears only the high lane's.
+Webhook deliveries have a queue of their own (``QUEUE_WEBHOOKS``), consumed by
+every worker but those dedicated to the high lane.
 
 Tasks only wake workers; the database holds the schedule. So the settings here
 favour "never lose a wake-up silently" over throughput of messages:
@@ -27,7 +29,7 @@ from kombu.transport.redis import PRIORITY_STEPS
 from kombu.transport.redis import Channel as RedisChannel
 from kombu.transport.virtual import Transport as VirtualTransport
 
-from dispatcher.config import LANE_QUEUES, QUEUE_DISPATCH, Settings, get_settings
+from dispatcher.config import LANE_QUEUES, QUEUE_DISPATCH, QUEUE_WEBHOOKS, Settings, get_settings
 from dispatcher.message import Priority
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 TASK_DISPATCH = "dispatcher.dispatch"
 TASK_SWEEP = "dispatcher.sweep"
 TASK_HEARTBEAT = "dispatcher.heartbeat"
+TASK_WEBHOOKS = "dispatcher.webhooks"
 
 # Producers count waiting wake-ups on the send() path: briefly, and after a failure
 # not again for a while (they wake as if none waited meanwhile).
@@ -87,6 +90,7 @@ def make_celery(settings: Settings) -> Celery:
         task_routes={
             TASK_DISPATCH: {"queue": QUEUE_DISPATCH},
             TASK_SWEEP: {"queue": QUEUE_DISPATCH},
+            TASK_WEBHOOKS: {"queue": QUEUE_WEBHOOKS},
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -125,8 +129,13 @@ app = make_celery(get_settings())
 
 
 def worker_queues(lanes: tuple[str, ...]) -> list[str]:
-    """The wake-up queues a worker serving ``lanes`` consumes, high first."""
-    return [LANE_QUEUES[lane] for lane in lanes]
+    """The queues a worker serving ``lanes`` consumes: their wake-up queues, high
+    first, then the webhook queue, unless the worker serves the high lane alone (a
+    dedicated OTP worker keeps every thread for OTPs)."""
+    queues = [LANE_QUEUES[lane] for lane in lanes]
+    if set(lanes) != {"high"}:
+        queues.append(QUEUE_WEBHOOKS)
+    return queues
 
 
 class CeleryWaker:
@@ -143,14 +152,26 @@ class CeleryWaker:
         for _ in range(count):
             self.app.send_task(TASK_DISPATCH, queue=lane.queue, expires=WAKE_EXPIRES_S)
 
+    def webhooks(self) -> int:
+        """Wake one worker to deliver due webhooks unless a wake-up already waits for
+        them; returns how many were sent (0 or 1)."""
+        if self._pending_in(QUEUE_WEBHOOKS):
+            return 0
+        ensure_broker_folders(self.app)
+        self.app.send_task(TASK_WEBHOOKS, queue=QUEUE_WEBHOOKS, expires=WAKE_EXPIRES_S)
+        return 1
+
     def pending(self, lane: Priority = Priority.NORMAL) -> int:
         """Messages waiting in a lane's queue: ``waiting`` where it can tell, else on a
         connection of its own (declared passively: never creates the queue)."""
-        count = self.waiting(lane)
+        return self._pending_in(lane.queue)
+
+    def _pending_in(self, queue: str) -> int:
+        count = self._waiting_in(queue)
         if count is not None:
             return count
         with self.app.connection_for_read() as connection:
-            return _waiting(connection, lane)
+            return _waiting(connection, queue)
 
     def waiting(self, lane: Priority = Priority.NORMAL) -> int | None:
         """``pending`` made cheap enough for producers to ask before every wake-up.
@@ -162,14 +183,15 @@ class CeleryWaker:
         must not be risked (the broker closes a channel whose passive declare
         finds no queue).
         """
+        return self._waiting_in(lane.queue)
+
+    def _waiting_in(self, queue: str) -> int | None:
         url = str(self.app.conf.broker_url or "")
         if url.startswith(("redis://", "rediss://")):
             if time.monotonic() < self._count_again_at:
                 return None
             # kombu keeps a queue's messages in one list per priority step.
-            keys = [lane.queue] + [
-                f"{lane.queue}{RedisChannel.sep}{step}" for step in PRIORITY_STEPS if step
-            ]
+            keys = [queue] + [f"{queue}{RedisChannel.sep}{step}" for step in PRIORITY_STEPS if step]
             try:
                 with self._redis_client(url).pipeline(transaction=False) as pipe:
                     for key in keys:
@@ -189,7 +211,7 @@ class CeleryWaker:
                 return None
             # A virtual channel's own count: an empty queue is 0, not an exception.
             channel: Any = connection.default_channel
-            return int(channel._size(lane.queue))
+            return int(channel._size(queue))
 
     def _redis_client(self, url: str) -> redis.Redis:
         with self._lock:
@@ -214,11 +236,11 @@ class CeleryWaker:
                 self._redis = None
 
 
-def _waiting(connection: Connection, lane: Priority) -> int:
+def _waiting(connection: Connection, queue: str) -> int:
     # queue_declare is on every kombu channel, but typed only on AMQP's.
     channel: Any = connection.default_channel
     try:
-        declared = channel.queue_declare(lane.queue, passive=True)
+        declared = channel.queue_declare(queue, passive=True)
     except Exception as exc:
         # A queue nobody has declared yet holds nothing. py-amqp gives the code as
         # 404, kombu's virtual channels as "404".

@@ -173,7 +173,11 @@ def worker(
     """Run a Celery worker that claims and sends due batches (and sweeps)."""
     from dispatcher import runtime
 
-    settings = runtime.configure(worker_lanes=lanes) if lanes else runtime.settings()
+    overrides: dict[str, object] = {"worker_lanes": lanes} if lanes else {}
+    if concurrency:
+        # The threads the process really has: webhook deliveries take at most half.
+        overrides["worker_concurrency"] = concurrency
+    settings = runtime.configure(**overrides) if overrides else runtime.settings()
     if settings.gateway_username is None or settings.gateway_password is None:
         raise ConfigurationError(
             "DISPATCHER_GATEWAY_USERNAME and DISPATCHER_GATEWAY_PASSWORD must be set for a worker"

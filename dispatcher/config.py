@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -45,6 +46,9 @@ QUEUE_DISPATCH_BULK = "dispatcher.dispatch.bulk"
 LANE_NAMES = ("high", "normal", "bulk")
 """Priority lanes in claim order: a batch's ``lane`` column is the index here."""
 LANE_QUEUES = {"high": QUEUE_DISPATCH_HIGH, "normal": QUEUE_DISPATCH, "bulk": QUEUE_DISPATCH_BULK}
+# Completion webhooks travel apart from dispatch, so a stalled receiver never holds
+# a thread that a claim is waiting for.
+QUEUE_WEBHOOKS = "dispatcher.webhooks"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +171,33 @@ class Settings(BaseSettings):
         default=None,
         description="HMAC key that signs completion webhooks; needed to accept callback_url.",
     )
-    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Deadline of one webhook try as a whole (connect, TLS, sending, the "
+        "reply's status and headers); a receiver still talking then is cut off.",
+    )
     webhook_max_attempts: int = Field(default=8, ge=1, le=100)
     webhook_backoff_s: float = Field(default=10.0, gt=0)
+    webhook_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Most threads of a worker process delivering webhooks at once (never "
+        "more than half its threads, at least one), so stalled receivers cannot take "
+        "the threads dispatch needs.",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Development only: callback URLs may reach any address, this host, "
+        "private networks and cloud metadata included.",
+    )
+    # NoDecode: the variable is a comma-separated list, not JSON.
+    webhook_allowed_cidrs: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = Field(
+        default=(),
+        description="Networks callback URLs may reach although not public, comma-separated "
+        "(e.g. 10.20.0.0/16 for an internal receiver, 127.0.0.0/8 for tests).",
+    )
 
     retention_days: int | None = Field(
         default=None,
@@ -203,7 +231,7 @@ class Settings(BaseSettings):
         "request is https.",
     )
     # NoDecode: the variable is a comma-separated list, not JSON.
-    trusted_proxies: Annotated[tuple[str, ...], NoDecode] = Field(
+    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], NoDecode] = Field(
         default=(),
         description="Addresses or CIDRs of reverse proxies whose X-Forwarded-For is "
         "believed (comma-separated); the client's address is then the first one from "
@@ -361,11 +389,11 @@ class Settings(BaseSettings):
         except InvalidSenderError as exc:
             raise ValueError(str(exc)) from None
 
-    @field_validator("trusted_proxies", mode="before")
+    @field_validator("trusted_proxies", "webhook_allowed_cidrs", mode="before")
     @classmethod
-    def _proxy_list(cls, value: Any) -> Any:
+    def _network_list(cls, value: Any) -> Any:
         items = value.split(",") if isinstance(value, str) else list(value)
-        return tuple(str(n) for n in proxies.parse_networks(str(item) for item in items))
+        return proxies.parse_networks(str(item) for item in items)
 
     @field_validator("worker_lanes", mode="before")
     @classmethod
@@ -442,6 +470,12 @@ class Settings(BaseSettings):
         """The broker URL in force: the configured one, or the embedded filesystem broker."""
         # kombu wants a host in every URL, even for a transport that has none.
         return self.broker_url or "filesystem://localhost/"
+
+    @property
+    def webhook_threads(self) -> int:
+        """Threads of a worker that may deliver webhooks at once: the setting, capped at
+        half the worker's threads so dispatch always keeps the rest, and at least one."""
+        return min(self.webhook_concurrency, max(1, self.worker_concurrency // 2))
 
     @property
     def broker_folder(self) -> Path:

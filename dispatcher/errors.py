@@ -8,6 +8,7 @@ DispatcherError
 │   ├── InvalidTextError          empty text, or more parts than maxconcat allows
 │   ├── InvalidSenderError        neither 11 alphanumerics nor 15 digits
 │   ├── InvalidOptionError        maxconcat, kind or another option out of range
+│   │   └── UnsafeCallbackError     a callback URL that is, or resolves to, no public address
 │   ├── SenderNotAllowedError     a sender the API key may not use
 │   └── ConfirmationRequiredError an action that may double-send was not confirmed
 ├── ConflictError               an idempotency key reused for a different request
@@ -62,6 +63,15 @@ class InvalidSenderError(ValidationError):
 
 class InvalidOptionError(ValidationError):
     """An option such as maxconcat or kind is out of range."""
+
+
+class UnsafeCallbackError(InvalidOptionError):
+    """A callback URL's host is, or resolves to, an address that is not public."""
+
+    def __init__(self, message: str, *, address: str | None = None) -> None:
+        super().__init__(message)
+        # For the operator's records, not the producer's message: which address it was.
+        self.address = address
 
 
 class SenderNotAllowedError(ValidationError):

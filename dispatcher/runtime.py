@@ -54,6 +54,11 @@ class _LazyCeleryWaker:
 
         return wake.waiting(lane)
 
+    def webhooks(self) -> int:
+        from dispatcher.celery_app import wake
+
+        return wake.webhooks()
+
 
 def service(waker: Waker | None = None) -> Dispatcher:
     """The process's Dispatcher, built on first use."""

@@ -81,7 +81,7 @@ from dispatcher.parts import TextInfo, check_maxconcat, check_text
 from dispatcher.retry import RetryPolicy
 from dispatcher.storable import check_storable
 from dispatcher.tenancy import EVERY_JOB, Viewer, visible_to
-from dispatcher.webhooks import Webhooks, check_callback_url
+from dispatcher.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ class Dispatcher:
         validity_s = asked_validity or self.settings.default_validity_s
         info = check_text(text, maxconcat)
         reference = _check_label("reference", reference)
-        callback_url = check_callback_url(callback_url, self.settings)
+        callback_url = self.webhooks.check_url(callback_url)
         idempotency_key = _check_label("idempotency_key", idempotency_key)
         if isinstance(to, str):
             raw_numbers: list[object] = list(to.split(","))
@@ -1085,10 +1085,9 @@ class Dispatcher:
         self.webhooks.release_stale()
         webhooks = self.webhooks.queue_finished()
         woken = self._wake_due()
-        if not woken and self.webhooks.count_due() and not self._pending_wakes(Priority.NORMAL):
-            # Deliveries ride on the dispatch task, paused or not.
-            self._wake(1)
-            woken = 1
+        if self.webhooks.count_due():
+            # Deliveries have their own queue, served paused or not.
+            woken += self._wake_webhooks()
         # Last: the purge is the one step that can wait for the next sweep.
         purged = self.retention.maybe_purge()
         return {
@@ -1226,6 +1225,18 @@ class Dispatcher:
         for lane, count in wanted.items():
             woken += self._wake_beyond_waiting(count, lane, ask="pending")
         return woken
+
+    def _wake_webhooks(self) -> int:
+        """Wake a worker to deliver due webhooks, through the waker's ``webhooks`` (which
+        sends none while one waits); returns how many were sent."""
+        wake = getattr(self.waker, "webhooks", None)
+        if wake is None:
+            return 0
+        try:
+            return int(wake())
+        except Exception:
+            log.warning("could not wake a webhook worker; the next sweep will", exc_info=True)
+            return 0
 
     def _pending_wakes(self, lane: Priority, *, ask: str = "pending") -> int | None:
         """Wake-ups waiting in ``lane``'s queue by the waker's ``ask`` method; None

@@ -17,7 +17,14 @@ from celery.signals import (
 )
 
 from dispatcher import runtime
-from dispatcher.celery_app import TASK_DISPATCH, TASK_HEARTBEAT, TASK_SWEEP, app, send_heartbeat
+from dispatcher.celery_app import (
+    TASK_DISPATCH,
+    TASK_HEARTBEAT,
+    TASK_SWEEP,
+    TASK_WEBHOOKS,
+    app,
+    send_heartbeat,
+)
 from dispatcher.heartbeat import STALE_AFTER_BEATS, Heartbeats
 
 log = logging.getLogger(__name__)
@@ -36,8 +43,16 @@ def dispatch() -> dict[str, Any]:
     service = runtime.service()
     report = service.dispatch_due(budget_s=DISPATCH_BUDGET_S, stop=_shutting_down)
     _beat.add_batches(report.batches)
-    webhooks = 0 if _shutting_down.is_set() else service.webhooks.deliver_due(budget_s=10.0)
-    return {"batches": report.batches, "outcomes": dict(report.outcomes), "webhooks": webhooks}
+    return {"batches": report.batches, "outcomes": dict(report.outcomes)}
+
+
+@app.task(name=TASK_WEBHOOKS, ignore_result=True)
+def deliver_webhooks() -> int:
+    """Deliver due completion webhooks on at most ``webhook_threads`` of this worker's
+    threads; returns the tries made (0 at once when those threads are all busy)."""
+    if _shutting_down.is_set():
+        return 0
+    return runtime.service().webhooks.deliver_due(budget_s=DISPATCH_BUDGET_S, stop=_shutting_down)
 
 
 @app.task(name=TASK_SWEEP, ignore_result=True)

@@ -1,10 +1,15 @@
 """Completion webhooks: when every recipient of a job is final, POST the job to its URL.
 
 A job with a ``callback_url`` waits (``callback_state = 'waiting'``); the sweeper
-finds the finished ones and queues one delivery each; the dispatch task delivers
-due ones, retrying with backoff, recording every try. Delivery is at least once:
-a worker that dies after the POST and before recording it will POST again, so
-receivers should deduplicate on ``X-Dispatcher-Delivery``.
+finds the finished ones, queues one delivery each and wakes the webhook queue;
+the webhook task delivers due ones, retrying with backoff, recording every try.
+Delivery is at least once: a worker that dies after the POST and before recording
+it will POST again, so receivers should deduplicate on ``X-Dispatcher-Delivery``.
+
+Receivers cannot hurt dispatch: the URL must reach a public address, checked at
+enqueue and at each try on the address connected to; a try has one deadline and
+reads a few KiB of the reply (``gateway.webhook_client``); and deliveries run on
+their own queue, at most ``Settings.webhook_threads`` threads of a worker at once.
 
 Each POST carries the job's JSON (the shape of ``GET /v1/jobs/{id}``) and
 ``X-Dispatcher-Signature: sha256=<hex>``, the HMAC-SHA256 under
@@ -19,16 +24,18 @@ import hashlib
 import hmac
 import json
 import logging
+import threading
 import time
 from urllib.parse import urlsplit
 
-import requests
 from sqlalchemy import exists, select, update
 
 from dispatcher import redaction, store
 from dispatcher.config import Settings
 from dispatcher.db import Database
 from dispatcher.errors import InvalidOptionError
+from dispatcher.gateway.addresses import AddressPolicy, Resolver, system_resolver
+from dispatcher.gateway.webhook_client import WebhookClient
 from dispatcher.models import (
     PENDING_STATUSES,
     DeliveryStatus,
@@ -47,6 +54,8 @@ TIMESTAMP_HEADER = "X-Dispatcher-Timestamp"
 DELIVERY_HEADER = "X-Dispatcher-Delivery"
 EVENT_HEADER = "X-Dispatcher-Event"
 USER_AGENT = "sms-dispatcher-webhook"
+# A delivery still `sending` this long past its try's deadline lost its worker.
+STALE_MARGIN_S = 30.0
 
 
 def check_callback_url(url: object, settings: Settings) -> str | None:
@@ -82,18 +91,31 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
 class Webhooks:
     """Queues and delivers completion webhooks; owns its transactions."""
 
-    def __init__(self, settings: Settings, database: Database) -> None:
+    def __init__(
+        self, settings: Settings, database: Database, *, resolver: Resolver = system_resolver
+    ) -> None:
         self.settings = settings
         self.db = database
-        self._session = requests.Session()
-        self._session.headers["User-Agent"] = USER_AGENT
-        self._session.trust_env = False
+        policy = AddressPolicy(
+            allow_all=settings.webhook_allow_private, allowed=settings.webhook_allowed_cidrs
+        )
+        self.client = WebhookClient(
+            deadline_s=settings.webhook_timeout_s, policy=policy, resolver=resolver
+        )
+        self._threads = threading.BoundedSemaphore(settings.webhook_threads)
         if settings.webhook_secret is not None:
             redaction.register_secret(settings.webhook_secret.get_secret_value())
 
     def close(self) -> None:
-        """Close pooled connections."""
-        self._session.close()
+        """Nothing to release: each try opens and closes its own connection."""
+
+    def check_url(self, url: object) -> str | None:
+        """``check_callback_url``, then the address: the host must be, or resolve only
+        to, public addresses (or allowed networks). Raises UnsafeCallbackError."""
+        checked = check_callback_url(url, self.settings)
+        if checked is not None:
+            self.client.check(checked)
+        return checked
 
     def queue_finished(self, *, limit: int = 200) -> int:
         """Queue a delivery for each waiting job whose recipients are all final."""
@@ -149,7 +171,7 @@ class Webhooks:
 
     def release_stale(self) -> int:
         """Deliveries whose worker died mid-POST go back to the queue (at least once)."""
-        cutoff = utcnow() - dt.timedelta(seconds=4 * self.settings.webhook_timeout_s + 30)
+        cutoff = utcnow() - dt.timedelta(seconds=self.settings.webhook_timeout_s + STALE_MARGIN_S)
         with self.db.transaction() as session:
             result = session.execute(
                 update(WebhookDelivery)
@@ -172,34 +194,42 @@ class Webhooks:
                 claimed=DeliveryStatus.SENDING,
             )
 
-    def deliver_due(self, *, budget_s: float = 30.0) -> int:
-        """Deliver due webhooks until none is due or the budget is spent; returns tries."""
+    def deliver_due(self, *, budget_s: float = 30.0, stop: threading.Event | None = None) -> int:
+        """Deliver due webhooks until none is due, the budget is spent or ``stop`` is set;
+        returns tries. Returns 0 at once when ``webhook_threads`` threads of this process
+        are delivering already: they take this call's work too."""
         from dispatcher.service import job_to_dict
 
         if self.settings.webhook_secret is None:
             # Without the secret no callback can be asked for (check_callback_url),
-            # nor signed: skip the claim's transaction that every dispatch task,
-            # one per single-recipient job, would otherwise pay for nothing.
+            # nor signed: skip the claim's transaction.
             return 0
-        deadline = time.monotonic() + budget_s
-        tries = 0
-        while time.monotonic() < deadline:
-            delivery = self._claim()
-            if delivery is None:
-                break
-            with self.db.transaction() as session:
-                job = store.get_job(session, job_id=delivery.job_id)
-                assert job is not None
-                recipients = store.job_recipients(session, job_id=job.id)
-                body = json.dumps(job_to_dict(job, recipients)).encode()
-            self._try(delivery, body)
-            tries += 1
-        return tries
+        # Not blocking: a thread waiting here would be a thread taken from dispatch.
+        if not self._threads.acquire(blocking=False):
+            return 0
+        try:
+            deadline = time.monotonic() + budget_s
+            tries = 0
+            while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
+                delivery = self._claim()
+                if delivery is None:
+                    break
+                with self.db.transaction() as session:
+                    job = store.get_job(session, job_id=delivery.job_id)
+                    assert job is not None
+                    recipients = store.job_recipients(session, job_id=job.id)
+                    body = json.dumps(job_to_dict(job, recipients)).encode()
+                self._try(delivery, body)
+                tries += 1
+            return tries
+        finally:
+            self._threads.release()
 
     def _try(self, delivery: WebhookDelivery, body: bytes) -> None:
         assert self.settings.webhook_secret is not None
         timestamp = str(int(time.time()))
         headers = {
+            "User-Agent": USER_AGENT,
             "Content-Type": "application/json",
             EVENT_HEADER: "job.completed",
             DELIVERY_HEADER: str(delivery.id),
@@ -209,23 +239,10 @@ class Webhooks:
             ),
         }
         started = time.perf_counter()
-        status: int | None = None
-        error: str | None = None
-        try:
-            response = self._session.post(
-                delivery.url,
-                data=body,
-                headers=headers,
-                timeout=self.settings.webhook_timeout_s,
-                allow_redirects=False,
-            )
-            status = response.status_code
-            response.close()
-            if not 200 <= status < 300:
-                error = f"HTTP {status}"
-        except requests.RequestException as exc:
-            error = f"{type(exc).__name__}: {redaction.redact(str(exc))}"[:500]
+        reply = self.client.post(delivery.url, body, headers)
         latency_ms = (time.perf_counter() - started) * 1000
+        status = reply.status
+        error = None if reply.error is None else redaction.redact(reply.error)
         now = utcnow()
         if error is None:
             values: dict[str, object] = {"status": DeliveryStatus.DELIVERED}

@@ -26,6 +26,7 @@ from helpers import Pipeline, make_settings, number, wait_until
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 SECRET = "webhook-secret-for-tests-0123456789"
+LOOPBACK = "127.0.0.0/8"
 
 
 @dataclass
@@ -74,6 +75,8 @@ def hooked(database: Database, simulator: GatewaySimulator, tmp_path: Path) -> I
         webhook_secret=SECRET,
         webhook_backoff_s=30,
         webhook_max_attempts=3,
+        # The receivers listen on 127.0.0.1, which callbacks may not reach unless allowed.
+        webhook_allowed_cidrs=LOOPBACK,
     )
     svc = Dispatcher(
         settings, database=database, client_factory=lambda: GatewayClient(settings.gateway_config())
@@ -185,8 +188,8 @@ def test_callbacks_need_a_signing_secret(service: Dispatcher) -> None:
 @pytest.mark.services
 def test_a_real_worker_delivers_the_webhook(pipeline: Pipeline, receiver: Receiver) -> None:
     # The whole path: enqueue, a worker sends, its sweeper queues the delivery and
-    # wakes the dispatch task, which POSTs it.
-    pipeline.env = pipeline.env.with_vars(webhook_secret=SECRET)
+    # wakes the webhook queue, whose task POSTs it.
+    pipeline.env = pipeline.env.with_vars(webhook_secret=SECRET, webhook_allowed_cidrs=LOOPBACK)
     pipeline.start_workers(1)
     job = pipeline.enqueue([number(1), number(2)], "e2e", callback_url=receiver.url).job_id
 

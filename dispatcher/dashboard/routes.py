@@ -759,7 +759,7 @@ def install(app: FastAPI, service: Dispatcher) -> None:
         throttle=LoginThrottle(),
         keys=KeyStore(service.db),
         templates=_environment(),
-        trusted_proxies=proxies.parse_networks(service.settings.trusted_proxies),
+        trusted_proxies=service.settings.trusted_proxies,
     )
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="dashboard-static")
