@@ -218,7 +218,7 @@ def test_a_worker_killed_mid_call_leaves_unknown_and_the_rest_completes(
 
     rows = recipients_of(pipeline.db, killed.job_id)
     assert [(r.status, r.error_code, r.attempts) for r in rows] == [
-        ("unknown", "WORKER_LOST", 0)
+        ("unknown", "WORKER_LOST", 1)
     ] * 2
     [abandoned] = attempts_of(pipeline.db, killed.job_id)
     assert abandoned.outcome == AttemptOutcome.ABANDONED
