@@ -1216,6 +1216,23 @@ def test_a_reply_line_echoing_the_password_is_masked_in_the_stored_reply(
     assert outcomes_of(mixed) == [Outcome.ACCEPTED, Outcome.REQUEST_INVALID]
 
 
+def test_an_accepted_id_echoing_the_password_is_masked(make_client: MakeClient) -> None:
+    # An accepted ID goes to a recipient row, the API answer of a producer key, the
+    # export and the webhook: a gateway (or whoever answers in its name) echoing our
+    # password inside one must not hand it to all of them.
+    gateway = FakeGateway(
+        send_reply=f"{NUMBER_A},ID:77{PASSWORD}\r\n"
+        f"{NUMBER_B},ID:{quote(PASSWORD, safe='')}9\r\n"
+        f"{NUMBER_C},ID:{FIRST_ID}\r\n"
+    )
+    with serving(gateway):
+        submission = send(make_client(gateway.base_url), NUMBER_A, NUMBER_B, NUMBER_C)
+
+    assert outcomes_of(submission) == [Outcome.ACCEPTED] * 3
+    assert [o.gateway_message_id for o in submission.outcomes] == ["77***", "***9", FIRST_ID]
+    assert submission.gateway_message_id == "77***"
+
+
 def test_logs_are_captured_and_hold_no_password(
     sim: GatewaySimulator, make_client: MakeClient, captured_logs: CapturedLogs
 ) -> None:

@@ -306,13 +306,9 @@ class GatewayClient:
             )
         assert response is not None
         body = response.content
-        outcomes = [
-            # Codes are kept verbatim, except a secret the gateway might echo.
-            replace(o, error_code=redaction.redact(o.error_code, [self.config.password]))
-            if o.error_code
-            else o
-            for o in protocol.classify_reply(numbers, response.status_code, body)
-        ]
+        outcomes = _without_password(
+            protocol.classify_reply(numbers, response.status_code, body), self.config.password
+        )
         return Submission(
             host=host,
             numbers=numbers,
@@ -350,6 +346,35 @@ class GatewayClient:
         raise PermanentGatewayError(
             f"balance check on {host} refused: {code}", code=code, host=host
         )
+
+
+def _without_password(
+    outcomes: Sequence[RecipientOutcome], password: str
+) -> list[RecipientOutcome]:
+    """Codes and accepted IDs verbatim, except our password echoed in one.
+
+    An ID is stored exactly, but it also goes to the producer's API answers, exports
+    and webhooks: keeping one that holds our password exact would hand the password
+    to every producer key, so the secret wins over exactness (the raw reply is
+    masked the same way).
+    """
+    masked: dict[str, str] = {}  # One submission's IDs are nearly always one ID.
+
+    def mask(value: str) -> str:
+        if value not in masked:
+            masked[value] = redaction.redact(value, [password])
+        return masked[value]
+
+    return [
+        replace(
+            o,
+            error_code=mask(o.error_code) if o.error_code else o.error_code,
+            gateway_message_id=mask(o.gateway_message_id)
+            if o.gateway_message_id
+            else o.gateway_message_id,
+        )
+        for o in outcomes
+    ]
 
 
 def _echo_risk(text: str) -> list[str]:
