@@ -47,8 +47,14 @@ from dispatcher.errors import (
     PermanentGatewayError,
     TransientGatewayError,
 )
-from dispatcher.gateway.client import GatewayClient, Message, Submission
-from dispatcher.gateway.protocol import BALANCE_PATH, SEND_PATH, TYPE_VOICE, Outcome
+from dispatcher.gateway.client import MAX_REPLY_BYTES, GatewayClient, Message, Submission
+from dispatcher.gateway.protocol import (
+    BALANCE_PATH,
+    CODE_UNREADABLE_REPLY,
+    SEND_PATH,
+    TYPE_VOICE,
+    Outcome,
+)
 from dispatcher.gateway.simulator import (
     FIRST_MESSAGE_ID,
     UNLIMITED_BALANCE,
@@ -827,6 +833,27 @@ def test_truncated_reply_is_ambiguous_with_an_error(
     assert "incomplete reply" in submission.error
     assert ledger_numbers(sim) == [NUMBER_A, NUMBER_B]
     assert sim.stats()["outcomes"]["truncate"] == 1
+
+
+def test_a_reply_over_the_size_cap_keeps_the_ids_of_its_lines_within_it(
+    make_client: MakeClient,
+) -> None:
+    # 100 recipients with IDs of a few hundred characters pass the cap: the accepted
+    # IDs read before it are the gateway's word, and must not all become `unknown`.
+    long_id = "9" * (MAX_REPLY_BYTES // 2)
+    gateway = FakeGateway(send_reply=f"{NUMBER_A},ID:{long_id}\r\n{NUMBER_B},ID:{long_id}\r\n")
+    with serving(gateway):
+        submission = send(make_client(gateway.base_url), NUMBER_A, NUMBER_B)
+
+    assert outcomes_of(submission) == [Outcome.ACCEPTED, Outcome.AMBIGUOUS]
+    assert submission.outcomes[0].gateway_message_id == long_id
+    assert codes_of(submission) == [None, CODE_UNREADABLE_REPLY]
+    assert submission.http_status == 200
+    assert submission.raw_reply is not None
+    assert submission.raw_reply.startswith(f"{NUMBER_A},ID:{long_id}\r\n{NUMBER_B},ID:999")
+    assert len(submission.raw_reply) == MAX_REPLY_BYTES
+    assert submission.error is not None
+    assert f"{MAX_REPLY_BYTES} bytes" in submission.error
 
 
 def test_drop_after_accept_is_ambiguous_though_the_gateway_accepted(

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 ECHO_MASK_MIN_LENGTH = 8
 
 USER_AGENT = "sms-dispatcher"
-# Replies are a line per recipient; anything far larger is not a gateway reply.
+# Replies are a line per recipient; what comes past this many bytes is not read
+# (the complete lines before it still count: see ``submit``).
 MAX_REPLY_BYTES = 64 * 1024
 
 
@@ -205,15 +206,9 @@ class GatewayClient:
                 stream=True,
             )
             try:
+                # One byte past the cap, so that the reader sees the reply went on.
                 body = response.raw.read(MAX_REPLY_BYTES + 1, decode_content=True)
-                if len(body) > MAX_REPLY_BYTES:
-                    if response.status_code == 200:
-                        raise AmbiguousGatewayError(
-                            f"reply from {host} exceeds {MAX_REPLY_BYTES} bytes", host=host
-                        )
-                    # An error page: its status decides, its size does not matter.
-                    body = body[:MAX_REPLY_BYTES]
-                else:
+                if len(body) <= MAX_REPLY_BYTES:
                     # Reading past the declared length surfaces a truncated body now.
                     response.raw.read(decode_content=True)
                 response._content = body
@@ -305,9 +300,13 @@ class GatewayClient:
                 hosts_tried=tried,
             )
         assert response is not None
-        body = response.content
+        # A reply past the cap is read up to it: the IDs on its complete lines are
+        # the gateway's word, whatever came after (too much to hold, or to trust).
+        complete = len(response.content) <= MAX_REPLY_BYTES
+        body = response.content[:MAX_REPLY_BYTES]
         outcomes = _without_password(
-            protocol.classify_reply(numbers, response.status_code, body), self.config.password
+            protocol.classify_reply(numbers, response.status_code, body, complete=complete),
+            self.config.password,
         )
         return Submission(
             host=host,
@@ -318,6 +317,10 @@ class GatewayClient:
                 protocol.decode_body(body), [self.config.password, *_echo_risk(message.text)]
             ),
             latency_ms=latency_ms,
+            error=None
+            if complete
+            else f"reply from {host} exceeds {MAX_REPLY_BYTES} bytes; "
+            "only the lines within them were read",
             hosts_tried=tried,
         )
 
