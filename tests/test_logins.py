@@ -80,14 +80,12 @@ def serve(
     started: list[tuple[ServerThread, Dispatcher, App]] = []
 
     def start(**settings: Any) -> App:
-        service = make_service(
-            pg_db,
-            simulator,
-            tmp_path,
-            operator_password=OPERATOR_PASSWORD,
-            session_secret="s" * 16 + secrets.token_hex(16),
+        values = {
+            "operator_password": OPERATOR_PASSWORD,
+            "session_secret": "s" * 16 + secrets.token_hex(16),
             **settings,
-        )
+        }
+        service = make_service(pg_db, simulator, tmp_path, **values)
         server = ServerThread(create_app(service)).start()
         app = App(server.base_url, KeyStore(service.db))
         started.append((server, service, app))
@@ -238,6 +236,21 @@ def test_rescoping_a_key_ends_its_sessions_at_the_next_request(
             text("UPDATE api_keys SET scopes = 'read,send' WHERE id = :id"), {"id": info.id}
         )
     assert browser.status("/actions") == 303
+
+
+def test_changing_the_operator_password_ends_its_sessions(serve: Callable[..., App]) -> None:
+    # A password that leaked is changed, and the server restarted with the same
+    # session secret: the sessions it opened must end, as a revoked key's do.
+    secret = "k" * 40
+    before = serve(session_secret=secret)
+    browser = before.browser()
+    assert browser.login(OPERATOR_PASSWORD).status_code == 303
+    cookies = browser.client.cookies
+
+    for password, status in ((OPERATOR_PASSWORD, 200), ("a new passphrase, never leaked", 303)):
+        after = serve(session_secret=secret, operator_password=password).browser()
+        after.client.cookies = cookies
+        assert after.status() == status, password
 
 
 # --- the cookie ----------------------------------------------------------------------
