@@ -143,6 +143,20 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(
     assert answer.status_code == 429
 
 
+def test_a_guesser_cannot_escape_the_throttle_within_its_ipv6_network(
+    serve: Callable[..., App],
+) -> None:
+    # One IPv6 host commonly holds a whole /64 (privacy addresses, SLAAC): a fresh
+    # address per guess must not be a fresh start.
+    app = serve(trusted_proxies="127.0.0.1")
+    for i in range(6):
+        guesser = app.browser(f"2001:db8:1:2::{i + 1:x}")
+        assert guesser.login(f"guess-{i}").status_code == 401
+    assert app.browser("2001:db8:1:2:ffff::9").login("guess-7").status_code == 429
+    # Another network (a colleague's) is another client.
+    assert app.browser("2001:db8:1:3::1").login(OPERATOR_PASSWORD).status_code == 303
+
+
 def test_failures_double_the_wait_up_to_a_cap() -> None:
     throttle = LoginThrottle(free_failures=2, first_delay_s=1, max_delay_s=10)
     waits = [throttle.failed(OPERATOR_ACCOUNT, GUESSER, now=0.0) for _ in range(8)]
