@@ -280,6 +280,26 @@ def test_dropin_refuses_bad_bytes_and_unstorable_values(stack: Stack, quiet_log:
     assert sent.text.startswith("ID:"), sent.text
 
 
+def test_dropin_refuses_a_multipart_form_that_is_not_utf8(stack: Stack, quiet_log: None) -> None:
+    """A multipart form is a form too: Starlette would read a value that is not UTF-8
+    as Latin-1 and queue the mojibake as the SMS."""
+    login = {"username": "shop", "password": stack.token, "to": number(1)}
+
+    def multipart(text: bytes) -> requests.Response:
+        fields = {name: (None, value.encode()) for name, value in login.items()}
+        return requests.post(
+            stack.api.base_url + SEND,
+            files={**fields, "text": (None, text)},
+            timeout=HTTP_TIMEOUT_S,
+        )
+
+    refused = multipart(b"caf\xe9")
+    assert (refused.status_code, refused.text) == (400, "ERR:INVALID_REQUEST")
+    assert row_counts(stack.db)["jobs"] == 0
+    sent = multipart("café".encode())
+    assert sent.text.startswith("ID:"), sent.text
+
+
 # --- the dashboard -------------------------------------------------------------------
 
 

@@ -47,8 +47,14 @@ from dispatcher.errors import (
     PermanentGatewayError,
     TransientGatewayError,
 )
-from dispatcher.gateway.client import GatewayClient, Message, Submission
-from dispatcher.gateway.protocol import BALANCE_PATH, SEND_PATH, TYPE_VOICE, Outcome
+from dispatcher.gateway.client import MAX_REPLY_BYTES, GatewayClient, Message, Submission
+from dispatcher.gateway.protocol import (
+    BALANCE_PATH,
+    CODE_UNREADABLE_REPLY,
+    SEND_PATH,
+    TYPE_VOICE,
+    Outcome,
+)
 from dispatcher.gateway.simulator import (
     FIRST_MESSAGE_ID,
     UNLIMITED_BALANCE,
@@ -829,6 +835,27 @@ def test_truncated_reply_is_ambiguous_with_an_error(
     assert sim.stats()["outcomes"]["truncate"] == 1
 
 
+def test_a_reply_over_the_size_cap_keeps_the_ids_of_its_lines_within_it(
+    make_client: MakeClient,
+) -> None:
+    # 100 recipients with IDs of a few hundred characters pass the cap: the accepted
+    # IDs read before it are the gateway's word, and must not all become `unknown`.
+    long_id = "9" * (MAX_REPLY_BYTES // 2)
+    gateway = FakeGateway(send_reply=f"{NUMBER_A},ID:{long_id}\r\n{NUMBER_B},ID:{long_id}\r\n")
+    with serving(gateway):
+        submission = send(make_client(gateway.base_url), NUMBER_A, NUMBER_B)
+
+    assert outcomes_of(submission) == [Outcome.ACCEPTED, Outcome.AMBIGUOUS]
+    assert submission.outcomes[0].gateway_message_id == long_id
+    assert codes_of(submission) == [None, CODE_UNREADABLE_REPLY]
+    assert submission.http_status == 200
+    assert submission.raw_reply is not None
+    assert submission.raw_reply.startswith(f"{NUMBER_A},ID:{long_id}\r\n{NUMBER_B},ID:999")
+    assert len(submission.raw_reply) == MAX_REPLY_BYTES
+    assert submission.error is not None
+    assert f"{MAX_REPLY_BYTES} bytes" in submission.error
+
+
 def test_drop_after_accept_is_ambiguous_though_the_gateway_accepted(
     sim: GatewaySimulator, client: GatewayClient
 ) -> None:
@@ -1214,6 +1241,23 @@ def test_a_reply_line_echoing_the_password_is_masked_in_the_stored_reply(
     assert alone.raw_reply == "ERR:***"
     assert mixed.raw_reply == f"{NUMBER_A},ID:{FIRST_ID}\r\n{NUMBER_B},ERR:***\r\n"
     assert outcomes_of(mixed) == [Outcome.ACCEPTED, Outcome.REQUEST_INVALID]
+
+
+def test_an_accepted_id_echoing_the_password_is_masked(make_client: MakeClient) -> None:
+    # An accepted ID goes to a recipient row, the API answer of a producer key, the
+    # export and the webhook: a gateway (or whoever answers in its name) echoing our
+    # password inside one must not hand it to all of them.
+    gateway = FakeGateway(
+        send_reply=f"{NUMBER_A},ID:77{PASSWORD}\r\n"
+        f"{NUMBER_B},ID:{quote(PASSWORD, safe='')}9\r\n"
+        f"{NUMBER_C},ID:{FIRST_ID}\r\n"
+    )
+    with serving(gateway):
+        submission = send(make_client(gateway.base_url), NUMBER_A, NUMBER_B, NUMBER_C)
+
+    assert outcomes_of(submission) == [Outcome.ACCEPTED] * 3
+    assert [o.gateway_message_id for o in submission.outcomes] == ["77***", "***9", FIRST_ID]
+    assert submission.gateway_message_id == "77***"
 
 
 def test_logs_are_captured_and_hold_no_password(

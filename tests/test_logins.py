@@ -80,14 +80,12 @@ def serve(
     started: list[tuple[ServerThread, Dispatcher, App]] = []
 
     def start(**settings: Any) -> App:
-        service = make_service(
-            pg_db,
-            simulator,
-            tmp_path,
-            operator_password=OPERATOR_PASSWORD,
-            session_secret="s" * 16 + secrets.token_hex(16),
+        values = {
+            "operator_password": OPERATOR_PASSWORD,
+            "session_secret": "s" * 16 + secrets.token_hex(16),
             **settings,
-        )
+        }
+        service = make_service(pg_db, simulator, tmp_path, **values)
         server = ServerThread(create_app(service)).start()
         app = App(server.base_url, KeyStore(service.db))
         started.append((server, service, app))
@@ -143,6 +141,20 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(
         assert browser.login(f"guess-{i}", **{"X-Forwarded-For": chain}).status_code == 401
     answer = browser.login(OPERATOR_PASSWORD, **{"X-Forwarded-For": f"192.0.2.99, {GUESSER}"})
     assert answer.status_code == 429
+
+
+def test_a_guesser_cannot_escape_the_throttle_within_its_ipv6_network(
+    serve: Callable[..., App],
+) -> None:
+    # One IPv6 host commonly holds a whole /64 (privacy addresses, SLAAC): a fresh
+    # address per guess must not be a fresh start.
+    app = serve(trusted_proxies="127.0.0.1")
+    for i in range(6):
+        guesser = app.browser(f"2001:db8:1:2::{i + 1:x}")
+        assert guesser.login(f"guess-{i}").status_code == 401
+    assert app.browser("2001:db8:1:2:ffff::9").login("guess-7").status_code == 429
+    # Another network (a colleague's) is another client.
+    assert app.browser("2001:db8:1:3::1").login(OPERATOR_PASSWORD).status_code == 303
 
 
 def test_failures_double_the_wait_up_to_a_cap() -> None:
@@ -238,6 +250,21 @@ def test_rescoping_a_key_ends_its_sessions_at_the_next_request(
             text("UPDATE api_keys SET scopes = 'read,send' WHERE id = :id"), {"id": info.id}
         )
     assert browser.status("/actions") == 303
+
+
+def test_changing_the_operator_password_ends_its_sessions(serve: Callable[..., App]) -> None:
+    # A password that leaked is changed, and the server restarted with the same
+    # session secret: the sessions it opened must end, as a revoked key's do.
+    secret = "k" * 40
+    before = serve(session_secret=secret)
+    browser = before.browser()
+    assert browser.login(OPERATOR_PASSWORD).status_code == 303
+    cookies = browser.client.cookies
+
+    for password, status in ((OPERATOR_PASSWORD, 200), ("a new passphrase, never leaked", 303)):
+        after = serve(session_secret=secret, operator_password=password).browser()
+        after.client.cookies = cookies
+        assert after.status() == status, password
 
 
 # --- the cookie ----------------------------------------------------------------------

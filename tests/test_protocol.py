@@ -486,6 +486,33 @@ def test_extra_reply_lines_for_unsent_numbers_are_ignored() -> None:
     check(numbers, classify_reply(numbers, 200, body), [accepted("7")])
 
 
+@pytest.mark.parametrize(
+    ("body", "b_want"),
+    [
+        pytest.param(f"{A},ID:7\r\n{B},ID:7\r\n", accepted("7"), id="cut-after-a-line"),
+        # An ID cut short would point at another message: its line is not read.
+        pytest.param(f"{A},ID:7\r\n{B},ID:7", None, id="cut-inside-an-id"),
+        pytest.param(f"{A},ID:7\r\n{B},ERR:INVALID_NUM", None, id="cut-inside-a-code"),
+    ],
+)
+def test_a_reply_read_only_in_part_keeps_its_complete_lines(body: str, b_want: Want | None) -> None:
+    numbers = [A, B, C]
+    unread = Want(Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)
+    check(
+        numbers,
+        classify_reply(numbers, 200, body.encode(), complete=False),
+        # C's line may have been in what was not read: unknown, never resubmitted.
+        [accepted("7"), b_want or unread, unread],
+    )
+
+
+def test_a_single_line_read_only_in_part_applies_to_nobody() -> None:
+    numbers = [A, B]
+    unread = Want(Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)
+    for body in (b"ID:7\r\n", b"ID:7"):
+        check(numbers, classify_reply(numbers, 200, body, complete=False), [unread, unread])
+
+
 def test_no_numbers_gives_no_outcomes() -> None:
     assert classify_reply([], 200, b"ID:1") == []
     assert classify_reply([], 503, b"") == []

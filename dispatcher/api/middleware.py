@@ -14,8 +14,9 @@ it is known to be too large: at once from its ``Content-Length``, or, for a
 chunked body, when the bytes read so far pass the limit. Nothing past the limit
 is ever held in memory, and the app never sees a refused request.
 
-**The UTF-8 check** refuses with 400 a query string, a form or a JSON body whose
-bytes are not UTF-8, instead of letting them reach the routes as U+FFFD.
+**The UTF-8 check** refuses with 400 a query string, a form (URL-encoded or
+multipart) or a JSON body whose bytes are not UTF-8, instead of letting them reach
+the routes as U+FFFD or Latin-1.
 """
 
 from __future__ import annotations
@@ -144,6 +145,11 @@ class EncodingMiddleware:
         media_type = _media_type(scope)
         if media_type == "application/x-www-form-urlencoded":
             decode: Callable[[bytes], bytes] = unquote_to_bytes
+            code, reason = "invalid_encoding", "the form is not UTF-8"
+        elif media_type == "multipart/form-data":
+            # Starlette reads a part that is not UTF-8 as Latin-1. No route takes a
+            # file, so every byte of such a body is a field name or value.
+            decode = bytes
             code, reason = "invalid_encoding", "the form is not UTF-8"
         elif media_type == "application/json" or media_type.endswith("+json"):
             # RFC 8259: JSON between systems is UTF-8; the same code as any other

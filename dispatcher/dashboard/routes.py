@@ -201,10 +201,16 @@ def _client(request: Request) -> str:
 
 
 def _is_live(dash: Dashboard, login: Login) -> bool:
-    """Whether what proved ``login`` still would: the password login is still on, or
-    the key (looked up by its id, whatever its name) is live with the operate scope."""
+    """Whether what proved ``login`` still would: the operator password is still the
+    one it proved, or the key (looked up by its id, whatever its name) is live with
+    the operate scope."""
     if login.kind == PASSWORD:
-        return dash.service.settings.operator_password is not None
+        password = dash.service.settings.operator_password
+        return (
+            password is not None
+            and login.proof is not None
+            and hmac.compare_digest(login.proof, dash.codec.proof(password.get_secret_value()))
+        )
     if login.kind != KEY or login.key_id is None:
         return False
     key = dash.keys.get(login.key_id)
@@ -322,7 +328,7 @@ def _authenticate(dash: Dashboard, secret: str) -> Login | None:
     if password is not None and hmac.compare_digest(
         secret.encode(), password.get_secret_value().encode()
     ):
-        return Login(PASSWORD, OPERATOR)
+        return Login(PASSWORD, OPERATOR, proof=dash.codec.proof(password.get_secret_value()))
     try:
         key = dash.keys.authenticate(secret, scope=Scope.OPERATE)
     except AuthenticationError:

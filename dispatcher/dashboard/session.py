@@ -4,12 +4,15 @@ The cookie holds what kind of login it was (the operator password, or an API key
 and that key's id), a display name, a CSRF token and an expiry, signed with
 HMAC-SHA256 under ``DISPATCHER_SESSION_SECRET``. It never holds the token or
 password that proved it: a leaked cookie is worth one session, not a credential.
+A password login holds a keyed digest of the password instead (``proof``), so
+changing the operator password ends the sessions the old one opened.
 Every visitor gets a session, anonymous until login, so the login form carries a
 CSRF token too; logging in issues a fresh one (no session fixation).
 
 Sessions are stateless, so logout clears the cookie but cannot recall a copy
 stolen earlier; a key's sessions end as soon as the key is revoked or loses the
-operate scope, because each request looks the key up by its id (see ``routes``).
+operate scope, because each request looks the key up by its id, and a password's
+as soon as the password changes (see ``routes``).
 No name is special: a key named ``operator`` is still a key.
 """
 
@@ -50,6 +53,8 @@ class Login:
     kind: str
     who: str
     key_id: int | None = None
+    proof: str | None = None
+    """A password login's ``SessionCodec.proof`` of the password it proved."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,7 @@ class SessionCodec:
                 "kind": login.kind if login else None,
                 "who": login.who if login else None,
                 "key": login.key_id if login else None,
+                "proof": login.proof if login else None,
                 "csrf": session.csrf,
                 "exp": session.expires_at,
             },
@@ -135,7 +141,7 @@ class SessionCodec:
             return None
         if expires_at <= now:
             return None
-        login = _login(data.get("kind"), data.get("who"), data.get("key"))
+        login = _login(data.get("kind"), data.get("who"), data.get("key"), data.get("proof"))
         if login is False:
             return None
         return Session(login=login, csrf=csrf, expires_at=float(expires_at))
@@ -144,6 +150,13 @@ class SessionCodec:
         """A fresh session (and CSRF token) for ``login``; None: not logged in yet."""
         age_s = self.max_age_s if login is not None else ANONYMOUS_MAX_AGE_S
         return Session(login=login, csrf=secrets.token_urlsafe(24), expires_at=now + age_s)
+
+    def proof(self, password: str) -> str:
+        """What a password login's cookie holds of the password: a digest keyed by the
+        session key, which tells whether the password is still the same and, without
+        that key, nothing else."""
+        mac = hmac.new(self._key, b"operator-password\0" + password.encode(), hashlib.sha256)
+        return _b64(mac.digest())
 
     def _secure(self, request: Request) -> bool:
         return self.secure if self.secure is not None else request.url.scheme == "https"
@@ -172,14 +185,16 @@ class SessionCodec:
         )
 
 
-def _login(kind: object, who: object, key_id: object) -> Login | Literal[False] | None:
+def _login(
+    kind: object, who: object, key_id: object, proof: object
+) -> Login | Literal[False] | None:
     """The login a cookie's fields describe; None: anonymous; False: not well-formed."""
-    if kind is None and who is None and key_id is None:
+    if kind is None and who is None and key_id is None and proof is None:
         return None
     if not isinstance(who, str):
         return False
-    if kind == PASSWORD and key_id is None:
-        return Login(PASSWORD, who)
-    if kind == KEY and isinstance(key_id, int) and not isinstance(key_id, bool):
+    if kind == PASSWORD and key_id is None and isinstance(proof, str):
+        return Login(PASSWORD, who, proof=proof)
+    if kind == KEY and proof is None and isinstance(key_id, int) and not isinstance(key_id, bool):
         return Login(KEY, who, key_id)
     return False

@@ -13,6 +13,9 @@ try again, up to a cap. Nothing is a hard lockout of everyone:
   tokens is hopeless anyway (256 random bits), and no guess, however many, can
   delay a real token, whose hash no guesser presents.
 
+An IPv6 client is its /64, not its address: one host commonly holds a whole /64
+(privacy addresses), and a fresh address per guess must not be a fresh start.
+
 Password and token failures are kept apart, each bounded, so a flood of random
 tokens cannot push a password guesser's record out. Kept in the process: with
 several ``serve`` processes each slows the guesser on its own.
@@ -21,6 +24,7 @@ several ``serve`` processes each slows the guesser on its own.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import threading
 import time
@@ -31,6 +35,8 @@ from dispatcher.keys import TOKEN_PREFIX
 
 OPERATOR_ACCOUNT = "operator"
 _KEY_ACCOUNT_PREFIX = "key:"
+IPV6_CLIENT_PREFIX = 64
+"""The IPv6 network counted as one client."""
 
 
 def account_of(secret: str) -> str:
@@ -39,6 +45,21 @@ def account_of(secret: str) -> str:
     if secret.startswith(TOKEN_PREFIX):
         return _KEY_ACCOUNT_PREFIX + hashlib.sha256(secret.encode()).hexdigest()[:16]
     return OPERATOR_ACCOUNT
+
+
+def client_of(address: str) -> str:
+    """Whom a failure from ``address`` is counted against: an IPv4 address itself, an
+    IPv6 address's /64."""
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # ``unknown``: no address to group
+    if isinstance(parsed, ipaddress.IPv4Address):
+        return address
+    if parsed.ipv4_mapped is not None:
+        return str(parsed.ipv4_mapped)
+    shift = 128 - IPV6_CLIENT_PREFIX
+    return str(ipaddress.IPv6Network((int(parsed) >> shift << shift, IPV6_CLIENT_PREFIX)))
 
 
 @dataclass(slots=True)
@@ -75,6 +96,7 @@ class LoginThrottle:
         return self._tables[account.startswith(_KEY_ACCOUNT_PREFIX)]
 
     def _current(self, account: str, client: str, now: float) -> _Failures | None:
+        # ``client`` is already ``client_of`` an address.
         table = self._table(account)
         record = table.get((account, client))
         if record is not None and now - record.last_at > self.forget_after_s:
@@ -93,12 +115,13 @@ class LoginThrottle:
         """Seconds until ``account`` may be tried again from ``client``; 0 when it may now."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            record = self._current(account, client, now)
+            record = self._current(account, client_of(client), now)
             return max(record.retry_at - now, 0.0) if record is not None else 0.0
 
     def failed(self, account: str, client: str, *, now: float | None = None) -> float:
         """Count a failed login; the wait it imposes on the pair."""
         now = time.monotonic() if now is None else now
+        client = client_of(client)
         with self._lock:
             table = self._table(account)
             record = self._current(account, client, now) or _Failures(0, now, now)
@@ -116,4 +139,4 @@ class LoginThrottle:
     def succeeded(self, account: str, client: str) -> None:
         """Forget the pair's failures."""
         with self._lock:
-            self._table(account).pop((account, client), None)
+            self._table(account).pop((account, client_of(client)), None)

@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 ECHO_MASK_MIN_LENGTH = 8
 
 USER_AGENT = "sms-dispatcher"
-# Replies are a line per recipient; anything far larger is not a gateway reply.
+# Replies are a line per recipient; what comes past this many bytes is not read
+# (the complete lines before it still count: see ``submit``).
 MAX_REPLY_BYTES = 64 * 1024
 
 
@@ -205,15 +206,9 @@ class GatewayClient:
                 stream=True,
             )
             try:
+                # One byte past the cap, so that the reader sees the reply went on.
                 body = response.raw.read(MAX_REPLY_BYTES + 1, decode_content=True)
-                if len(body) > MAX_REPLY_BYTES:
-                    if response.status_code == 200:
-                        raise AmbiguousGatewayError(
-                            f"reply from {host} exceeds {MAX_REPLY_BYTES} bytes", host=host
-                        )
-                    # An error page: its status decides, its size does not matter.
-                    body = body[:MAX_REPLY_BYTES]
-                else:
+                if len(body) <= MAX_REPLY_BYTES:
                     # Reading past the declared length surfaces a truncated body now.
                     response.raw.read(decode_content=True)
                 response._content = body
@@ -305,14 +300,14 @@ class GatewayClient:
                 hosts_tried=tried,
             )
         assert response is not None
-        body = response.content
-        outcomes = [
-            # Codes are kept verbatim, except a secret the gateway might echo.
-            replace(o, error_code=redaction.redact(o.error_code, [self.config.password]))
-            if o.error_code
-            else o
-            for o in protocol.classify_reply(numbers, response.status_code, body)
-        ]
+        # A reply past the cap is read up to it: the IDs on its complete lines are
+        # the gateway's word, whatever came after (too much to hold, or to trust).
+        complete = len(response.content) <= MAX_REPLY_BYTES
+        body = response.content[:MAX_REPLY_BYTES]
+        outcomes = _without_password(
+            protocol.classify_reply(numbers, response.status_code, body, complete=complete),
+            self.config.password,
+        )
         return Submission(
             host=host,
             numbers=numbers,
@@ -322,6 +317,10 @@ class GatewayClient:
                 protocol.decode_body(body), [self.config.password, *_echo_risk(message.text)]
             ),
             latency_ms=latency_ms,
+            error=None
+            if complete
+            else f"reply from {host} exceeds {MAX_REPLY_BYTES} bytes; "
+            "only the lines within them were read",
             hosts_tried=tried,
         )
 
@@ -350,6 +349,35 @@ class GatewayClient:
         raise PermanentGatewayError(
             f"balance check on {host} refused: {code}", code=code, host=host
         )
+
+
+def _without_password(
+    outcomes: Sequence[RecipientOutcome], password: str
+) -> list[RecipientOutcome]:
+    """Codes and accepted IDs verbatim, except our password echoed in one.
+
+    An ID is stored exactly, but it also goes to the producer's API answers, exports
+    and webhooks: keeping one that holds our password exact would hand the password
+    to every producer key, so the secret wins over exactness (the raw reply is
+    masked the same way).
+    """
+    masked: dict[str, str] = {}  # One submission's IDs are nearly always one ID.
+
+    def mask(value: str) -> str:
+        if value not in masked:
+            masked[value] = redaction.redact(value, [password])
+        return masked[value]
+
+    return [
+        replace(
+            o,
+            error_code=mask(o.error_code) if o.error_code else o.error_code,
+            gateway_message_id=mask(o.gateway_message_id)
+            if o.gateway_message_id
+            else o.gateway_message_id,
+        )
+        for o in outcomes
+    ]
 
 
 def _echo_risk(text: str) -> list[str]:

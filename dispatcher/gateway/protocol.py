@@ -165,11 +165,21 @@ def _reply_number(raw: str) -> str:
     return digits[2:] if digits.startswith("00") and len(digits) > 2 else digits
 
 
-def _parse_lines(text: str) -> _Reply:
-    """Every non-blank line parsed; one outside the grammar is counted, not fatal."""
+def _parse_lines(text: str, *, complete: bool = True) -> _Reply:
+    """Every non-blank line parsed; one outside the grammar is counted, not fatal.
+
+    ``complete=False``: the reply went on past ``text``. Its last line, unless it
+    ended, is not read (an ID cut short would name another message), and what was
+    not read counts as one unreadable line: it may have been anyone's.
+    """
     parsed: list[_Line] = []
     unreadable = 0
-    for raw in text.splitlines():
+    raw_lines = text.splitlines(keepends=True)
+    if not complete:
+        unreadable += 1
+        if raw_lines and raw_lines[-1] == raw_lines[-1].splitlines()[0]:
+            raw_lines.pop()
+    for raw in raw_lines:
         line = raw.strip()
         if not line:
             continue
@@ -267,13 +277,17 @@ def _assign(
     return outcomes
 
 
-def classify_reply(numbers: Sequence[str], http_status: int, body: bytes) -> list[RecipientOutcome]:
+def classify_reply(
+    numbers: Sequence[str], http_status: int, body: bytes, *, complete: bool = True
+) -> list[RecipientOutcome]:
     """Classify one submission's reply into one outcome per submitted number.
 
     ``numbers`` are the numbers as submitted, in order; the result has the same
     length and order. Duplicated numbers each get the outcome of their one reply line.
     Codes and IDs are returned verbatim, whatever their length or characters; fitting
-    them to the database is the recorder's business.
+    them to the database is the recorder's business. ``complete=False``: ``body`` is
+    only the start of the reply (it was longer than we read); the recipients of its
+    complete lines take their outcomes, the others are unknown.
     """
     if http_status in TRANSIENT_HTTP_STATUSES:
         return _all(numbers, Outcome.TRANSIENT, f"HTTP_{http_status}")
@@ -285,7 +299,7 @@ def classify_reply(numbers: Sequence[str], http_status: int, body: bytes) -> lis
         # logic, and the same request would get the same answer.
         return _all(numbers, Outcome.REQUEST_INVALID, f"HTTP_{http_status}")
 
-    reply = _parse_lines(decode_body(body))
+    reply = _parse_lines(decode_body(body), complete=complete)
     lines = reply.lines
     if not lines:
         return _all(numbers, Outcome.AMBIGUOUS, CODE_UNREADABLE_REPLY)
