@@ -18,6 +18,7 @@ DispatcherError
     ├── TransientGatewayError     nothing was sent; retrying is safe
     │   └── GatewayConnectError     the connection was never made (failover is safe)
     ├── AmbiguousGatewayError     the request went out; the gateway may have sent it
+    │   └── IncompleteReplyError    the reply broke off mid-body; what arrived is kept
     └── PermanentGatewayError     the gateway refused; retrying cannot help
 
 The gateway branch is raised by ``dispatcher.gateway.client`` after it has
@@ -112,6 +113,17 @@ class GatewayConnectError(TransientGatewayError):
 
 class AmbiguousGatewayError(GatewayError):
     """The request went out and no readable answer came back: it may have been sent."""
+
+
+class IncompleteReplyError(AmbiguousGatewayError):
+    """The reply broke off after its status line: the part that arrived is kept."""
+
+    def __init__(
+        self, message: str, *, http_status: int, partial: bytes, host: str | None = None
+    ) -> None:
+        super().__init__(message, host=host)
+        self.http_status = http_status
+        self.partial = partial
 
 
 class PermanentGatewayError(GatewayError):

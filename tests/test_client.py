@@ -821,18 +821,42 @@ def test_garbage_reply_is_ambiguous_and_the_gateway_had_accepted(
     assert ledger_numbers(sim) == [NUMBER_A, NUMBER_B]
 
 
-def test_truncated_reply_is_ambiguous_with_an_error(
+def test_a_reply_cut_short_keeps_the_ids_of_its_whole_lines(
     sim: GatewaySimulator, client: GatewayClient
 ) -> None:
+    # The simulator promises the whole body and sends half of it, ending after the
+    # first line: that line's ID is the gateway's word; the other recipient's line
+    # never came, so it may have been sent and is unknown.
     sim.configure(truncate_rate=1.0)
 
     submission = send(client, NUMBER_A, NUMBER_B)
 
-    assert outcomes_of(submission) == [Outcome.AMBIGUOUS] * 2
+    assert outcomes_of(submission) == [Outcome.ACCEPTED, Outcome.AMBIGUOUS]
+    [first, _second] = sim.ledger()
+    assert submission.outcomes[0].gateway_message_id == first["message_id"]
+    assert submission.outcomes[1].gateway_message_id is None
+    assert submission.http_status == 200
+    assert submission.raw_reply == f"{NUMBER_A},ID:{first['message_id']}\r\n"
     assert submission.error is not None
     assert "incomplete reply" in submission.error
     assert ledger_numbers(sim) == [NUMBER_A, NUMBER_B]
     assert sim.stats()["outcomes"]["truncate"] == 1
+
+
+def test_a_single_line_reply_cut_short_is_ambiguous(
+    sim: GatewaySimulator, client: GatewayClient
+) -> None:
+    # Half of `ID:<id>` could be another message's ID: a line that did not end is
+    # never read.
+    sim.configure(truncate_rate=1.0)
+
+    submission = send(client, NUMBER_A)
+
+    assert outcomes_of(submission) == [Outcome.AMBIGUOUS]
+    assert submission.outcomes[0].gateway_message_id is None
+    assert submission.error is not None
+    assert "incomplete reply" in submission.error
+    assert ledger_numbers(sim) == [NUMBER_A]
 
 
 def test_a_reply_over_the_size_cap_keeps_the_ids_of_its_lines_within_it(

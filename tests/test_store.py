@@ -288,11 +288,10 @@ def test_record_of_a_transient_outcome_schedules_the_retry(
     [
         ({"hang_rate": 1.0, "hang_s": 3.0}, "NO_REPLY"),
         ({"drop_after_accept_rate": 1.0}, "NO_REPLY"),
-        ({"truncate_rate": 1.0}, "NO_REPLY"),
         ({"garbage_rate": 1.0}, "UNREADABLE_REPLY"),
         ({"http_error_rate": 1.0, "http_error_status": 500}, "HTTP_500"),
     ],
-    ids=["read-timeout", "dropped", "truncated", "garbage", "http-500"],
+    ids=["read-timeout", "dropped", "garbage", "http-500"],
 )
 def test_an_ambiguous_reply_is_unknown_and_never_resubmitted(
     service: Dispatcher,
@@ -323,6 +322,35 @@ def test_an_ambiguous_reply_is_unknown_and_never_resubmitted(
     assert service.claim(worker="w") is None
     assert service.sweep()["abandoned_recipients"] == 0
     assert service.claim(worker="w") is None
+    assert send_requests(simulator) == 1
+
+
+def test_a_reply_cut_short_records_the_ids_that_arrived_and_never_resubmits(
+    service: Dispatcher,
+    simulator: GatewaySimulator,
+    observer: Database,
+) -> None:
+    # Half the reply arrives (its first line whole), then the connection closes.
+    simulator.configure(truncate_rate=1.0)
+    result = service.enqueue([number(1), number(2)], "half a reply")
+    claim = service.claim(worker="w")
+    assert claim is not None
+
+    service.record(claim, service.submit(claim), worker="w")
+
+    [first, _second] = simulator.ledger()
+    rows = recipients_of(observer, result.job_id)
+    assert [(r.status, r.gateway_message_id, r.error_code, r.attempts) for r in rows] == [
+        ("sent", first["message_id"], None, 1),
+        ("unknown", None, "UNREADABLE_REPLY", 1),
+    ]
+    [attempt] = attempts_of(observer, result.job_id)
+    assert attempt.outcome == AttemptOutcome.PARTIAL
+    assert attempt.error is not None
+    assert "incomplete reply" in attempt.error
+    simulator.configure(truncate_rate=0.0)
+    assert service.claim(worker="w") is None
+    assert service.sweep()["abandoned_recipients"] == 0
     assert send_requests(simulator) == 1
 
 

@@ -36,6 +36,7 @@ from dispatcher.errors import (
     AmbiguousGatewayError,
     GatewayConnectError,
     GatewayError,
+    IncompleteReplyError,
     PermanentGatewayError,
     TransientGatewayError,
 )
@@ -80,6 +81,34 @@ class Submission:
     def gateway_message_id(self) -> str | None:
         """The submission's message ID, when any recipient was accepted."""
         return next((o.gateway_message_id for o in self.outcomes if o.gateway_message_id), None)
+
+
+READ_CHUNK_BYTES = 16 * 1024
+
+
+def _read_capped(response: requests.Response, host: str) -> bytes:
+    """The body, up to one byte past ``MAX_REPLY_BYTES`` so the caller sees it went on.
+
+    Read in chunks to its end, so that a body cut short of its declared length (or a
+    broken chunked encoding, or a read timeout) surfaces here, as IncompleteReplyError
+    carrying what did arrive: its complete lines are the gateway's word (issue 13).
+    """
+    body = bytearray()
+    try:
+        while len(body) <= MAX_REPLY_BYTES:
+            want = min(READ_CHUNK_BYTES, MAX_REPLY_BYTES + 1 - len(body))
+            chunk = response.raw.read1(want, decode_content=True)
+            if not chunk:
+                break
+            body += chunk
+    except urllib3.exceptions.HTTPError as exc:
+        raise IncompleteReplyError(
+            f"incomplete reply from {host}",
+            host=host,
+            http_status=response.status_code,
+            partial=bytes(body),
+        ) from exc
+    return bytes(body)
 
 
 def _host_of(url: str) -> str:
@@ -206,12 +235,7 @@ class GatewayClient:
                 stream=True,
             )
             try:
-                # One byte past the cap, so that the reader sees the reply went on.
-                body = response.raw.read(MAX_REPLY_BYTES + 1, decode_content=True)
-                if len(body) <= MAX_REPLY_BYTES:
-                    # Reading past the declared length surfaces a truncated body now.
-                    response.raw.read(decode_content=True)
-                response._content = body
+                response._content = _read_capped(response, host)
             finally:
                 response.close()
         except requests.exceptions.ConnectTimeout as exc:
@@ -286,6 +310,19 @@ class GatewayClient:
             protocol.SEND_PATH, form
         )
         numbers = list(numbers)
+        if isinstance(error, IncompleteReplyError) and error.http_status == 200:
+            # The reply broke off mid-body: the IDs on the lines that arrived whole are
+            # the gateway's word; everyone else is unknown, as for a lost reply.
+            return self._classified(
+                host,
+                numbers,
+                message,
+                http_status=error.http_status,
+                body=error.partial[:MAX_REPLY_BYTES],
+                note=f"{error}; only the lines that arrived whole were read",
+                latency_ms=latency_ms,
+                tried=tried,
+            )
         if error is not None:
             outcome = (
                 Outcome.TRANSIENT if isinstance(error, TransientGatewayError) else Outcome.AMBIGUOUS
@@ -302,25 +339,49 @@ class GatewayClient:
         assert response is not None
         # A reply past the cap is read up to it: the IDs on its complete lines are
         # the gateway's word, whatever came after (too much to hold, or to trust).
-        complete = len(response.content) <= MAX_REPLY_BYTES
-        body = response.content[:MAX_REPLY_BYTES]
+        over_cap = len(response.content) > MAX_REPLY_BYTES
+        return self._classified(
+            host,
+            numbers,
+            message,
+            http_status=response.status_code,
+            body=response.content[:MAX_REPLY_BYTES],
+            note=f"reply from {host} exceeds {MAX_REPLY_BYTES} bytes; "
+            "only the lines within them were read"
+            if over_cap
+            else None,
+            latency_ms=latency_ms,
+            tried=tried,
+        )
+
+    def _classified(
+        self,
+        host: str,
+        numbers: list[str],
+        message: Message,
+        *,
+        http_status: int,
+        body: bytes,
+        note: str | None,
+        latency_ms: float,
+        tried: list[str],
+    ) -> Submission:
+        """A submission from the reply read: the whole of it when ``note`` is None, else
+        its beginning, with ``note`` saying why the rest is missing."""
         outcomes = _without_password(
-            protocol.classify_reply(numbers, response.status_code, body, complete=complete),
+            protocol.classify_reply(numbers, http_status, body, complete=note is None),
             self.config.password,
         )
         return Submission(
             host=host,
             numbers=numbers,
             outcomes=outcomes,
-            http_status=response.status_code,
+            http_status=http_status,
             raw_reply=redaction.redact(
                 protocol.decode_body(body), [self.config.password, *_echo_risk(message.text)]
             ),
             latency_ms=latency_ms,
-            error=None
-            if complete
-            else f"reply from {host} exceeds {MAX_REPLY_BYTES} bytes; "
-            "only the lines within them were read",
+            error=note,
             hosts_tried=tried,
         )
 

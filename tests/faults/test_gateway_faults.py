@@ -74,7 +74,6 @@ AMBIGUOUS: dict[str, tuple[dict[str, Any], str, bool]] = {
         False,
     ),
     "garbage": ({"garbage_rate": 1.0}, "UNREADABLE_REPLY", True),
-    "truncated": ({"truncate_rate": 1.0}, "NO_REPLY", True),
     "hang_past_read_timeout": ({"hang_rate": 1.0, "hang_s": 5.0}, "NO_REPLY", True),
     "reset_after_reading_request": ({"reset_before_accept_rate": 1.0}, "NO_REPLY", False),
     "dropped_after_accept": ({"drop_after_accept_rate": 1.0}, "NO_REPLY", True),
@@ -106,6 +105,35 @@ def test_an_ambiguous_reply_ends_unknown_after_exactly_one_call(
     outcome = faults.check()
     assert outcome.by_status == {"unknown": 151}
     assert outcome.unknown_in_ledger == (151 if taken else 0)
+
+
+def test_replies_cut_short_keep_the_ids_that_arrived_and_the_rest_stays_unknown(
+    faults: FaultPipeline,
+) -> None:
+    # The gateway accepts everything, then each reply stops halfway: the recipients
+    # whose lines arrived whole are sent with their IDs; the rest may have been sent
+    # and stay unknown, never resubmitted. The single-line reply of a one-recipient
+    # job is cut inside its only line, so that recipient is unknown.
+    faults.sim.configure(truncate_rate=1.0)
+    faults.start_workers()
+
+    bulk = faults.enqueue([number(i) for i in range(150)], "Cut short")
+    single = faults.enqueue(number(900), "Cut short single")
+    faults.wait_for(bulk.job_id, single.job_id, timeout_s=20)
+    time.sleep(1.5)  # several sweeps: nothing is resubmitted
+
+    rows = recipients_of(faults.db, bulk.job_id) + recipients_of(faults.db, single.job_id)
+    ids = {entry["number"]: entry["message_id"] for entry in faults.sim.ledger()}
+    sent = [r for r in rows if r.status == "sent"]
+    assert sent, "the whole lines of a cut reply must be recorded"
+    assert all(r.gateway_message_id == ids[r.number] for r in sent)
+    assert {(r.status, r.error_code, r.attempts) for r in rows if r not in sent} == {
+        ("unknown", "UNREADABLE_REPLY", 1)
+    }
+    assert faults.send_requests() == 3
+    outcome = faults.check()
+    assert outcome.by_status == {"sent": len(sent), "unknown": 151 - len(sent)}
+    assert outcome.unknown_in_ledger == 151 - len(sent)
 
 
 def _failed(faults: FaultPipeline) -> int:
