@@ -569,8 +569,8 @@ def retry(
             job_id=job_id,
             statuses=statuses,
             error_code=error_code,
-            since=_utc(since),
-            until=_utc(until),
+            since=since,
+            until=until,
             numbers=numbers,
             confirm_unknown=confirmed,
         )
@@ -708,13 +708,6 @@ def keys_revoke(name: str) -> None:
 def _interactive() -> bool:
     """Whether a person at a terminal can answer a question."""
     return sys.stdin.isatty()
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """A naive time from the command line, read as UTC."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 @main.command()
