@@ -29,8 +29,8 @@ from kombu.transport.redis import PRIORITY_STEPS
 from kombu.transport.redis import Channel as RedisChannel
 from kombu.transport.virtual import Transport as VirtualTransport
 
-from dispatcher.config import LANE_QUEUES, QUEUE_DISPATCH, QUEUE_WEBHOOKS, Settings, get_settings
-from dispatcher.message import Priority
+from dispatcher.config import Settings, get_settings
+from dispatcher.domain.lanes import LANE_QUEUES, QUEUE_DISPATCH, QUEUE_WEBHOOKS, Priority
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from dispatcher import redaction
 from dispatcher.config import Settings, get_settings, load_settings
-from dispatcher.message import Priority
-from dispatcher.service import Dispatcher, Waker
+from dispatcher.domain import redaction
+from dispatcher.domain.lanes import Priority
+from dispatcher.service.dispatcher import Dispatcher, Waker
 
 log = logging.getLogger(__name__)
 

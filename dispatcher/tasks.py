@@ -25,7 +25,7 @@ from dispatcher.celery_app import (
     app,
     send_heartbeat,
 )
-from dispatcher.heartbeat import STALE_AFTER_BEATS, Heartbeats
+from dispatcher.service.heartbeat import STALE_AFTER_BEATS, Heartbeats
 
 log = logging.getLogger(__name__)
 

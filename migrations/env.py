@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from dispatcher.db import make_engine
-from dispatcher.models import Base
+from dispatcher.persistence.db import make_engine
+from dispatcher.persistence.models import Base
 
 config = context.config
 target_metadata = Base.metadata

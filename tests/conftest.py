@@ -24,12 +24,12 @@ import psycopg
 import pytest
 import redis
 
-from dispatcher import migrate
 from dispatcher.config import ENV_PREFIX
-from dispatcher.db import Database
 from dispatcher.gateway.client import GatewayClient
 from dispatcher.gateway.simulator import GatewaySimulator, SimulatorConfig
-from dispatcher.service import Dispatcher
+from dispatcher.persistence import migrate
+from dispatcher.persistence.db import Database
+from dispatcher.service.dispatcher import Dispatcher
 from helpers import (
     PG_HOST,
     PG_PORT,

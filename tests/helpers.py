@@ -25,23 +25,15 @@ from celery import Celery
 from psycopg import sql
 from sqlalchemy import event, func, select
 
-from dispatcher.config import ENV_PREFIX, QUEUE_DISPATCH, Settings, load_settings
-from dispatcher.db import Database
+from dispatcher.config import ENV_PREFIX, Settings, load_settings
+from dispatcher.domain.lanes import QUEUE_DISPATCH, Priority
+from dispatcher.domain.statuses import FINAL_STATUSES, AttemptOutcome, RecipientStatus
 from dispatcher.gateway.client import GatewayClient
 from dispatcher.gateway.protocol import SEND_PATH
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.message import Priority
-from dispatcher.models import (
-    FINAL_STATUSES,
-    Attempt,
-    AttemptOutcome,
-    Batch,
-    Job,
-    Recipient,
-    RecipientStatus,
-    StatusEvent,
-)
-from dispatcher.service import Dispatcher, EnqueueResult
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Attempt, Batch, Job, Recipient, StatusEvent
+from dispatcher.service.dispatcher import Dispatcher, EnqueueResult
 
 T = TypeVar("T")
 

@@ -44,12 +44,12 @@ from dispatcher.api import create_app
 from dispatcher.api.ratelimit import REDIS_KEY_PREFIX
 from dispatcher.api.server import ServerThread
 from dispatcher.config import Settings
-from dispatcher.db import Database
+from dispatcher.domain.lanes import Priority
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.keys import KeyStore
-from dispatcher.message import Priority
-from dispatcher.models import Job, OperatorAction
-from dispatcher.service import Dispatcher
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Job, OperatorAction
+from dispatcher.service.dispatcher import Dispatcher
+from dispatcher.service.keys import KeyStore
 from helpers import (
     REDIS_HOST,
     REDIS_PORT,

@@ -28,11 +28,9 @@ import requests
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from dispatcher import audit, migrate, store
 from dispatcher.api import create_app
 from dispatcher.api.server import ServerThread
-from dispatcher.config import ENV_PREFIX, GatewayConfig, load_settings
-from dispatcher.db import Database
+from dispatcher.config import ENV_PREFIX, load_settings
 from dispatcher.errors import (
     ConfigurationError,
     InvalidNumberError,
@@ -40,10 +38,14 @@ from dispatcher.errors import (
     NotFoundError,
 )
 from dispatcher.gateway.client import GatewayClient, Message
+from dispatcher.gateway.config import GatewayConfig
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.keys import KeyStore
-from dispatcher.models import Attempt, Job, OperatorAction, Recipient, StatusEvent
-from dispatcher.service import Dispatcher, job_to_dict
+from dispatcher.persistence import migrate, store
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Attempt, Job, OperatorAction, Recipient, StatusEvent
+from dispatcher.service import audit
+from dispatcher.service.dispatcher import Dispatcher, job_to_dict
+from dispatcher.service.keys import KeyStore
 from helpers import (
     DispatcherEnv,
     Pipeline,

@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from test_api import UNLIMITED, Api, error_of, logged_errors, running_api
 
-from dispatcher.db import Database
+from dispatcher.domain.times import utcnow
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.models import utcnow
+from dispatcher.persistence.db import Database
 from helpers import DispatcherEnv, make_settings, number, row_counts, run_cli
 
 pytestmark = pytest.mark.services

@@ -20,14 +20,15 @@ from test_webhooks import SECRET, Receiver, deliveries, receiver, tries
 
 from dispatcher.api import create_app
 from dispatcher.api.server import ServerThread
-from dispatcher.db import Database
+from dispatcher.domain.statuses import DeliveryStatus
 from dispatcher.errors import InvalidOptionError, UnsafeCallbackError
 from dispatcher.gateway.addresses import AddressPolicy, system_resolver, why_not_public
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.gateway.webhook_client import WebhookClient
-from dispatcher.keys import KeyStore
-from dispatcher.models import DeliveryStatus, Job, WebhookAttempt, WebhookDelivery
-from dispatcher.service import Dispatcher
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Job, WebhookAttempt, WebhookDelivery
+from dispatcher.service.dispatcher import Dispatcher
+from dispatcher.service.keys import KeyStore
 from helpers import make_service, make_settings, number
 
 pytestmark = pytest.mark.usefixtures("clean_env")

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from dispatcher import migrate
 from dispatcher.config import ENV_PREFIX
-from dispatcher.db import Database
-from dispatcher.models import OperatorAction
+from dispatcher.persistence import migrate
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import OperatorAction
 from helpers import DispatcherEnv, run_cli
 
 JOB_KEYS = {"id", "status", "recipients"}

@@ -38,8 +38,8 @@ from urllib.parse import parse_qs, quote, quote_plus
 import pytest
 import requests
 
-from dispatcher import redaction
-from dispatcher.config import GatewayConfig
+from dispatcher.domain import redaction
+from dispatcher.domain.message import TYPE_VOICE
 from dispatcher.errors import (
     AmbiguousGatewayError,
     GatewayConnectError,
@@ -48,13 +48,8 @@ from dispatcher.errors import (
     TransientGatewayError,
 )
 from dispatcher.gateway.client import MAX_REPLY_BYTES, GatewayClient, Message, Submission
-from dispatcher.gateway.protocol import (
-    BALANCE_PATH,
-    CODE_UNREADABLE_REPLY,
-    SEND_PATH,
-    TYPE_VOICE,
-    Outcome,
-)
+from dispatcher.gateway.config import GatewayConfig
+from dispatcher.gateway.protocol import BALANCE_PATH, CODE_UNREADABLE_REPLY, SEND_PATH, Outcome
 from dispatcher.gateway.simulator import (
     FIRST_MESSAGE_ID,
     UNLIMITED_BALANCE,

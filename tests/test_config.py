@@ -12,11 +12,11 @@ import pytest
 from dispatcher.config import (
     DEFAULT_GATEWAY_BACKUP_URL,
     DEFAULT_GATEWAY_URL,
-    GatewayConfig,
     Settings,
     load_settings,
 )
 from dispatcher.errors import ConfigurationError
+from dispatcher.gateway.config import GatewayConfig
 
 
 @pytest.fixture(autouse=True)

@@ -16,14 +16,16 @@ import pytest
 import redis
 from sqlalchemy import update
 
-from dispatcher import celery_app, migrate, runtime
+from dispatcher import celery_app, runtime
 from dispatcher.celery_app import CeleryWaker, make_celery
-from dispatcher.config import QUEUE_DISPATCH
-from dispatcher.db import Database
+from dispatcher.domain.lanes import QUEUE_DISPATCH
+from dispatcher.domain.limits import CallLimiter
+from dispatcher.domain.times import utcnow
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.limits import CallLimiter
-from dispatcher.models import Batch, DispatchControl, Recipient, utcnow
-from dispatcher.service import Dispatcher
+from dispatcher.persistence import migrate
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Batch, DispatchControl, Recipient
+from dispatcher.service.dispatcher import Dispatcher
 from helpers import make_service, make_settings, number, recipients_of, send_requests
 
 pytestmark = pytest.mark.usefixtures("clean_env")

@@ -22,18 +22,18 @@ from sqlalchemy import select
 from dispatcher.api import create_app
 from dispatcher.api.server import ServerThread
 from dispatcher.dashboard import queries
-from dispatcher.db import Database
+from dispatcher.domain.statuses import RecipientStatus
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.keys import KeyStore
-from dispatcher.models import (
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import (
     Job,
     OperatorAction,
-    RecipientStatus,
     StatsMinute,
     StatusCount,
     WorkerHeartbeat,
 )
-from dispatcher.service import Dispatcher
+from dispatcher.service.dispatcher import Dispatcher
+from dispatcher.service.keys import KeyStore
 from helpers import make_service, number, recipients_of
 
 OPERATOR_PASSWORD = "correct horse battery staple 42"

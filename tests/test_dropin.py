@@ -22,13 +22,14 @@ import requests
 from sqlalchemy import select
 from test_api import UNLIMITED, Api, running_api
 
-from dispatcher.config import GatewayConfig
-from dispatcher.db import Database
+from dispatcher.domain.message import TYPE_VOICE
 from dispatcher.gateway.client import GatewayClient, Message
-from dispatcher.gateway.protocol import TYPE_VOICE, Outcome
+from dispatcher.gateway.config import GatewayConfig
+from dispatcher.gateway.protocol import Outcome
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.keys import KeyStore
-from dispatcher.models import Job
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Job
+from dispatcher.service.keys import KeyStore
 from helpers import make_settings, number, recipients_of, row_counts
 
 pytestmark = pytest.mark.services

@@ -13,10 +13,10 @@ import pytest
 import requests
 from test_api import UNLIMITED, Api, running_api
 
-from dispatcher.db import Database
 from dispatcher.gateway.protocol import BALANCE_PATH, SEND_PATH
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.keys import KeyStore
+from dispatcher.persistence.db import Database
+from dispatcher.service.keys import KeyStore
 from helpers import make_settings, number
 
 BALANCE = "/smsgateway" + BALANCE_PATH

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from dispatcher.config import ENV_PREFIX
-from dispatcher.models import AttemptOutcome
+from dispatcher.domain.statuses import AttemptOutcome
 from helpers import (
     Pipeline,
     attempts_of,

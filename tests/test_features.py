@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from dispatcher.config import load_settings
-from dispatcher.db import Database
+from dispatcher.domain.statuses import BatchStatus, RecipientStatus
+from dispatcher.domain.times import utcnow
 from dispatcher.errors import (
     ConfigurationError,
     ConflictError,
@@ -20,8 +21,8 @@ from dispatcher.errors import (
     SenderNotAllowedError,
 )
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.models import BatchStatus, RecipientStatus, utcnow
-from dispatcher.service import Dispatcher
+from dispatcher.persistence.db import Database
+from dispatcher.service.dispatcher import Dispatcher
 from helpers import (
     Pipeline,
     batches_of,

@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dispatcher.domain.storable import check_storable, unstorable
+from dispatcher.domain.times import parse_time, to_utc
 from dispatcher.errors import InvalidOptionError, InvalidTextError
-from dispatcher.storable import check_storable, unstorable
-from dispatcher.times import parse_time, to_utc
 
 PLUS_ONE = dt.timezone(dt.timedelta(hours=1))
 MINUS_LAST = dt.timezone(-dt.timedelta(hours=23, minutes=59))

@@ -18,8 +18,8 @@ from sqlalchemy import select
 from test_api import Api, ApiFactory, error_of
 from test_api import api_factory as api_factory  # the fixture
 
-from dispatcher.keys import KeyStore
-from dispatcher.models import ApiKey, Job, OperatorAction
+from dispatcher.persistence.models import ApiKey, Job, OperatorAction
+from dispatcher.service.keys import KeyStore
 from helpers import number, row_counts
 
 pytestmark = pytest.mark.services

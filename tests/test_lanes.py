@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.config import LANE_QUEUES
-from dispatcher.db import Database
+from dispatcher.domain.lanes import LANE_QUEUES, Priority
+from dispatcher.domain.statuses import BatchStatus
 from dispatcher.errors import InvalidOptionError
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.message import Priority
-from dispatcher.models import BatchStatus, Job
-from dispatcher.service import Dispatcher
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Job
+from dispatcher.service.dispatcher import Dispatcher
 from helpers import (
     Pipeline,
     attempts_of,

@@ -18,14 +18,14 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from dispatcher import proxies
 from dispatcher.api import create_app
 from dispatcher.api.server import ServerThread
 from dispatcher.dashboard.throttle import OPERATOR_ACCOUNT, LoginThrottle, account_of
-from dispatcher.db import Database
+from dispatcher.domain import proxies
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.keys import KeyStore
-from dispatcher.service import Dispatcher
+from dispatcher.persistence.db import Database
+from dispatcher.service.dispatcher import Dispatcher
+from dispatcher.service.keys import KeyStore
 from helpers import make_service, statements_starting
 
 OPERATOR_PASSWORD = "correct horse battery staple 42"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dispatcher.domain.message import Kind, check_kind, check_sender
 from dispatcher.errors import InvalidOptionError, InvalidSenderError
-from dispatcher.message import Kind, check_kind, check_sender
 
 
 @pytest.mark.parametrize(

@@ -12,18 +12,12 @@ from sqlalchemy import select, update
 
 from dispatcher.api import create_app
 from dispatcher.api.server import ServerThread
-from dispatcher.db import Database
-from dispatcher.heartbeat import RUNNING, STOPPED, health
-from dispatcher.models import (
-    Attempt,
-    Batch,
-    BatchStatus,
-    Recipient,
-    RecipientStatus,
-    WorkerHeartbeat,
-    utcnow,
-)
-from dispatcher.service import Dispatcher
+from dispatcher.domain.statuses import BatchStatus, RecipientStatus
+from dispatcher.domain.times import utcnow
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Attempt, Batch, Recipient, WorkerHeartbeat
+from dispatcher.service.dispatcher import Dispatcher
+from dispatcher.service.heartbeat import RUNNING, STOPPED, health
 from helpers import Pipeline, number, wait_until
 
 FAST = {"heartbeat_interval_s": "0.5", "rollup_interval_s": "1"}

@@ -12,9 +12,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 
-from dispatcher import migrate
-from dispatcher.db import Database
-from dispatcher.models import Base, utcnow
+from dispatcher.domain.times import utcnow
+from dispatcher.persistence import migrate
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Base
 from helpers import scratch_pg_database
 
 TABLES = {"jobs", "batches", "recipients", "attempts", "status_events"}

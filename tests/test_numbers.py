@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dispatcher import numbers as numbers_module
+from dispatcher.domain import numbers as numbers_module
+from dispatcher.domain.numbers import Refused, chunk, normalise, prepare
 from dispatcher.errors import InvalidNumberError, ValidationError
-from dispatcher.numbers import Refused, chunk, normalise, prepare
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import threading
 import pytest
 from sqlalchemy import func, select
 
-from dispatcher.db import Database
+from dispatcher.domain.statuses import Scope
 from dispatcher.errors import (
     AuthenticationError,
     ConfirmationRequiredError,
@@ -18,9 +18,10 @@ from dispatcher.errors import (
     NotFoundError,
 )
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.keys import KeyStore, hash_token
-from dispatcher.models import ApiKey, Job, OperatorAction, Scope
-from dispatcher.service import Dispatcher
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import ApiKey, Job, OperatorAction
+from dispatcher.service.dispatcher import Dispatcher
+from dispatcher.service.keys import KeyStore, hash_token
 from helpers import events_of, number, recipients_of, row_counts, send_requests
 
 pytestmark = pytest.mark.usefixtures("clean_env")

@@ -11,12 +11,13 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from dispatcher import rollup, store
 from dispatcher.api import create_app
 from dispatcher.api.server import ServerThread
-from dispatcher.db import Database
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.service import Dispatcher
+from dispatcher.persistence import store
+from dispatcher.persistence.db import Database
+from dispatcher.service import rollup
+from dispatcher.service.dispatcher import Dispatcher
 from helpers import number
 
 OPS = Path(__file__).resolve().parent.parent / "ops"

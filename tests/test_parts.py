@@ -6,8 +6,7 @@ import math
 
 import pytest
 
-from dispatcher.errors import InvalidOptionError, InvalidTextError
-from dispatcher.parts import (
+from dispatcher.domain.parts import (
     GSM_BASIC,
     GSM_EXTENSION,
     Encoding,
@@ -15,6 +14,7 @@ from dispatcher.parts import (
     check_maxconcat,
     check_text,
 )
+from dispatcher.errors import InvalidOptionError, InvalidTextError
 
 GSM7 = Encoding.GSM7
 UCS2 = Encoding.UCS2

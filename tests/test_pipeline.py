@@ -18,11 +18,12 @@ import redis
 from sqlalchemy import select
 
 from dispatcher.celery_app import CeleryWaker, make_celery
-from dispatcher.config import QUEUE_DISPATCH
+from dispatcher.domain.lanes import QUEUE_DISPATCH
+from dispatcher.domain.statuses import AttemptOutcome, BatchStatus
 from dispatcher.errors import NoRecipientsError
 from dispatcher.gateway.simulator import FIRST_MESSAGE_ID
-from dispatcher.models import Attempt, AttemptOutcome, Batch, BatchStatus, Recipient
-from dispatcher.service import Dispatcher
+from dispatcher.persistence.models import Attempt, Batch, Recipient
+from dispatcher.service.dispatcher import Dispatcher
 from helpers import (
     REDIS_HOST,
     REDIS_PORT,

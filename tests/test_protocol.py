@@ -10,13 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reply_shapes import reply_shapes
 
+from dispatcher.domain.message import TYPE_TEXT, TYPE_VOICE
 from dispatcher.gateway.protocol import (
     CODE_MISSING_FROM_REPLY,
     CODE_UNREADABLE_REPLY,
     MAX_RECIPIENTS_PER_SUBMISSION,
     REDACTED,
-    TYPE_TEXT,
-    TYPE_VOICE,
     BalanceReply,
     Outcome,
     RecipientOutcome,

@@ -28,10 +28,10 @@ import kombu
 import pytest
 
 from dispatcher.celery_app import CeleryWaker, make_celery
-from dispatcher.config import QUEUE_DISPATCH
+from dispatcher.domain.lanes import QUEUE_DISPATCH
+from dispatcher.domain.statuses import AttemptOutcome, BatchStatus
 from dispatcher.gateway.simulator import FIRST_MESSAGE_ID
-from dispatcher.models import AttemptOutcome, BatchStatus
-from dispatcher.service import Dispatcher
+from dispatcher.service.dispatcher import Dispatcher
 from helpers import (
     Pipeline,
     attempts_of,

@@ -16,8 +16,8 @@ from echoes import CHAR_ENCODINGS, WHOLE_ENCODINGS, every_decoding
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dispatcher import redaction
-from dispatcher.redaction import (
+from dispatcher.domain import redaction
+from dispatcher.domain.redaction import (
     MASK,
     RedactingFilter,
     install,

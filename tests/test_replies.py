@@ -23,14 +23,16 @@ from hypothesis import strategies as st
 from reply_shapes import reply_shapes, reply_submission
 from sqlalchemy import update
 
-from dispatcher import columns, store
-from dispatcher.control import UNPAUSED
-from dispatcher.db import Database
+from dispatcher.domain.statuses import AttemptOutcome, BatchStatus, BreakerState
+from dispatcher.domain.times import utcnow
 from dispatcher.gateway.protocol import decode_body
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.models import AttemptOutcome, Batch, BatchStatus, BreakerState, utcnow
-from dispatcher.salvage import REPLY_NOT_RECORDED
-from dispatcher.service import Claim, Dispatcher
+from dispatcher.persistence import columns, store
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Batch
+from dispatcher.persistence.salvage import REPLY_NOT_RECORDED
+from dispatcher.service.control import UNPAUSED
+from dispatcher.service.dispatcher import Claim, Dispatcher
 from helpers import (
     SUBMITTING_TIMEOUT_S,
     attempts_of,

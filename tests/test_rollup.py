@@ -10,18 +10,13 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from dispatcher import rollup, stats
-from dispatcher.db import Database
+from dispatcher.domain.statuses import RecipientStatus
+from dispatcher.domain.times import utcnow
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.models import (
-    Attempt,
-    Recipient,
-    RecipientStatus,
-    StatsMinute,
-    StatusEvent,
-    utcnow,
-)
-from dispatcher.service import Dispatcher
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Attempt, Recipient, StatsMinute, StatusEvent
+from dispatcher.service import rollup, stats
+from dispatcher.service.dispatcher import Dispatcher
 from helpers import number
 
 

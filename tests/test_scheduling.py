@@ -13,14 +13,16 @@ import datetime as dt
 import pytest
 from sqlalchemy import update
 
-from dispatcher import service as service_module
-from dispatcher.db import Database
+from dispatcher.domain.message import SEND_AT_TOLERANCE
+from dispatcher.domain.statuses import BatchStatus, RecipientStatus
+from dispatcher.domain.times import utcnow
 from dispatcher.errors import InvalidOptionError
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.message import SEND_AT_TOLERANCE
-from dispatcher.models import Batch, BatchStatus, Job, Recipient, RecipientStatus, utcnow
-from dispatcher.service import Dispatcher
-from dispatcher.store import oldest_due_query
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Batch, Job, Recipient
+from dispatcher.persistence.store import oldest_due_query
+from dispatcher.service import dispatcher as service_module
+from dispatcher.service.dispatcher import Dispatcher
 from helpers import (
     Pipeline,
     attempts_of,

@@ -20,13 +20,13 @@ import pytest
 from echoes import WHOLE_ENCODINGS, every_decoding
 from sqlalchemy.engine import make_url
 
-from dispatcher import redaction
 from dispatcher.api import create_app
 from dispatcher.api.server import ServerThread
 from dispatcher.config import load_settings
-from dispatcher.db import Database
+from dispatcher.domain import redaction
 from dispatcher.errors import ConfigurationError
 from dispatcher.gateway.simulator import GatewaySimulator
+from dispatcher.persistence.db import Database
 from helpers import Pipeline, attempts_of, make_service, number, recipients_of
 
 pytestmark = pytest.mark.services

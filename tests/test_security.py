@@ -28,9 +28,10 @@ import pytest
 import requests
 from sqlalchemy.engine import make_url
 
-from dispatcher.config import ENV_PREFIX, GatewayConfig, load_settings
+from dispatcher.config import ENV_PREFIX, load_settings
 from dispatcher.errors import ConfigurationError, GatewayError
 from dispatcher.gateway.client import GatewayClient, Message
+from dispatcher.gateway.config import GatewayConfig
 from dispatcher.gateway.protocol import BALANCE_PATH, Outcome
 from dispatcher.gateway.simulator import GatewaySimulator
 from helpers import (

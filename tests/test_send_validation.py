@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 
 import dispatcher
-from dispatcher import migrate, runtime
+from dispatcher import runtime
 from dispatcher.config import ENV_PREFIX, load_settings
-from dispatcher.db import Database
+from dispatcher.domain.lanes import Priority
 from dispatcher.errors import (
     InvalidOptionError,
     InvalidSenderError,
@@ -31,8 +31,9 @@ from dispatcher.errors import (
     NoRecipientsError,
     ValidationError,
 )
-from dispatcher.message import Priority
-from dispatcher.service import Dispatcher
+from dispatcher.persistence import migrate
+from dispatcher.persistence.db import Database
+from dispatcher.service.dispatcher import Dispatcher
 from helpers import number, recipients_of, row_counts
 
 GOOD_TO = ["07700 900001", "+44 7700 900002"]

@@ -17,17 +17,14 @@ import pytest
 from sqlalchemy import event, text, update
 from sqlalchemy.engine import make_url
 
-from dispatcher import service as service_module
-from dispatcher import store
-from dispatcher.db import Database
+from dispatcher.domain.statuses import AttemptOutcome, BatchStatus
+from dispatcher.domain.times import utcnow
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.models import (
-    AttemptOutcome,
-    Batch,
-    BatchStatus,
-    utcnow,
-)
-from dispatcher.service import Claim, Dispatcher
+from dispatcher.persistence import store
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Batch
+from dispatcher.service import dispatcher as service_module
+from dispatcher.service.dispatcher import Claim, Dispatcher
 from helpers import (
     BACKOFF_S,
     SUBMITTING_TIMEOUT_S,

@@ -22,12 +22,12 @@ from test_api import Api, ApiFactory, create_job
 from test_api import api_factory as api_factory  # the fixture
 
 from dispatcher.api.queries import encode_cursor
-from dispatcher.db import Database
+from dispatcher.domain.tenancy import own_jobs
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.keys import KeyStore
-from dispatcher.models import Job
-from dispatcher.store import SMALL_JOB_MAX_ROWS
-from dispatcher.tenancy import own_jobs
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Job
+from dispatcher.persistence.store import SMALL_JOB_MAX_ROWS
+from dispatcher.service.keys import KeyStore
 from helpers import number, recipients_of
 
 pytestmark = pytest.mark.services

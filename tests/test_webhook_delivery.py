@@ -22,19 +22,16 @@ from sqlalchemy import update
 from test_webhooks import LOOPBACK, SECRET, deliveries, tries
 
 from dispatcher.celery_app import worker_queues
-from dispatcher.config import QUEUE_WEBHOOKS, load_settings
-from dispatcher.db import Database
+from dispatcher.config import load_settings
+from dispatcher.domain.lanes import QUEUE_WEBHOOKS
+from dispatcher.domain.statuses import DeliveryStatus, RecipientStatus
+from dispatcher.domain.times import utcnow
 from dispatcher.errors import ConfigurationError
 from dispatcher.gateway.addresses import AddressPolicy
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.gateway.webhook_client import MAX_REPLY_BYTES, WebhookClient
-from dispatcher.models import (
-    DeliveryStatus,
-    RecipientStatus,
-    WebhookAttempt,
-    WebhookDelivery,
-    utcnow,
-)
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import WebhookAttempt, WebhookDelivery
 from helpers import Pipeline, make_service, number, recipients_of, wait_until
 
 HUGE_BYTES = 64 * 1024 * 1024

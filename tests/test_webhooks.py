@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from dispatcher.db import Database
+from dispatcher.domain.statuses import DeliveryStatus
 from dispatcher.errors import InvalidOptionError
 from dispatcher.gateway.client import GatewayClient
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.models import DeliveryStatus, WebhookAttempt, WebhookDelivery
-from dispatcher.service import Dispatcher
-from dispatcher.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import WebhookAttempt, WebhookDelivery
+from dispatcher.service.dispatcher import Dispatcher
+from dispatcher.service.webhooks import DELIVERY_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER
 from helpers import Pipeline, make_settings, number, wait_until
 
 pytestmark = pytest.mark.usefixtures("clean_env")

@@ -24,8 +24,8 @@ from dispatcher.api.middleware import (
 from dispatcher.api.ratelimit import LocalTokenBucket, NoLimit, RateLimiter, RedisTokenBucket
 from dispatcher.api.schemas import Health
 from dispatcher.config import Settings
-from dispatcher.keys import KeyStore
-from dispatcher.service import Dispatcher
+from dispatcher.service.dispatcher import Dispatcher
+from dispatcher.service.keys import KeyStore
 
 # Redis answers in microseconds; one that takes a second is as good as away.
 REDIS_TIMEOUT_S = 1.0

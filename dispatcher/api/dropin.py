@@ -52,15 +52,16 @@ from starlette.datastructures import UploadFile
 from dispatcher.api.auth import Authenticator, GatewayLoginError, authenticator
 from dispatcher.api.balance import BalanceCache
 from dispatcher.api.errors import DROPIN_PREFIX, ApiError, gateway_error
+from dispatcher.domain.message import TYPE_TEXT, TYPE_VOICE
+from dispatcher.domain.statuses import Scope
 from dispatcher.errors import (
     NoRecipientsError,
     SenderNotAllowedError,
     ValidationError,
 )
-from dispatcher.gateway.protocol import BALANCE_PATH, SEND_PATH, TYPE_TEXT, TYPE_VOICE
-from dispatcher.keys import KeyInfo
-from dispatcher.models import Scope
-from dispatcher.service import Dispatcher
+from dispatcher.gateway.protocol import BALANCE_PATH, SEND_PATH
+from dispatcher.service.dispatcher import Dispatcher
+from dispatcher.service.keys import KeyInfo
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dispatcher import redaction
+from dispatcher.domain import redaction
 from dispatcher.errors import (
     AuthenticationError,
     ConfirmationRequiredError,

@@ -18,7 +18,7 @@ import redis
 from sqlalchemy import text
 
 from dispatcher.config import Settings
-from dispatcher.db import Database
+from dispatcher.persistence.db import Database
 
 log = logging.getLogger(__name__)
 

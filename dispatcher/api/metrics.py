@@ -27,9 +27,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from dispatcher import stats
-from dispatcher.db import Database
-from dispatcher.models import BreakerState, PauseReason, utcnow
+from dispatcher.domain.statuses import BreakerState, PauseReason
+from dispatcher.domain.times import utcnow
+from dispatcher.persistence.db import Database
+from dispatcher.service import stats
 
 PREFIX = "sms_dispatcher_"
 

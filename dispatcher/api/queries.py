@@ -13,8 +13,9 @@ import re
 
 from sqlalchemy import exists, select
 
-from dispatcher.db import Database
-from dispatcher.models import PENDING_STATUSES, Recipient
+from dispatcher.domain.statuses import PENDING_STATUSES
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Recipient
 
 _CURSOR_VERSION = "j1:"
 JOB_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")

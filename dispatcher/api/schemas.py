@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dispatcher.parts import MAXCONCAT_MAX, MAXCONCAT_MIN
-from dispatcher.service import MAX_LABEL_LENGTH
+from dispatcher.domain.parts import MAXCONCAT_MAX, MAXCONCAT_MIN
+from dispatcher.service.dispatcher import MAX_LABEL_LENGTH
 
 # The callback URL column's width.
 MAX_CALLBACK_URL_LENGTH = 2000

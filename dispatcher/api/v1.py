@@ -41,15 +41,15 @@ from dispatcher.api.schemas import (
     RetryRequest,
     RetryResult,
 )
-from dispatcher.audit import ExportKind, export_csv
+from dispatcher.domain.numbers import normalise
+from dispatcher.domain.statuses import RecipientStatus, Scope
+from dispatcher.domain.times import to_utc
 from dispatcher.errors import InvalidNumberError
 from dispatcher.gateway.protocol import MAX_RECIPIENTS_PER_SUBMISSION
-from dispatcher.keys import KeyInfo
-from dispatcher.models import RecipientStatus, Scope
-from dispatcher.numbers import normalise
-from dispatcher.service import MAX_LABEL_LENGTH, Dispatcher
-from dispatcher.store import JobFilter
-from dispatcher.times import to_utc
+from dispatcher.persistence.store import JobFilter
+from dispatcher.service.audit import ExportKind, export_csv
+from dispatcher.service.dispatcher import MAX_LABEL_LENGTH, Dispatcher
+from dispatcher.service.keys import KeyInfo
 
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50

@@ -17,18 +17,13 @@ from typing import Generic, TypeVar
 
 from sqlalchemy import select
 
-from dispatcher import stats, store
-from dispatcher.db import Database
+from dispatcher.domain.numbers import normalise
+from dispatcher.domain.times import utcnow
 from dispatcher.errors import InvalidNumberError
-from dispatcher.models import (
-    Attempt,
-    Job,
-    OperatorAction,
-    Recipient,
-    StatusEvent,
-    utcnow,
-)
-from dispatcher.numbers import normalise
+from dispatcher.persistence import store
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Attempt, Job, OperatorAction, Recipient, StatusEvent
+from dispatcher.service import stats
 
 T = TypeVar("T")
 

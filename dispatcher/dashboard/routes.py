@@ -27,7 +27,6 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from dispatcher import audit, heartbeat, proxies, redaction
 from dispatcher.dashboard import charts, queries
 from dispatcher.dashboard.session import (
     COOKIE_NAME,
@@ -39,6 +38,10 @@ from dispatcher.dashboard.session import (
     SessionCodec,
 )
 from dispatcher.dashboard.throttle import LoginThrottle, account_of
+from dispatcher.domain import proxies, redaction
+from dispatcher.domain.statuses import RecipientStatus, Scope
+from dispatcher.domain.storable import unstorable
+from dispatcher.domain.times import parse_time
 from dispatcher.errors import (
     AuthenticationError,
     ConfirmationRequiredError,
@@ -46,11 +49,9 @@ from dispatcher.errors import (
     NotFoundError,
     ValidationError,
 )
-from dispatcher.keys import KeyStore
-from dispatcher.models import RecipientStatus, Scope
-from dispatcher.service import Dispatcher
-from dispatcher.storable import unstorable
-from dispatcher.times import parse_time
+from dispatcher.service import audit, heartbeat
+from dispatcher.service.dispatcher import Dispatcher
+from dispatcher.service.keys import KeyStore
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from dispatcher.domain.message import TYPE_TEXT
+
 SEND_PATH = "/sendmsg.aspx"
 BALANCE_PATH = "/getbalance.aspx"
 MAX_RECIPIENTS_PER_SUBMISSION = 100
 REDACTED = "***"
 
-TYPE_TEXT = 1
-TYPE_VOICE = 6
 
 TRANSIENT_CODES = frozenset({"GATEWAY_ERROR", "INTERNAL_ERROR"})
 # 408: the server gave up waiting for our request before it was complete.

@@ -26,11 +26,11 @@ from typing import Any
 import psutil
 from sqlalchemy import event
 
-from dispatcher import migrate
 from dispatcher.config import load_settings
-from dispatcher.db import Database
 from dispatcher.gateway.simulator import GatewaySimulator, SimulatorConfig
-from dispatcher.service import Dispatcher
+from dispatcher.persistence import migrate
+from dispatcher.persistence.db import Database
+from dispatcher.service.dispatcher import Dispatcher
 from ops.bench.api_throughput import scratch_database
 
 

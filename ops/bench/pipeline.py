@@ -58,8 +58,8 @@ from celery import Celery
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from dispatcher import migrate
-from dispatcher.db import Database
+from dispatcher.persistence import migrate
+from dispatcher.persistence.db import Database
 from ops.bench import baseline, limit
 from ops.bench.api_throughput import scratch_database, spare_redis
 from ops.bench.simulator_rps import PASSWORD, USERNAME, start_simulator

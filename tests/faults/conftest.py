@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 
-from dispatcher import migrate
 from dispatcher.config import ENV_PREFIX
-from dispatcher.db import Database
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.models import Attempt
+from dispatcher.persistence import migrate
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Attempt
 from faults.invariants import Outcome, check_fault_invariants
 from faults.services import PrivatePostgres, PrivateRedis, ServiceError
 from helpers import (

@@ -16,16 +16,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from dispatcher.db import Database
-from dispatcher.models import (
-    FINAL_STATUSES,
-    Attempt,
-    AttemptOutcome,
-    Job,
-    Recipient,
-    RecipientStatus,
-    StatusEvent,
-)
+from dispatcher.domain.statuses import FINAL_STATUSES, AttemptOutcome, RecipientStatus
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Attempt, Job, Recipient, StatusEvent
 
 
 @dataclass

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from dispatcher.config import QUEUE_DISPATCH
-from dispatcher.models import BatchStatus
-from dispatcher.service import Dispatcher, no_wake
+from dispatcher.domain.lanes import QUEUE_DISPATCH
+from dispatcher.domain.statuses import BatchStatus
+from dispatcher.service.dispatcher import Dispatcher, no_wake
 from faults.conftest import FaultPipeline
 from helpers import attempts_of, batches_of, number, recipients_of, wait_until
 

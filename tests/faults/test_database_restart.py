@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from dispatcher.models import AttemptOutcome, BatchStatus
+from dispatcher.domain.statuses import AttemptOutcome, BatchStatus
 from faults.conftest import SUBMITTING_TIMEOUT_S, FaultPipeline
 from helpers import attempts_of, batches_of, number, recipients_of, wait_until
 

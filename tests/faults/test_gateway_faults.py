@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from dispatcher.domain.statuses import AttemptOutcome, BatchStatus, RecipientStatus
 from dispatcher.gateway.simulator import GatewaySimulator, SimulatorConfig
-from dispatcher.models import AttemptOutcome, BatchStatus, Recipient, RecipientStatus
+from dispatcher.persistence.models import Recipient
 from faults.conftest import FaultPipeline
 from faults.services import closed_port
 from helpers import attempts_of, batches_of, number, recipients_of, wait_until

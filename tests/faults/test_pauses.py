@@ -13,8 +13,8 @@ import time
 
 import pytest
 
+from dispatcher.domain.statuses import AttemptOutcome
 from dispatcher.gateway.protocol import BALANCE_PATH
-from dispatcher.models import AttemptOutcome
 from faults.conftest import FaultPipeline
 from helpers import attempts_of, number, recipients_of
 

@@ -15,7 +15,7 @@ import random
 import pytest
 from sqlalchemy import func, select
 
-from dispatcher.models import Recipient
+from dispatcher.persistence.models import Recipient
 from faults.conftest import SUBMITTING_TIMEOUT_S, FaultPipeline, kill
 from helpers import number, wait_until
 

@@ -55,3 +55,8 @@ def parse_time(text: str, field: str, *, assume_utc: bool = True) -> dt.datetime
             f"{field} must be an ISO 8601 date or time like {EXAMPLE} or 2026-11-24, got {shown!r}"
         ) from None
     return to_utc(parsed, field, assume_utc=assume_utc)
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)

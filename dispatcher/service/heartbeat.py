@@ -20,8 +20,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from dispatcher.db import Database
-from dispatcher.models import WorkerHeartbeat, utcnow
+from dispatcher.domain.times import utcnow
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import WorkerHeartbeat
 
 RUNNING = "running"
 STOPPED = "stopped"

@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from dispatcher import __version__, redaction
+from dispatcher import __version__
+from dispatcher.domain import redaction
+from dispatcher.domain.storable import unstorable
+from dispatcher.domain.times import parse_time, to_utc
 from dispatcher.errors import ConfigurationError, DispatcherError, NotFoundError, ValidationError
-from dispatcher.storable import unstorable
-from dispatcher.times import parse_time, to_utc
 
 if TYPE_CHECKING:
-    from dispatcher.keys import KeyStore
+    from dispatcher.service.keys import KeyStore
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -133,8 +134,8 @@ def main(log_level: str) -> None:
 @friendly_errors
 def migrate() -> None:
     """Create or upgrade the database schema to this version."""
-    from dispatcher import migrate as migrations
     from dispatcher import runtime
+    from dispatcher.persistence import migrate as migrations
 
     database = runtime.service().db
     migrations.upgrade(database)
@@ -143,8 +144,8 @@ def migrate() -> None:
 
 
 def _require_schema() -> None:
-    from dispatcher import migrate as migrations
     from dispatcher import runtime
+    from dispatcher.persistence import migrate as migrations
 
     database = runtime.service().db
     current, head = migrations.current_revision(database), migrations.head_revision(database)
@@ -184,7 +185,7 @@ def worker(
         )
     settings.gateway_config()
     if migrate:
-        from dispatcher import migrate as migrations
+        from dispatcher.persistence import migrate as migrations
 
         migrations.upgrade(runtime.service().db)
     _require_schema()
@@ -421,8 +422,8 @@ def jobs(
     from dispatcher import runtime
 
     _require_schema()
-    from dispatcher.models import RecipientStatus
-    from dispatcher.numbers import normalise
+    from dispatcher.domain.numbers import normalise
+    from dispatcher.domain.statuses import RecipientStatus
 
     svc = runtime.service()
     wanted = normalise(number, svc.settings.default_region) if number else None
@@ -552,8 +553,8 @@ def retry(
     --yes-may-double-send, or a yes at the prompt when run at a terminal.
     """
     from dispatcher import runtime
+    from dispatcher.domain.numbers import normalise
     from dispatcher.errors import ConfirmationRequiredError
-    from dispatcher.numbers import normalise
 
     _require_schema()
     if job_id is None and not (error_code or since or until or number):
@@ -611,7 +612,7 @@ def keys() -> None:
 
 def _key_store() -> KeyStore:
     from dispatcher import runtime
-    from dispatcher.keys import KeyStore
+    from dispatcher.service.keys import KeyStore
 
     _require_schema()
     return KeyStore(runtime.service().db)
@@ -748,7 +749,7 @@ def export(
     from pathlib import Path
 
     from dispatcher import runtime
-    from dispatcher.audit import export_csv
+    from dispatcher.service.audit import export_csv
 
     _require_schema()
     svc = runtime.service()
@@ -800,7 +801,8 @@ def purge(dry_run: bool, days: int | None, as_json: bool) -> None:
     """
     from dataclasses import asdict
 
-    from dispatcher import audit, runtime
+    from dispatcher import runtime
+    from dispatcher.service import audit
 
     _require_schema()
     svc = runtime.service()
@@ -833,7 +835,8 @@ def erase(number: str, yes: bool, as_json: bool) -> None:
     """
     from dataclasses import asdict
 
-    from dispatcher import audit, runtime
+    from dispatcher import runtime
+    from dispatcher.service import audit
 
     _require_schema()
     if number == "-":
@@ -899,6 +902,6 @@ def gateway_sim(ctx: click.Context) -> None:
 @friendly_errors
 def demo(recipients: int, data_dir: str, timeout_s: float) -> None:
     """Run the whole pipeline once, embedded: simulator, worker, producer, audit summary."""
-    from dispatcher.demo import run_demo
+    from dispatcher.cli.demo import run_demo
 
     sys.exit(run_demo(recipients=recipients, data_dir=data_dir, timeout_s=timeout_s))

@@ -23,12 +23,15 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from dispatcher import redaction, store
-from dispatcher.db import Database
+from dispatcher.domain import redaction
+from dispatcher.domain.message import check_sender
+from dispatcher.domain.statuses import Scope
+from dispatcher.domain.tenancy import EVERY_JOB, Viewer, own_jobs
+from dispatcher.domain.times import utcnow
 from dispatcher.errors import AuthenticationError, InvalidOptionError, NotFoundError
-from dispatcher.message import check_sender
-from dispatcher.models import ApiKey, Scope, utcnow
-from dispatcher.tenancy import EVERY_JOB, Viewer, own_jobs
+from dispatcher.persistence import store
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import ApiKey
 
 # A label on every token, not a secret: it makes leaked tokens recognisable.
 TOKEN_PREFIX = "sdk_"  # noqa: S105

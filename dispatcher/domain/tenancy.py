@@ -6,7 +6,7 @@ not exist. Operators (keys with ``operate``, the dashboard, the CLI and Python)
 see every job.
 
 Routes only say who is asking (a Viewer); the service narrows each selection
-with ``visible_to``, and the store turns the selection's ``owner_key_id`` into
+with ``store.visible_to``, and the store turns the selection's ``owner_key_id`` into
 one condition on the job (``store.owned_by``). The check is therefore part of
 the query that looks the job up, so another key's job costs the same one lookup
 as a missing one and no count includes it.
@@ -14,11 +14,7 @@ as a missing one and no count includes it.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import TypeVar
-
-from dispatcher import store
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +37,3 @@ EVERY_JOB = Viewer(owner_key_id=None)
 def own_jobs(key_id: int) -> Viewer:
     """A producer key, which sees only the jobs it enqueued."""
     return Viewer(owner_key_id=key_id)
-
-
-_S = TypeVar("_S", store.JobFilter, store.RecipientFilter, store.AuditSelection)
-
-
-def visible_to(viewer: Viewer, selection: _S) -> _S:
-    """``selection`` narrowed to the jobs ``viewer`` may see."""
-    if viewer.sees_all:
-        return selection
-    return dataclasses.replace(selection, owner_key_id=viewer.owner_key_id)

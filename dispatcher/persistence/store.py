@@ -8,6 +8,7 @@ because a batch holds up to 100 recipients and a job up to many thousands.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -40,24 +41,22 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import QueryableAttribute, Session
 from sqlalchemy.sql.elements import TextClause
 
-from dispatcher import columns
-from dispatcher.models import (
+from dispatcher.domain.statuses import AttemptOutcome, BatchStatus, BreakerState, RecipientStatus
+from dispatcher.domain.storable import check_storable, unstorable
+from dispatcher.domain.tenancy import Viewer
+from dispatcher.domain.times import utcnow
+from dispatcher.persistence import columns
+from dispatcher.persistence.models import (
     CONTROL_ROW_ID,
     Attempt,
-    AttemptOutcome,
     Batch,
-    BatchStatus,
-    BreakerState,
     DispatchControl,
     Job,
     OperatorAction,
     Recipient,
-    RecipientStatus,
     StatusEvent,
     WebhookDelivery,
-    utcnow,
 )
-from dispatcher.storable import check_storable, unstorable
 
 _R = TypeVar("_R")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -1934,3 +1933,14 @@ def cancel_waiting(
     for batch_id in batches:
         settle_batch_if_idle(session, batch_id=batch_id, now=at)
     return moved
+
+
+_S = TypeVar("_S", JobFilter, RecipientFilter, AuditSelection)
+
+
+def visible_to(viewer: Viewer, selection: _S) -> _S:
+    """``selection`` narrowed to the jobs ``viewer`` may see."""
+    if viewer.sees_all:
+        return selection
+    narrowed: _S = dataclasses.replace(selection, owner_key_id=viewer.owner_key_id)
+    return narrowed

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterable
 from urllib.parse import quote, quote_plus
 
-from dispatcher import decodings
+from dispatcher.domain import decodings
 
 MASK = "***"
 # Short values would mask ordinary words all over the logs and reveal nothing anyway.

@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from dispatcher import columns, store
+from dispatcher.persistence import columns, store
 
 log = logging.getLogger(__name__)
 

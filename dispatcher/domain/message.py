@@ -8,10 +8,12 @@ import math
 import re
 from collections.abc import Collection
 
-from dispatcher.config import LANE_NAMES, LANE_QUEUES
+from dispatcher.domain.times import to_utc
 from dispatcher.errors import InvalidOptionError, InvalidSenderError, SenderNotAllowedError
-from dispatcher.gateway.protocol import TYPE_TEXT, TYPE_VOICE
-from dispatcher.times import to_utc
+
+# The gateway's ``type`` parameter: 1 a text message, 6 a voice call reading it out.
+TYPE_TEXT = 1
+TYPE_VOICE = 6
 
 # A validity longer than this is a mistake in units, not a wish.
 MAX_VALIDITY_S = 30 * 86400.0
@@ -99,42 +101,6 @@ def sender_for_key(
         f"sender {sender!r} is not granted to this key; {choices}; "
         "an operator grants senders with `dispatcher keys update NAME --grant-sender`"
     )
-
-
-class Priority(enum.StrEnum):
-    """Which lane a job's batches are claimed in: ``high`` before ``normal`` before ``bulk``."""
-
-    HIGH = "high"
-    NORMAL = "normal"
-    BULK = "bulk"
-
-    @property
-    def lane(self) -> int:
-        """The ``batches.lane`` value: 0 high, 1 normal, 2 bulk (the claim order)."""
-        return LANE_NAMES.index(self.value)
-
-    @property
-    def queue(self) -> str:
-        """The Celery queue that carries this lane's wake-ups."""
-        return LANE_QUEUES[self.value]
-
-    @classmethod
-    def of_lane(cls, lane: int) -> Priority:
-        """The priority of a ``batches.lane`` value."""
-        return cls(LANE_NAMES[lane])
-
-
-def check_priority(priority: object) -> Priority:
-    """The Priority named by ``priority``, or InvalidOptionError listing the choices."""
-    if isinstance(priority, Priority):
-        return priority
-    if isinstance(priority, str):
-        try:
-            return Priority(priority.strip().lower())
-        except ValueError:
-            pass
-    choices = ", ".join(p.value for p in Priority)
-    raise InvalidOptionError(f"priority must be one of {choices}, got {priority!r}")
 
 
 MAX_SCHEDULE_AHEAD = dt.timedelta(days=366)

@@ -12,7 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-from dispatcher.db import Database, make_engine
+from dispatcher.persistence.db import Database, make_engine
 
 
 def alembic_config(database: Database) -> Config:

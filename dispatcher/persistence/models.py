@@ -3,15 +3,14 @@
 The database is the schedule (SPEC section 3): a batch's ``status`` and ``due_at``
 say when it is sent, and a broker message only wakes a worker to look.
 
-Statuses are ``str`` enums stored as plain strings (no database enum type, so
-adding a status is a data change, not a schema fight), and the transitions a
-recipient may make are listed once, in ``RECIPIENT_TRANSITIONS``.
+Statuses are the ``str`` enums of ``dispatcher.domain.statuses``, stored as plain
+strings (no database enum type, so adding a status is a data change, not a schema
+fight).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import enum
 from typing import Any
 
 from sqlalchemy import (
@@ -32,6 +31,15 @@ from sqlalchemy import (
     text as sql,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from dispatcher.domain.statuses import (
+    AttemptOutcome,
+    BatchStatus,
+    BreakerState,
+    DeliveryStatus,
+    Scope,
+)
+from dispatcher.domain.times import utcnow
 
 # Constraint names that Alembic can find again on every database.
 NAMING_CONVENTION = {
@@ -65,86 +73,6 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=dt.UTC)
         return value.astimezone(dt.UTC)
-
-
-def utcnow() -> dt.datetime:
-    """The current time, timezone-aware UTC."""
-    return dt.datetime.now(dt.UTC)
-
-
-class RecipientStatus(enum.StrEnum):
-    """Where one recipient of a job stands."""
-
-    QUEUED = "queued"
-    SUBMITTING = "submitting"
-    RETRY_WAIT = "retry_wait"
-    SENT = "sent"
-    FAILED = "failed"
-    UNKNOWN = "unknown"
-    CANCELLED = "cancelled"
-    EXPIRED = "expired"
-
-    @property
-    def is_final(self) -> bool:
-        """True once nothing automatic will change this recipient again."""
-        return self in FINAL_STATUSES
-
-
-FINAL_STATUSES = frozenset(
-    {
-        RecipientStatus.SENT,
-        RecipientStatus.FAILED,
-        RecipientStatus.UNKNOWN,
-        RecipientStatus.CANCELLED,
-        RecipientStatus.EXPIRED,
-    }
-)
-PENDING_STATUSES = frozenset(set(RecipientStatus) - FINAL_STATUSES)
-
-_S = RecipientStatus
-RECIPIENT_TRANSITIONS: dict[RecipientStatus, frozenset[RecipientStatus]] = {
-    _S.QUEUED: frozenset({_S.SUBMITTING, _S.CANCELLED, _S.EXPIRED, _S.FAILED}),
-    _S.SUBMITTING: frozenset({_S.SENT, _S.FAILED, _S.UNKNOWN, _S.RETRY_WAIT, _S.QUEUED}),
-    _S.RETRY_WAIT: frozenset({_S.SUBMITTING, _S.CANCELLED, _S.EXPIRED, _S.FAILED}),
-    # Only an operator's explicit, audited retry leaves a final failure state...
-    _S.FAILED: frozenset({_S.QUEUED}),
-    # ...except that the real reply of the very attempt the sweeper gave up on
-    # (WORKER_LOST) replaces its guess when it arrives late: the gateway's answer
-    # is the truth, and an accepted ID must not be lost.
-    _S.UNKNOWN: frozenset({_S.QUEUED, _S.SENT, _S.FAILED, _S.RETRY_WAIT}),
-    _S.SENT: frozenset(),
-    _S.CANCELLED: frozenset(),
-    _S.EXPIRED: frozenset(),
-}
-
-
-def can_transition(old: RecipientStatus, new: RecipientStatus) -> bool:
-    """Whether a recipient may move from ``old`` to ``new``."""
-    return new in RECIPIENT_TRANSITIONS[old]
-
-
-class BatchStatus(enum.StrEnum):
-    """Where one batch (the recipients of one submission) stands."""
-
-    QUEUED = "queued"
-    """Waiting for ``due_at``: a first send, or a retry after a transient failure."""
-    SUBMITTING = "submitting"
-    """Claimed by a worker; its HTTP call is in flight or the worker died in it."""
-    DONE = "done"
-    """Every recipient of the batch is final."""
-
-
-class AttemptOutcome(enum.StrEnum):
-    """How one HTTP attempt ended, as a whole."""
-
-    IN_FLIGHT = "in_flight"
-    ACCEPTED = "accepted"
-    PARTIAL = "partial"
-    TRANSIENT = "transient"
-    REJECTED = "rejected"
-    AMBIGUOUS = "ambiguous"
-    ABANDONED = "abandoned"
-    """The worker never came back; the sweeper closed it as unknown."""
 
 
 class Base(DeclarativeBase):
@@ -357,28 +285,6 @@ class StatusEvent(Base):
     )
 
 
-class PauseReason(enum.StrEnum):
-    """Why dispatch is paused."""
-
-    MANUAL = "manual"
-    """An operator paused it."""
-    LOGIN_INVALID = "login_invalid"
-    """The gateway refused the credentials; only an operator resumes."""
-    NO_CREDIT = "no_credit"
-    """The account is empty; a balance above the threshold, or an operator, resumes."""
-
-
-class BreakerState(enum.StrEnum):
-    """The circuit breaker that stops dispatch during a gateway outage."""
-
-    CLOSED = "closed"
-    """Normal: batches are claimed as they fall due."""
-    OPEN = "open"
-    """An outage: nothing is claimed until ``breaker_retry_at``."""
-    PROBING = "probing"
-    """One batch is out as a probe; its result closes or reopens the breaker."""
-
-
 CONTROL_ROW_ID = 1
 
 
@@ -407,19 +313,6 @@ class DispatchControl(Base):
     credit_checked_at: Mapped[dt.datetime | None]
     last_balance: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-
-
-class Scope(enum.StrEnum):
-    """What an API key may do."""
-
-    SEND = "send"
-    """Enqueue jobs (the producer API and the drop-in endpoint)."""
-    READ = "read"
-    """Read jobs, recipients and attempts."""
-    OPERATE = "operate"
-    """Retry, cancel, pause and resume; the dashboard."""
-    BALANCE = "balance"
-    """Read the gateway account's balance (the drop-in ``getbalance.aspx``)."""
 
 
 class ApiKey(Base):
@@ -459,15 +352,6 @@ class OperatorAction(Base):
     affected: Mapped[int] = mapped_column(Integer, default=0)
 
     __table_args__ = (Index(None, "at"), Index(None, "target"))
-
-
-class DeliveryStatus(enum.StrEnum):
-    """Where a completion webhook stands."""
-
-    QUEUED = "queued"
-    SENDING = "sending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
 
 
 class WebhookDelivery(Base):

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import click
 
-from dispatcher import migrate
 from dispatcher.config import load_settings
+from dispatcher.domain.statuses import FINAL_STATUSES
 from dispatcher.gateway.simulator import GatewaySimulator, SimulatorConfig
-from dispatcher.models import FINAL_STATUSES
-from dispatcher.service import Dispatcher
+from dispatcher.persistence import migrate
+from dispatcher.service.dispatcher import Dispatcher
 
 DEMO_MARKER = ".dispatcher-demo"
 SIM_USER = "demo-user"

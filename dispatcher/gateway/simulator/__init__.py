@@ -58,16 +58,15 @@ from typing import Any, Final, Self
 
 from aiohttp import web
 
+from dispatcher.domain.message import TYPE_TEXT, TYPE_VOICE
+from dispatcher.domain.parts import MAXCONCAT_MAX, MAXCONCAT_MIN, analyse
 from dispatcher.errors import ConfigurationError
 from dispatcher.gateway.protocol import (
     BALANCE_PATH,
     MAX_RECIPIENTS_PER_SUBMISSION,
     REDACTED,
     SEND_PATH,
-    TYPE_TEXT,
-    TYPE_VOICE,
 )
-from dispatcher.parts import MAXCONCAT_MAX, MAXCONCAT_MIN, analyse
 
 logger = logging.getLogger("dispatcher.gateway.simulator")
 
@@ -1104,7 +1103,3 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(json.dumps(urls), flush=True)
 
     run(config, host, port, prefix, on_ready=announce)
-
-
-if __name__ == "__main__":
-    main()

@@ -13,8 +13,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from dispatcher.domain.storable import check_storable
 from dispatcher.errors import InvalidOptionError, InvalidTextError
-from dispatcher.storable import check_storable
 
 MAXCONCAT_MIN = 1
 # Concatenated SMS number their parts in one byte, so 255 is the hard ceiling.

@@ -30,21 +30,16 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import exists, select, update
 
-from dispatcher import redaction, store
 from dispatcher.config import Settings
-from dispatcher.db import Database
+from dispatcher.domain import redaction
+from dispatcher.domain.statuses import PENDING_STATUSES, DeliveryStatus
+from dispatcher.domain.times import utcnow
 from dispatcher.errors import InvalidOptionError
 from dispatcher.gateway.addresses import AddressPolicy, Resolver, system_resolver
 from dispatcher.gateway.webhook_client import WebhookClient
-from dispatcher.models import (
-    PENDING_STATUSES,
-    DeliveryStatus,
-    Job,
-    Recipient,
-    WebhookAttempt,
-    WebhookDelivery,
-    utcnow,
-)
+from dispatcher.persistence import store
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Job, Recipient, WebhookAttempt, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +193,7 @@ class Webhooks:
         """Deliver due webhooks until none is due, the budget is spent or ``stop`` is set;
         returns tries. Returns 0 at once when ``webhook_threads`` threads of this process
         are delivering already: they take this call's work too."""
-        from dispatcher.service import job_to_dict
+        from dispatcher.service.dispatcher import job_to_dict
 
         if self.settings.webhook_secret is None:
             # Without the secret no callback can be asked for (check_callback_url),

@@ -30,8 +30,8 @@ from typing import Any
 
 from sqlalchemy import String
 
-from dispatcher.models import Attempt, Base, Recipient, StatusEvent
-from dispatcher.storable import make_storable
+from dispatcher.domain.storable import make_storable
+from dispatcher.persistence.models import Attempt, Base, Recipient, StatusEvent
 
 CLIPPED = "…"
 """Ends a value that was clipped to fit its column."""

@@ -32,14 +32,16 @@ from typing import Any
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
-from dispatcher import store
 from dispatcher.config import Settings
-from dispatcher.db import Database
+from dispatcher.domain.numbers import normalise
+from dispatcher.domain.statuses import RecipientStatus
+from dispatcher.domain.tenancy import EVERY_JOB, Viewer
+from dispatcher.domain.times import to_utc, utcnow
 from dispatcher.errors import ConflictError, InvalidOptionError, NotFoundError
-from dispatcher.models import Recipient, RecipientStatus, utcnow
-from dispatcher.numbers import normalise
-from dispatcher.tenancy import EVERY_JOB, Viewer, visible_to
-from dispatcher.times import to_utc
+from dispatcher.persistence import store
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Recipient
+from dispatcher.persistence.store import visible_to
 
 log = logging.getLogger(__name__)
 

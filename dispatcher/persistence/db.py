@@ -19,12 +19,33 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import (
+    ArgumentError,
+    DisconnectionError,
+)
+from sqlalchemy.exc import DBAPIError as DBAPIError
+from sqlalchemy.exc import IntegrityError as IntegrityError
+from sqlalchemy.exc import InterfaceError as InterfaceError
+from sqlalchemy.exc import OperationalError as OperationalError
+from sqlalchemy.exc import SQLAlchemyError as SQLAlchemyError
+from sqlalchemy.orm import Session as Session
+from sqlalchemy.orm import sessionmaker
 
-from dispatcher import redaction
+# Session and the database's refusals are re-exported above so that the services
+# can type their transactions and tell a refusal from an outage while only this
+# layer imports SQLAlchemy (docs/design.md, "Layers").
+from dispatcher.domain import redaction
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def check_database_url(url: str) -> bool:
+    """Whether ``url`` parses as a database URL (never echoed: it may hold a password)."""
+    try:
+        make_url(url)
+    except (ArgumentError, ValueError):
+        return False
+    return True
 
 
 def normalise_url(url: str) -> str:

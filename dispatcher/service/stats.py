@@ -38,18 +38,17 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dispatcher.control import control_view
-from dispatcher.heartbeat import WorkerHealth, health
-from dispatcher.models import (
+from dispatcher.domain.statuses import BatchStatus, RecipientStatus
+from dispatcher.persistence.models import (
     Batch,
-    BatchStatus,
     Recipient,
-    RecipientStatus,
     StatsMinute,
     StatusCount,
     WorkerHeartbeat,
 )
-from dispatcher.store import get_control
+from dispatcher.persistence.store import get_control
+from dispatcher.service.control import control_view
+from dispatcher.service.heartbeat import WorkerHealth, health
 
 RECIPIENTS = "recipients"
 ERROR_CODE = "error_code"

@@ -35,12 +35,31 @@ from sqlalchemy import func
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from dispatcher import columns, salvage, store
-from dispatcher import rollup as rollups
-from dispatcher.audit import RetentionSchedule
 from dispatcher.config import Settings
-from dispatcher.control import UNPAUSED, Controls, control_view
-from dispatcher.db import Database
+from dispatcher.domain.backoff import RetryPolicy
+from dispatcher.domain.lanes import Priority, check_priority
+from dispatcher.domain.limits import CallLimiter
+from dispatcher.domain.message import (
+    Kind,
+    check_kind,
+    check_send_at,
+    check_send_at_not_past,
+    check_sender,
+    check_validity,
+    sender_for_key,
+)
+from dispatcher.domain.numbers import RecipientList, chunk, prepare
+from dispatcher.domain.parts import TextInfo, check_maxconcat, check_text
+from dispatcher.domain.statuses import (
+    PENDING_STATUSES,
+    AttemptOutcome,
+    BreakerState,
+    PauseReason,
+    RecipientStatus,
+)
+from dispatcher.domain.storable import check_storable
+from dispatcher.domain.tenancy import EVERY_JOB, Viewer
+from dispatcher.domain.times import utcnow
 from dispatcher.errors import (
     ConfigurationError,
     ConfirmationRequiredError,
@@ -53,35 +72,14 @@ from dispatcher.errors import (
 from dispatcher.gateway import protocol
 from dispatcher.gateway.client import GatewayClient, Message, Submission
 from dispatcher.gateway.protocol import Outcome, RecipientOutcome
-from dispatcher.limits import CallLimiter
-from dispatcher.message import (
-    Kind,
-    Priority,
-    check_kind,
-    check_priority,
-    check_send_at,
-    check_send_at_not_past,
-    check_sender,
-    check_validity,
-    sender_for_key,
-)
-from dispatcher.models import (
-    PENDING_STATUSES,
-    AttemptOutcome,
-    BreakerState,
-    DispatchControl,
-    Job,
-    PauseReason,
-    Recipient,
-    RecipientStatus,
-    utcnow,
-)
-from dispatcher.numbers import RecipientList, chunk, prepare
-from dispatcher.parts import TextInfo, check_maxconcat, check_text
-from dispatcher.retry import RetryPolicy
-from dispatcher.storable import check_storable
-from dispatcher.tenancy import EVERY_JOB, Viewer, visible_to
-from dispatcher.webhooks import Webhooks
+from dispatcher.persistence import columns, salvage, store
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import DispatchControl, Job, Recipient
+from dispatcher.persistence.store import visible_to
+from dispatcher.service import rollup as rollups
+from dispatcher.service.audit import RetentionSchedule
+from dispatcher.service.control import UNPAUSED, Controls, control_view
+from dispatcher.service.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 

@@ -41,19 +41,18 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from dispatcher import stats
-from dispatcher.db import Database
-from dispatcher.models import (
+from dispatcher.domain.statuses import AttemptOutcome, RecipientStatus
+from dispatcher.domain.times import utcnow
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import (
     Attempt,
-    AttemptOutcome,
     Job,
     Recipient,
-    RecipientStatus,
     StatsMinute,
     StatusCount,
     StatusEvent,
-    utcnow,
 )
+from dispatcher.service import stats
 
 log = logging.getLogger(__name__)
 

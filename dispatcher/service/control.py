@@ -16,10 +16,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from dispatcher import store
 from dispatcher.config import Settings
+from dispatcher.domain.statuses import BreakerState, PauseReason
+from dispatcher.domain.times import utcnow
 from dispatcher.gateway.protocol import Outcome, RecipientOutcome
-from dispatcher.models import BreakerState, DispatchControl, PauseReason, utcnow
+from dispatcher.persistence import store
+from dispatcher.persistence.models import DispatchControl
 
 log = logging.getLogger(__name__)
 
