@@ -5,6 +5,7 @@ DispatcherError
 ├── ValidationError             a send request refused before anything is written
 │   ├── InvalidNumberError        a number that cannot be a phone number
 │   ├── NoRecipientsError         no acceptable recipient left
+│   ├── TooManyRecipientsError    more numbers than one request may name
 │   ├── InvalidTextError          empty text, or more parts than maxconcat allows
 │   ├── InvalidSenderError        neither 11 alphanumerics nor 15 digits
 │   ├── InvalidOptionError        maxconcat, kind or another option out of range
@@ -52,6 +53,10 @@ class InvalidNumberError(ValidationError):
 
 class NoRecipientsError(ValidationError):
     """No acceptable recipient remains after validation."""
+
+
+class TooManyRecipientsError(ValidationError):
+    """A request names more numbers than ``DISPATCHER_MAX_RECIPIENTS_PER_JOB``."""
 
 
 class InvalidTextError(ValidationError):
