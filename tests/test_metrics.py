@@ -14,10 +14,11 @@ from dispatcher.api import create_app
 from dispatcher.api.server import ServerThread
 from dispatcher.domain.statuses import BatchStatus, RecipientStatus
 from dispatcher.domain.times import utcnow
+from dispatcher.domain.workers import RUNNING, STOPPED
 from dispatcher.persistence.db import Database
+from dispatcher.persistence.heartbeats import health
 from dispatcher.persistence.models import Attempt, Batch, Recipient, WorkerHeartbeat
 from dispatcher.service.dispatcher import Dispatcher
-from dispatcher.service.heartbeat import RUNNING, STOPPED, health
 from helpers import Pipeline, number, wait_until
 
 FAST = {"heartbeat_interval_s": "0.5", "rollup_interval_s": "1"}

@@ -10,12 +10,15 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
+from dispatcher.domain import metrics
 from dispatcher.domain.statuses import RecipientStatus
 from dispatcher.domain.times import utcnow
 from dispatcher.gateway.simulator import GatewaySimulator
+from dispatcher.persistence import rollup as rollup_sql
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import Attempt, Recipient, StatsMinute, StatusEvent
-from dispatcher.service import rollup, stats
+from dispatcher.persistence.reads import stats as reads
+from dispatcher.service import rollup
 from dispatcher.service.dispatcher import Dispatcher
 from helpers import number
 
@@ -36,22 +39,24 @@ def _expected(db: Database) -> dict[str, Counter[str]]:
         events = session.execute(select(StatusEvent.to_status, StatusEvent.recipient_id)).all()
         codes = dict(session.execute(select(Recipient.id, Recipient.error_code)).all())
         attempts = session.execute(select(Attempt.outcome, Attempt.latency_ms)).all()
-    counted = {str(s) for s in rollup.COUNTED_STATUSES}
+    counted = {str(s) for s in rollup_sql.COUNTED_STATUSES}
     return {
-        stats.RECIPIENTS: Counter(s for s, _ in events if s in counted),
-        stats.ERROR_CODE: Counter(
-            codes[r] or rollup.NO_CODE for s, r in events if s in ("failed", "unknown")
+        metrics.RECIPIENTS: Counter(s for s, _ in events if s in counted),
+        metrics.ERROR_CODE: Counter(
+            codes[r] or rollup_sql.NO_CODE for s, r in events if s in ("failed", "unknown")
         ),
-        stats.ATTEMPTS: Counter(o for o, _ in attempts if o != "in_flight"),
-        stats.LATENCY_MS: Counter(
-            stats.bucket_of(ms, stats.LATENCY_BUCKETS_MS) for _, ms in attempts if ms is not None
+        metrics.ATTEMPTS: Counter(o for o, _ in attempts if o != "in_flight"),
+        metrics.LATENCY_MS: Counter(
+            metrics.bucket_of(ms, metrics.LATENCY_BUCKETS_MS)
+            for _, ms in attempts
+            if ms is not None
         ),
     }
 
 
 def _totals(db: Database) -> dict[str, dict[str, float]]:
     with db.transaction() as session:
-        return stats.counter_totals(session, stats.COUNTERS)
+        return reads.counter_totals(session, metrics.COUNTERS)
 
 
 def _minute_rows(db: Database) -> list[tuple[dt.datetime, str, str, float]]:
@@ -60,7 +65,7 @@ def _minute_rows(db: Database) -> list[tuple[dt.datetime, str, str, float]]:
         rows = session.execute(
             select(StatsMinute.bucket_at, StatsMinute.name, StatsMinute.label, StatsMinute.value)
         ).all()
-    return sorted((a, b, c, d) for a, b, c, d in rows if c != stats.RAN_AT)
+    return sorted((a, b, c, d) for a, b, c, d in rows if c != metrics.RAN_AT)
 
 
 def test_rollup_counts_match_the_audit_tables(
@@ -73,22 +78,22 @@ def test_rollup_counts_match_the_audit_tables(
     expected = _expected(database)
     for name, by_label in expected.items():
         assert totals[name] == {k: float(v) for k, v in by_label.items()}, name
-    assert totals[stats.RECIPIENTS]["sent"] == 3
-    assert totals[stats.ERROR_CODE] == {"INVALID_NUMBER": 1.0, "NO_TEXT": 1.0}
+    assert totals[metrics.RECIPIENTS]["sent"] == 3
+    assert totals[metrics.ERROR_CODE] == {"INVALID_NUMBER": 1.0, "NO_TEXT": 1.0}
     # The per-minute rows agree with the totals (nothing is sealed yet but history).
     with database.transaction() as session:
-        minute = stats.series(
-            session, name=stats.RECIPIENTS, since=utcnow() - dt.timedelta(hours=1),
+        minute = reads.series(
+            session, name=metrics.RECIPIENTS, since=utcnow() - dt.timedelta(hours=1),
             step=dt.timedelta(hours=1),
         )  # fmt: skip
-        counts, counts_at = stats.status_counts(session)
+        counts, counts_at = reads.status_counts(session)
         live = Counter(session.execute(select(Recipient.status)).scalars())
-    assert minute.totals == totals[stats.RECIPIENTS]
+    assert minute.totals == totals[metrics.RECIPIENTS]
     assert counts == {s.value: live.get(s.value, 0) for s in RecipientStatus}
     assert counts_at == report.ran_at
-    latency_count = sum(totals[stats.LATENCY_MS].values())
-    assert latency_count == sum(expected[stats.ATTEMPTS].values())
-    assert totals[stats.LATENCY_MS_SUM][stats.SUM] > 0
+    latency_count = sum(totals[metrics.LATENCY_MS].values())
+    assert latency_count == sum(expected[metrics.ATTEMPTS].values())
+    assert totals[metrics.LATENCY_MS_SUM][metrics.SUM] > 0
 
 
 def test_rollup_is_idempotent_and_counts_late_commits(
@@ -113,9 +118,9 @@ def test_rollup_is_idempotent_and_counts_late_commits(
             )
         )  # fmt: skip
     before = _totals(database)
-    assert "expired" not in before[stats.RECIPIENTS]
+    assert "expired" not in before[metrics.RECIPIENTS]
     assert service.rollup(force=True) is not None
-    assert _totals(database)[stats.RECIPIENTS]["expired"] == 1.0
+    assert _totals(database)[metrics.RECIPIENTS]["expired"] == 1.0
 
 
 def test_sealing_and_retention_keep_counters_monotonic(
@@ -135,7 +140,7 @@ def test_sealing_and_retention_keep_counters_monotonic(
     much_later = now + dt.timedelta(days=3)
     assert rollup.run(database, now=much_later, retention_days=2) is not None
     assert _totals(database) == totals
-    minute_rows = [r for r in _minute_rows(database) if r[0] > stats.EPOCH]
+    minute_rows = [r for r in _minute_rows(database) if r[0] > metrics.EPOCH]
     assert minute_rows == [], "minutes older than the retention are gone"
 
 
@@ -149,7 +154,7 @@ def test_a_recent_run_is_skipped_unless_forced(service: Dispatcher, database: Da
 def test_one_rollup_at_a_time_on_postgresql(pg_db: Database) -> None:
     url = pg_db.url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(url) as other, other.transaction():
-        other.execute("SELECT pg_advisory_xact_lock(%s)", (rollup.ROLLUP_LOCK_KEY,))
+        other.execute("SELECT pg_advisory_xact_lock(%s)", (rollup_sql.ROLLUP_LOCK_KEY,))
         assert rollup.run(pg_db) is None, "the lock holder's run goes alone"
     assert rollup.run(pg_db) is not None
 

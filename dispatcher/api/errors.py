@@ -28,7 +28,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dispatcher.domain import redaction
@@ -45,6 +44,7 @@ from dispatcher.errors import (
     SenderNotAllowedError,
     ValidationError,
 )
+from dispatcher.persistence.db import InterfaceError, OperationalError
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,8 @@ import base64
 import binascii
 import re
 
-from sqlalchemy import exists, select
-
-from dispatcher.domain.statuses import PENDING_STATUSES
 from dispatcher.persistence.db import Database
-from dispatcher.persistence.models import Recipient
+from dispatcher.persistence.reads.jobs import has_pending
 
 _CURSOR_VERSION = "j1:"
 JOB_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
@@ -50,9 +47,6 @@ def decode_cursor(cursor: str) -> str:
 
 def job_status(db: Database, job_id: str) -> str:
     """``in_progress`` while any recipient of the job is pending, else ``completed``."""
-    pending = [str(s) for s in PENDING_STATUSES]
     with db.transaction() as session:
-        busy = session.execute(
-            select(exists().where(Recipient.job_id == job_id, Recipient.status.in_(pending)))
-        ).scalar_one()
+        busy = has_pending(session, job_id)
     return "in_progress" if busy else "completed"

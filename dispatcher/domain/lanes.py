@@ -14,6 +14,8 @@ QUEUE_DISPATCH_HIGH = "dispatcher.dispatch.high"
 QUEUE_DISPATCH_BULK = "dispatcher.dispatch.bulk"
 LANE_NAMES = ("high", "normal", "bulk")
 """Priority lanes in claim order: a batch's ``lane`` column is the index here."""
+LANE_NUMBERS: tuple[int, ...] = tuple(range(len(LANE_NAMES)))
+"""Every ``batches.lane`` value, in claim order."""
 LANE_QUEUES = {"high": QUEUE_DISPATCH_HIGH, "normal": QUEUE_DISPATCH, "bulk": QUEUE_DISPATCH_BULK}
 # Completion webhooks travel apart from dispatch, so a stalled receiver never holds
 # a thread that a claim is waiting for.

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -180,6 +180,11 @@ class Database:
         self.after_fork()
         with self.sessions() as session, session.begin():
             yield session
+
+    def ping(self) -> None:
+        """One round trip on a pooled connection; raises what the driver raises if none."""
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
 
     def dispose(self) -> None:
         """Close every pooled connection."""

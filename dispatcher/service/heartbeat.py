@@ -1,51 +1,22 @@
 """Worker health: each worker's row in ``worker_heartbeats``, written by the worker itself.
 
-A worker proves two things. ``seen_at``: its process runs and reaches the database
-(the sweeper thread writes it every ``DISPATCHER_HEARTBEAT_INTERVAL_S``).
-``consumed_at``: it takes messages off the broker. For that the sweeper thread sends
-a small heartbeat task to the worker's own direct queue (Celery's ``worker_direct``),
-and only the worker's consumer can run it. A worker whose ``seen_at`` is fresh but
-whose ``consumed_at`` is stale runs but does not consume: a broker it cannot reach,
-a consumer stuck, every thread blocked.
+What ``seen_at`` and ``consumed_at`` prove is told in ``dispatcher.domain.workers``.
+Each write here is its own short transaction, so a heartbeat never waits behind a
+worker's dispatch work.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
-
 from dispatcher.domain.times import utcnow
+from dispatcher.domain.workers import RUNNING, STALE_AFTER_BEATS, STOPPED, is_consuming
 from dispatcher.persistence.db import Database
-from dispatcher.persistence.models import WorkerHeartbeat
+from dispatcher.persistence.heartbeats import update_heartbeat, upsert_heartbeat
 
-RUNNING = "running"
-STOPPED = "stopped"
-STALE_AFTER_BEATS = 3
-"""A heartbeat (or a consumed heartbeat task) older than this many intervals is stale."""
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerHealth:
-    """How many workers are alive (fresh ``seen_at``) and consuming (fresh ``consumed_at``)."""
-
-    alive: int
-    consuming: int
-    stopped: int
-    stale: int
-
-
-def _upsert(session: Session, values: dict[str, Any]) -> None:
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(WorkerHeartbeat).values(**values)
-    changed = {k: statement.excluded[k] for k in values if k != "name"}
-    session.execute(statement.on_conflict_do_update(index_elements=["name"], set_=changed))
+# TODO(issue 14): the dashboard imports these from here until its routes are split.
+__all__ = ["STALE_AFTER_BEATS", "Heartbeats", "is_consuming"]
 
 
 class Heartbeats:
@@ -61,7 +32,7 @@ class Heartbeats:
         """The worker is ready: a fresh row (a restart under the same name replaces it)."""
         now = now or utcnow()
         with self.db.transaction() as session:
-            _upsert(
+            upsert_heartbeat(
                 session,
                 {
                     "name": self.name,
@@ -91,32 +62,4 @@ class Heartbeats:
 
     def _update(self, **values: Any) -> None:
         with self.db.transaction() as session:
-            session.execute(
-                update(WorkerHeartbeat)
-                .where(WorkerHeartbeat.name == self.name)
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            )
-
-
-def health(session: Session, *, now: dt.datetime, interval_s: float) -> WorkerHealth:
-    """Count workers by health as of ``now`` (the table holds one row per worker name)."""
-    fresh_after = now - dt.timedelta(seconds=STALE_AFTER_BEATS * interval_s)
-    running = WorkerHeartbeat.state == RUNNING
-    alive = running & (WorkerHeartbeat.seen_at >= fresh_after)
-    row = session.execute(
-        select(
-            func.count().filter(alive),
-            func.count().filter(alive & (WorkerHeartbeat.consumed_at >= fresh_after)),
-            func.count().filter(WorkerHeartbeat.state == STOPPED),
-            func.count().filter(running & (WorkerHeartbeat.seen_at < fresh_after)),
-        )
-    ).one()
-    return WorkerHealth(alive=row[0], consuming=row[1], stopped=row[2], stale=row[3])
-
-
-def is_consuming(worker: dict[str, Any], *, now: dt.datetime, interval_s: float) -> bool:
-    """Whether one worker row (as ``stats.workers`` gives it) shows recent consumption."""
-    consumed = worker.get("consumed_at")
-    fresh_after = now - dt.timedelta(seconds=STALE_AFTER_BEATS * interval_s)
-    return worker.get("state") == RUNNING and consumed is not None and consumed >= fresh_after
+            update_heartbeat(session, self.name, values)

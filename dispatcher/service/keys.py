@@ -20,9 +20,6 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
-
 from dispatcher.domain import redaction
 from dispatcher.domain.message import check_sender
 from dispatcher.domain.statuses import Scope
@@ -30,7 +27,8 @@ from dispatcher.domain.tenancy import EVERY_JOB, Viewer, own_jobs
 from dispatcher.domain.times import utcnow
 from dispatcher.errors import AuthenticationError, InvalidOptionError, NotFoundError
 from dispatcher.persistence import store
-from dispatcher.persistence.db import Database
+from dispatcher.persistence.db import Database, IntegrityError
+from dispatcher.persistence.keys import all_keys, key_by_name, key_by_token_hash, revoke_key
 from dispatcher.persistence.models import ApiKey
 
 # A label on every token, not a secret: it makes leaked tokens recognisable.
@@ -192,8 +190,7 @@ class KeyStore:
     def list(self) -> list[KeyInfo]:
         """Every key, newest first, revoked ones included."""
         with self.db.transaction() as session:
-            rows = session.execute(select(ApiKey).order_by(ApiKey.id.desc())).scalars()
-            return [_info(r) for r in rows]
+            return [_info(r) for r in all_keys(session)]
 
     def get(self, key_id: int) -> KeyInfo | None:
         """The key with this id, revoked or not; None if there is none (one lookup)."""
@@ -204,13 +201,8 @@ class KeyStore:
     def revoke(self, name: str, *, actor: str) -> KeyInfo:
         """Revoke a key at once; requests with it fail from now on."""
         with self.db.transaction() as session:
-            done = session.execute(
-                update(ApiKey)
-                .where(ApiKey.name == name, ApiKey.revoked_at.is_(None))
-                .values(revoked_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
-            key = session.execute(select(ApiKey).where(ApiKey.name == name)).scalar_one_or_none()
+            done = revoke_key(session, name, at=utcnow())
+            key = key_by_name(session, name)
             if key is None:
                 raise NotFoundError(f"no key named {name!r}")
             store.record_action(
@@ -219,7 +211,7 @@ class KeyStore:
                 action="keys.revoke",
                 target=name,
                 detail={},
-                affected=int(bool(done.rowcount)),  # type: ignore[attr-defined]
+                affected=int(done),
             )
             return _info(key)
 
@@ -246,9 +238,7 @@ class KeyStore:
         if both := [s for s in granted if s in revoked]:
             raise InvalidOptionError(f"sender {both[0]!r} is both granted and revoked")
         with self.db.transaction() as session:
-            key = session.execute(
-                select(ApiKey).where(ApiKey.name == name).with_for_update()
-            ).scalar_one_or_none()
+            key = key_by_name(session, name, for_update=True)
             if key is None:
                 raise NotFoundError(f"no key named {name!r}")
             if key.revoked_at is not None:
@@ -285,9 +275,7 @@ class KeyStore:
             raise AuthenticationError("missing API key")
         digest = hash_token(token)
         with self.db.transaction() as session:
-            key = session.execute(
-                select(ApiKey).where(ApiKey.token_hash == digest)
-            ).scalar_one_or_none()
+            key = key_by_token_hash(session, digest)
             if key is None or not hmac.compare_digest(key.token_hash, digest):
                 raise AuthenticationError("invalid API key")
             if key.revoked_at is not None:

@@ -28,18 +28,17 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-from sqlalchemy import exists, select, update
-
 from dispatcher.config import Settings
 from dispatcher.domain import redaction
-from dispatcher.domain.statuses import PENDING_STATUSES, DeliveryStatus
+from dispatcher.domain.statuses import DeliveryStatus
 from dispatcher.domain.times import utcnow
 from dispatcher.errors import InvalidOptionError
 from dispatcher.gateway.addresses import AddressPolicy, Resolver, system_resolver
 from dispatcher.gateway.webhook_client import WebhookClient
 from dispatcher.persistence import store
+from dispatcher.persistence import webhooks as rows
 from dispatcher.persistence.db import Database
-from dispatcher.persistence.models import Job, Recipient, WebhookAttempt, WebhookDelivery
+from dispatcher.persistence.models import WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -115,69 +114,23 @@ class Webhooks:
     def queue_finished(self, *, limit: int = 200) -> int:
         """Queue a delivery for each waiting job whose recipients are all final."""
         now = utcnow()
-        pending = exists().where(
-            Recipient.job_id == Job.id,
-            Recipient.status.in_([str(s) for s in PENDING_STATUSES]),
-        )
         with self.db.transaction() as session:
-            finished = session.execute(
-                select(Job.id, Job.callback_url)
-                .where(Job.callback_state == "waiting", ~pending)
-                .order_by(Job.created_at)
-                .limit(limit)
-            ).all()
-            queued = 0
-            for job_id, url in finished:
-                moved = session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.callback_state == "waiting")
-                    .values(callback_state="queued")
-                    .execution_options(synchronize_session=False)
-                )
-                if not moved.rowcount:  # type: ignore[attr-defined]
-                    continue
-                session.add(
-                    WebhookDelivery(
-                        job_id=job_id,
-                        url=url,
-                        status=DeliveryStatus.QUEUED,
-                        attempts=0,
-                        due_at=now,
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-                queued += 1
-        return queued
+            finished = rows.finished_waiting_jobs(session, limit=limit)
+            return sum(
+                rows.queue_delivery(session, job_id=job_id, url=url, now=now)
+                for job_id, url in finished
+            )
 
     def count_due(self) -> int:
         """Deliveries due now."""
         with self.db.transaction() as session:
-            return len(
-                session.execute(
-                    select(WebhookDelivery.id)
-                    .where(
-                        WebhookDelivery.status == DeliveryStatus.QUEUED,
-                        WebhookDelivery.due_at <= utcnow(),
-                    )
-                    .limit(1000)
-                ).all()
-            )
+            return rows.count_due(session, now=utcnow(), cap=1000)
 
     def release_stale(self) -> int:
         """Deliveries whose worker died mid-POST go back to the queue (at least once)."""
         cutoff = utcnow() - dt.timedelta(seconds=self.settings.webhook_timeout_s + STALE_MARGIN_S)
         with self.db.transaction() as session:
-            result = session.execute(
-                update(WebhookDelivery)
-                .where(
-                    WebhookDelivery.status == DeliveryStatus.SENDING,
-                    WebhookDelivery.claimed_at < cutoff,
-                )
-                .values(status=DeliveryStatus.QUEUED, claimed_at=None, updated_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
-            return int(result.rowcount)  # type: ignore[attr-defined]
+            return rows.release_stale(session, claimed_before=cutoff, now=utcnow())
 
     def _claim(self) -> WebhookDelivery | None:
         with self.db.transaction() as session:
@@ -253,18 +206,12 @@ class Webhooks:
             wait_s = min(self.settings.webhook_backoff_s * 2 ** (delivery.attempts - 1), 3600.0)
             values = {"status": DeliveryStatus.QUEUED, "due_at": now + dt.timedelta(seconds=wait_s)}
         with self.db.transaction() as session:
-            session.add(
-                WebhookAttempt(
-                    delivery_id=delivery.id,
-                    at=now,
-                    http_status=status,
-                    error=error,
-                    latency_ms=latency_ms,
-                )
-            )
-            session.execute(
-                update(WebhookDelivery)
-                .where(WebhookDelivery.id == delivery.id)
-                .values(claimed_at=None, updated_at=now, **values)
-                .execution_options(synchronize_session=False)
+            rows.record_try(
+                session,
+                delivery_id=delivery.id,
+                at=now,
+                http_status=status,
+                error=error,
+                latency_ms=latency_ms,
+                changes=values,
             )
