@@ -25,6 +25,7 @@ from celery import Celery
 from psycopg import sql
 from sqlalchemy import event, func, select
 
+from dispatcher import celery_app
 from dispatcher.config import ENV_PREFIX, Settings, load_settings
 from dispatcher.domain.lanes import QUEUE_DISPATCH, Priority
 from dispatcher.domain.statuses import FINAL_STATUSES, AttemptOutcome, RecipientStatus
@@ -168,16 +169,11 @@ class DispatcherEnv:
 class CeleryWaker:
     """A waker for a producer in the test process: real Celery messages on the broker.
 
-    Built from the test's own settings with ``make_celery``, not from
-    ``dispatcher.celery_app.app``, which is built from the environment.
+    Built from the test's own settings with ``make_celery``, as the composition root
+    builds a process's app from its settings.
     """
 
     def __init__(self, settings: Settings) -> None:
-        # Imported late: importing the module builds its app from the environment
-        # (making broker folders under DISPATCHER_DATA_DIR), so the test's
-        # variables must be in place first.
-        from dispatcher import celery_app
-
         self.app: Celery = celery_app.make_celery(settings)
         self.task_name = celery_app.TASK_DISPATCH
         self.expires_s = celery_app.WAKE_EXPIRES_S

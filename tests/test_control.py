@@ -16,7 +16,7 @@ import pytest
 import redis
 from sqlalchemy import update
 
-from dispatcher import celery_app, runtime
+from dispatcher import runtime
 from dispatcher.celery_app import CeleryWaker, make_celery
 from dispatcher.domain.lanes import QUEUE_DISPATCH
 from dispatcher.domain.limits import CallLimiter
@@ -274,14 +274,11 @@ def test_the_process_waker_of_send_counts_the_wake_ups_waiting(
     simulator: GatewaySimulator,
     tmp_path: Path,
     broker_url: str,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """``dispatcher.send()`` wakes through runtime's lazy waker: it must ask what
     waits as the Celery waker does, or every job sends its own message."""
     settings = make_settings(pg_db, simulator, tmp_path, broker_url=broker_url)
-    app = make_celery(settings)
-    waker = CeleryWaker(app)
-    monkeypatch.setattr(celery_app, "wake", waker)
+    runtime.use(settings)
     svc = Dispatcher(settings, database=pg_db, waker=runtime._LazyCeleryWaker())
     queue = redis.Redis.from_url(broker_url)
     try:
@@ -290,8 +287,7 @@ def test_the_process_waker_of_send_counts_the_wake_ups_waiting(
         assert queue.llen(QUEUE_DISPATCH) == 1, "one wake-up waits for all five"
     finally:
         queue.close()
-        waker.close()
-        app.close()
+        runtime.reset()
 
 
 def test_the_file_broker_counts_waiting_wake_ups_for_producers(

@@ -189,8 +189,9 @@ def worker(
 
         migrations.upgrade(runtime.service().db)
     _require_schema()
-    from dispatcher.celery_app import app, ensure_broker_folders, worker_queues
+    from dispatcher.celery_app import ensure_broker_folders, worker_queues
 
+    app = runtime.celery()
     ensure_broker_folders(app)
     argv = [
         "worker",

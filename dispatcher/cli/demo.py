@@ -22,6 +22,7 @@ from pathlib import Path
 
 import click
 
+from dispatcher import runtime
 from dispatcher.config import load_settings
 from dispatcher.domain.statuses import FINAL_STATUSES
 from dispatcher.gateway.simulator import GatewaySimulator, SimulatorConfig
@@ -104,12 +105,14 @@ def run_demo(*, recipients: int, data_dir: str, timeout_s: float) -> int:
         gateway_allow_http=True,
         gateway_username=SIM_USER,
         gateway_password=password,
+        retry_backoff_s=1,
+        retry_backoff_max_s=4,
+        sweep_interval_s=1,
     )
-    # The producer side writes and wakes through the same file broker the worker reads.
-    os.environ.update({k: v for k, v in env.items() if k.startswith("DISPATCHER_")})
-    from dispatcher import runtime
-
-    runtime.reset()
+    # The producer side writes and wakes through the same file broker the worker
+    # reads: the worker gets these settings through its environment, this process
+    # through the composition root, and this process's environment stays as it was.
+    runtime.use(settings)
     service = runtime.service()
     migrate.upgrade(service.db)
 
