@@ -1,4 +1,4 @@
-"""Run the Alembic migrations shipped in ``dispatcher.migrations``."""
+"""Run the Alembic migrations shipped in ``dispatcher.persistence.migrations``."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from dispatcher.persistence.db import Database, make_engine
 def alembic_config(database: Database) -> Config:
     """An Alembic Config pointing at the packaged migrations and this database."""
     cfg = Config()
-    cfg.set_main_option("script_location", str(files("dispatcher.migrations")))
+    cfg.set_main_option("script_location", str(files("dispatcher.persistence.migrations")))
     # Alembic's config is an INI parser; a literal % in a password must be doubled.
     cfg.set_main_option("sqlalchemy.url", database.url.replace("%", "%%"))
     return cfg

@@ -1,4 +1,4 @@
-"""Alembic environment: runs on the connection ``dispatcher.migrate`` hands it."""
+"""Alembic environment: runs on the connection ``dispatcher.persistence.migrate`` hands it."""
 
 from __future__ import annotations
 
