@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -11,16 +12,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_wheel_ships_every_package_found_in_the_tree(tmp_path: Path) -> None:
+    # Built from a copy: setuptools writes build/ and *.egg-info beside the sources.
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".*", "build", "*.egg-info", "__pycache__", "dispatcher-d*", "test-artifacts", "results"
+        ),
+    )
+    wheels = tmp_path / "wheels"
     done = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp_path), "."],
-        cwd=ROOT,
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(wheels), "."],
+        cwd=source,
         capture_output=True,
         text=True,
         check=False,
     )
     assert done.returncode == 0, done.stderr
     assert "warning" not in done.stderr.lower(), done.stderr
-    (wheel,) = tmp_path.glob("sms_dispatcher-*.whl")
+    (wheel,) = wheels.glob("sms_dispatcher-*.whl")
     shipped = set(zipfile.ZipFile(wheel).namelist())
 
     packages = sorted(
