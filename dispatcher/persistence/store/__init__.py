@@ -48,7 +48,6 @@ from dispatcher.persistence.store.claims import (
     due_batches,
     oldest_due_query,
     sendable_recipients,
-    skip_locked,
 )
 from dispatcher.persistence.store.control import get_control, reset_failures, update_control
 from dispatcher.persistence.store.enqueue import (
@@ -203,7 +202,6 @@ __all__ = [
     "set_event_causes",
     "settle_batch",
     "settle_batch_if_idle",
-    "skip_locked",
     "stale_submitting_batches",
     "start_attempt",
     "status_counts",

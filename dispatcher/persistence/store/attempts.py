@@ -11,6 +11,7 @@ from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.statuses import AttemptOutcome, RecipientStatus
+from dispatcher.persistence import dialect
 from dispatcher.persistence.models import Attempt
 from dispatcher.persistence.store._common import WAITING, json_rows
 from dispatcher.persistence.store.claims import ClaimedBatch
@@ -43,7 +44,7 @@ def start_attempt(
         "now": now,
         "worker": actor,
     }
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect.is_postgresql(session):
         return int(
             session.execute(
                 _START_ATTEMPT,

@@ -20,11 +20,10 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
 from dispatcher.domain.statuses import BatchStatus, BreakerState, RecipientStatus
+from dispatcher.persistence import dialect
 from dispatcher.persistence.models import CONTROL_ROW_ID, Batch, Job, Recipient, WebhookDelivery
 from dispatcher.persistence.store._common import WAITING
 from dispatcher.persistence.store.transitions import status_recheck
-
-_R = TypeVar("_R")
 
 
 def due_batches(now: dt.datetime) -> Select[int]:
@@ -34,15 +33,6 @@ def due_batches(now: dt.datetime) -> Select[int]:
         .where(Batch.status == BatchStatus.QUEUED, Batch.due_at <= now)
         .order_by(Batch.due_at, Batch.id)
     )
-
-
-def skip_locked(session: Session, query: Select[_R]) -> Select[_R]:
-    """``query`` with ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so concurrent workers
-    pass over rows another is taking; SQLite's ``BEGIN IMMEDIATE`` already admits
-    one writer at a time and has no row locks."""
-    if session.get_bind().dialect.name == "postgresql":
-        return query.with_for_update(skip_locked=True)
-    return query
 
 
 _Claimable = TypeVar("_Claimable", Batch, WebhookDelivery)
@@ -81,7 +71,7 @@ def claim_oldest_due(
     rows considered (one lane of batches).
     """
     query = oldest_due_query(model, now=now, queued=queued, where=where)
-    row_id = session.execute(skip_locked(session, query)).scalar_one_or_none()
+    row_id = session.execute(dialect.skip_locked(session, query)).scalar_one_or_none()
     if row_id is None:
         return None
     return session.execute(
@@ -214,7 +204,7 @@ def claim_if_open(
     (``Controls.gate``, then ``claim_batch``), which handles the probe. On other
     databases it returns ``GATED`` at once, without a statement.
     """
-    if session.get_bind().dialect.name != "postgresql":
+    if not dialect.is_postgresql(session):
         return GATED
     rows = session.execute(
         _claim_statement(tuple(lanes)),

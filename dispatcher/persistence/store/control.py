@@ -6,12 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import ColumnElement, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.statuses import BreakerState
 from dispatcher.domain.times import utcnow
+from dispatcher.persistence import dialect
 from dispatcher.persistence.models import CONTROL_ROW_ID, DispatchControl
 
 
@@ -20,7 +19,6 @@ def get_control(session: Session) -> DispatchControl:
     row = session.get(DispatchControl, CONTROL_ROW_ID, populate_existing=True)
     if row is not None:
         return row
-    dialect = session.get_bind().dialect.name
     values = {
         "id": CONTROL_ROW_ID,
         "paused": False,
@@ -29,10 +27,7 @@ def get_control(session: Session) -> DispatchControl:
         "breaker_trips": 0,
         "updated_at": utcnow(),
     }
-    if dialect == "postgresql":
-        session.execute(pg_insert(DispatchControl).values(values).on_conflict_do_nothing())
-    else:
-        session.execute(sqlite_insert(DispatchControl).values(values).on_conflict_do_nothing())
+    session.execute(dialect.insert_or_ignore(session, DispatchControl, values))
     row = session.get(DispatchControl, CONTROL_ROW_ID, populate_existing=True)
     assert row is not None
     return row

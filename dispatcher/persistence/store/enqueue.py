@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
 from dispatcher.domain.statuses import BatchStatus
+from dispatcher.persistence import dialect
 from dispatcher.persistence.models import Batch, Job, Recipient
 from dispatcher.persistence.store._common import json_rows
 
@@ -110,7 +111,7 @@ def insert_recipients(session: Session, *, rows: Sequence[dict[str, Any]]) -> No
     """
     if not rows:
         return
-    if len(rows) >= COPY_MIN_ROWS and session.get_bind().dialect.name == "postgresql":
+    if len(rows) >= COPY_MIN_ROWS and dialect.is_postgresql(session):
         _copy_rows(session, Recipient.__table__, rows)
     else:
         # A Core executemany takes its columns from the first row: one per shape

@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.statuses import RecipientStatus
+from dispatcher.persistence import dialect
 from dispatcher.persistence.models import Attempt, Job, Recipient, StatusEvent
 from dispatcher.persistence.store.keyset import KeyColumn, keyset_after
 
@@ -53,9 +54,8 @@ def purgeable_jobs(
     )
     if after is not None:
         query = query.where(keyset_after([Job.created_at, Job.id], after))
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=Job)
-    return [(row[0], row[1]) for row in session.execute(query)]
+    rows = session.execute(dialect.skip_locked(session, query, of=Job))
+    return [(row[0], row[1]) for row in rows]
 
 
 def count_purgeable(session: Session, *, created_before: dt.datetime) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, case, func, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.statuses import BatchStatus, RecipientStatus
+from dispatcher.persistence import dialect
 from dispatcher.persistence.models import CONTROL_ROW_ID, Batch, Recipient
 from dispatcher.persistence.store._common import WAITING, WORKER_LOST, json_rows
 from dispatcher.persistence.store.attempts import complete_attempt
@@ -89,7 +90,7 @@ def record_reply(
     ``submitting`` meanwhile (``record_guard``). On PostgreSQL it is one statement
     (per-row values travel as arrays); elsewhere one update and one insert per group.
     """
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect.is_postgresql(session):
         rows = [
             (
                 rid,

@@ -10,11 +10,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.statuses import AttemptOutcome, BatchStatus, RecipientStatus
-from dispatcher.persistence import columns
+from dispatcher.persistence import columns, dialect
 from dispatcher.persistence.models import Attempt, Batch, Job, Recipient
 from dispatcher.persistence.store._common import WORKER_LOST
 from dispatcher.persistence.store.attempts import complete_attempt
-from dispatcher.persistence.store.claims import sendable_recipients, skip_locked
+from dispatcher.persistence.store.claims import sendable_recipients
 from dispatcher.persistence.store.replies import settle_batch
 from dispatcher.persistence.store.transitions import transition
 
@@ -29,7 +29,7 @@ def stale_submitting_batches(
         .order_by(Batch.claimed_at)
         .limit(limit)
     )
-    return list(session.execute(skip_locked(session, query)).scalars())
+    return list(session.execute(dialect.skip_locked(session, query)).scalars())
 
 
 def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: str) -> int:
@@ -96,7 +96,7 @@ def expired_batches(
         .order_by(Batch.expires_at)
         .limit(limit)
     )
-    batches = session.execute(skip_locked(session, query)).scalars()
+    batches = session.execute(dialect.skip_locked(session, query)).scalars()
     return [(b.id, b.expires_at) for b in batches if b.expires_at is not None]
 
 

@@ -11,21 +11,11 @@ import datetime as dt
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    any_,
-    bindparam,
-    insert,
-    literal,
-    null,
-    select,
-    update,
-)
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import ColumnElement, insert, literal, null, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.statuses import RecipientStatus
+from dispatcher.persistence import dialect
 from dispatcher.persistence.models import Recipient, StatusEvent
 
 
@@ -74,14 +64,6 @@ def record_transitions(
     )
 
 
-def _id_in(session: Session, ids: Collection[int]) -> ColumnElement[bool]:
-    """``id IN ids``; on PostgreSQL as ``= ANY(array)``, one parameter instead of one
-    per id (a batch has up to 100), which is cheaper to render, bind and plan."""
-    if session.get_bind().dialect.name == "postgresql":
-        return Recipient.id == any_(bindparam("ids", list(ids), type_=ARRAY(BigInteger)))
-    return Recipient.id.in_(list(ids))
-
-
 def status_recheck(statuses: Iterable[str]) -> ColumnElement[bool]:
     """``status IN statuses`` for rows already found by id or batch, kept off the status index.
 
@@ -117,7 +99,7 @@ def transition(
     if not ids:
         return 0
     allowed = [str(s) for s in from_statuses]
-    where = _id_in(session, ids) & status_recheck(allowed)
+    where = dialect.id_in(session, Recipient.id, ids) & status_recheck(allowed)
     if guard is not None:
         where = where & guard
     record_transitions(
