@@ -35,6 +35,7 @@ from sqlalchemy.orm import sessionmaker
 # can type their transactions and tell a refusal from an outage while only this
 # layer imports SQLAlchemy (docs/design.md, "Layers").
 from dispatcher.domain import redaction
+from dispatcher.persistence.dialect import is_sqlite, name_of
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -85,7 +86,7 @@ def make_engine(
     """
     url = normalise_url(url)
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
+    if is_sqlite(parsed):
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
@@ -165,7 +166,7 @@ class Database:
     @property
     def dialect(self) -> str:
         """``postgresql`` or ``sqlite``."""
-        return self.engine.dialect.name
+        return name_of(self.engine)
 
     def after_fork(self) -> None:
         """Drop connections inherited from a parent process without closing them for it."""

@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
 from dispatcher.persistence.db import Database, make_engine
+from dispatcher.persistence.dialect import is_sqlite
 
 
 def alembic_config(database: Database) -> Config:
@@ -28,7 +29,7 @@ def alembic_config(database: Database) -> Config:
 def _migration_connection(database: Database) -> Iterator[Connection]:
     """A connection for DDL: on SQLite one that does not enforce foreign keys
     (see ``make_engine``), checked for dangling references before it commits."""
-    if database.dialect != "sqlite":
+    if not is_sqlite(database.engine):
         with database.engine.begin() as connection:
             yield connection
         return

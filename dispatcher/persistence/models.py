@@ -27,9 +27,6 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy import (
-    text as sql,
-)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from dispatcher.domain.statuses import (
@@ -40,6 +37,7 @@ from dispatcher.domain.statuses import (
     Scope,
 )
 from dispatcher.domain.times import utcnow
+from dispatcher.persistence.dialect import id_type, is_sqlite, partial_index
 
 # Constraint names that Alembic can find again on every database.
 NAMING_CONVENTION = {
@@ -64,7 +62,7 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             raise ValueError("naive datetime given; use timezone-aware UTC")
         value = value.astimezone(dt.UTC)
         # SQLite compares datetimes as text: one fixed form keeps the ordering right.
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.replace(tzinfo=None) if is_sqlite(dialect) else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
         if value is None:
@@ -82,7 +80,7 @@ class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: UTCDateTime()}
 
 
-ID = BigInteger().with_variant(Integer(), "sqlite")
+ID = id_type()
 
 
 class Job(Base):
@@ -132,15 +130,13 @@ class Job(Base):
         Index(
             "ix_jobs_callback_waiting",
             "created_at",
-            postgresql_where=sql("callback_state = 'waiting'"),
-            sqlite_where=sql("callback_state = 'waiting'"),
+            **partial_index("callback_state = 'waiting'"),
         ),
         # Retention walks only the jobs it has not purged yet, oldest first.
         Index(
             "ix_jobs_unpurged",
             "created_at",
-            postgresql_where=sql("purged_at IS NULL"),
-            sqlite_where=sql("purged_at IS NULL"),
+            **partial_index("purged_at IS NULL"),
         ),
         # Unique per key holder; NULL keys (no idempotency asked) never collide.
         UniqueConstraint("created_by", "idempotency_key"),
@@ -175,22 +171,19 @@ class Batch(Base):
             "ix_batches_due",
             "lane",
             "due_at",
-            postgresql_where=sql("status = 'queued'"),
-            sqlite_where=sql("status = 'queued'"),
+            **partial_index("status = 'queued'"),
         ),
         # The sweeper expires waiting batches past their validity, however far ahead
         # they were scheduled.
         Index(
             "ix_batches_expiring",
             "expires_at",
-            postgresql_where=sql("status = 'queued' AND expires_at IS NOT NULL"),
-            sqlite_where=sql("status = 'queued' AND expires_at IS NOT NULL"),
+            **partial_index("status = 'queued' AND expires_at IS NOT NULL"),
         ),
         Index(
             "ix_batches_submitting",
             "claimed_at",
-            postgresql_where=sql("status = 'submitting'"),
-            sqlite_where=sql("status = 'submitting'"),
+            **partial_index("status = 'submitting'"),
         ),
     )
 
@@ -373,8 +366,7 @@ class WebhookDelivery(Base):
         Index(
             "ix_webhook_deliveries_due",
             "due_at",
-            postgresql_where=sql("status = 'queued'"),
-            sqlite_where=sql("status = 'queued'"),
+            **partial_index("status = 'queued'"),
         ),
     )
 

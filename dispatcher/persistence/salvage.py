@@ -1,7 +1,7 @@
 """Recording a reply the database refused to write whole: recipient by recipient.
 
 A reply is normally written by one statement (``store.record_reply``), with its
-values already fitted to their columns (``dispatcher.columns``). If the database
+values already fitted to their columns (``dispatcher.persistence.columns``). If the database
 still refuses it for a reason waiting cannot cure (a value a constraint or trigger
 rejects, a column narrower than the models say, a character it cannot encode),
 refusing the whole reply would leave the batch ``submitting`` until the sweeper
@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from dispatcher.persistence import columns, store
+from dispatcher.persistence.dialect import error_state
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def refusal(exc: Exception) -> str:
     """A refusal named by class and SQL state only: the database's message may quote
     the refused value, which may be a message text or carry a secret."""
     cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-    state = getattr(cause, "sqlstate", None) or getattr(cause, "sqlite_errorname", None)
+    state = error_state(cause)
     return f"{type(cause).__name__} ({state})" if state else type(cause).__name__
 
 
