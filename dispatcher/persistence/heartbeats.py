@@ -10,21 +10,16 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.workers import RUNNING, STOPPED, WorkerHealth, fresh_after
+from dispatcher.persistence import dialect
 from dispatcher.persistence.models import WorkerHeartbeat
 
 
 def upsert_heartbeat(session: Session, values: dict[str, Any]) -> None:
     """Insert the row named ``values["name"]``, or replace its other columns."""
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    statement = insert(WorkerHeartbeat).values(**values)
-    changed = {k: statement.excluded[k] for k in values if k != "name"}
-    session.execute(statement.on_conflict_do_update(index_elements=["name"], set_=changed))
+    session.execute(dialect.upsert(session, WorkerHeartbeat, values, key=("name",)))
 
 
 def update_heartbeat(session: Session, name: str, values: dict[str, Any]) -> None:

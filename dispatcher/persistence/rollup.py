@@ -35,12 +35,12 @@ from sqlalchemy import (
     insert,
     literal,
     select,
-    text,
 )
 from sqlalchemy.orm import Session
 
 from dispatcher.domain import metrics
 from dispatcher.domain.statuses import AttemptOutcome, RecipientStatus
+from dispatcher.persistence.dialect import Functions, try_advisory_lock
 from dispatcher.persistence.models import (
     Attempt,
     Job,
@@ -77,31 +77,6 @@ def floor_minute(at: dt.datetime) -> dt.datetime:
     return at.replace(second=0, microsecond=0)
 
 
-class _Sql:
-    """The few expressions whose SQL differs between PostgreSQL and SQLite."""
-
-    def __init__(self, dialect: str) -> None:
-        self.dialect = dialect
-
-    def minute(self, column: Any) -> ColumnElement[Any]:
-        if self.dialect == "postgresql":
-            return func.date_trunc("minute", column)
-        return func.strftime("%Y-%m-%d %H:%M:00", column)
-
-    def ms_between(self, later: Any, earlier: Any) -> ColumnElement[float]:
-        if self.dialect == "postgresql":
-            seconds: Any = func.extract("epoch", later - earlier)
-            return seconds * 1000.0  # type: ignore[no-any-return]
-        return (func.julianday(later) - func.julianday(earlier)) * 86_400_000.0
-
-    @staticmethod
-    def as_datetime(value: Any) -> dt.datetime:
-        if isinstance(value, str):
-            return dt.datetime.fromisoformat(value).replace(tzinfo=dt.UTC)
-        assert isinstance(value, dt.datetime)
-        return value.astimezone(dt.UTC)
-
-
 def _bucket(value: Any, bounds: Sequence[float]) -> ColumnElement[str]:
     return case(
         *[(value <= bound, literal(metrics.bucket_label(bound))) for bound in bounds],
@@ -117,15 +92,15 @@ def _between(column: Any, window: _Window) -> list[ColumnElement[bool]]:
     return conditions
 
 
-_Query = Callable[[_Sql, _Window, bool], Select[Any]]
+_Query = Callable[[Functions, _Window, bool], Select[Any]]
 
 
-def _grouped(sql: _Sql, at: Any, label: Any, value: Any, by_minute: bool) -> list[Any]:
+def _grouped(sql: Functions, at: Any, label: Any, value: Any, by_minute: bool) -> list[Any]:
     columns = [label.label("label"), value.label("value")]
     return [sql.minute(at).label("minute"), *columns] if by_minute else columns
 
 
-def _recipients(sql: _Sql, window: _Window, by_minute: bool) -> Select[Any]:
+def _recipients(sql: Functions, window: _Window, by_minute: bool) -> Select[Any]:
     e = StatusEvent
     columns = _grouped(sql, e.at, e.to_status, func.count(), by_minute)
     return (
@@ -135,7 +110,7 @@ def _recipients(sql: _Sql, window: _Window, by_minute: bool) -> Select[Any]:
     )
 
 
-def _error_codes(sql: _Sql, window: _Window, by_minute: bool) -> Select[Any]:
+def _error_codes(sql: Functions, window: _Window, by_minute: bool) -> Select[Any]:
     # The recipient's code as it stands: a final failure keeps its code until an
     # operator retries it, which is rare and audited.
     e = StatusEvent
@@ -155,7 +130,7 @@ def _finished(window: _Window) -> list[ColumnElement[bool]]:
     return conditions
 
 
-def _attempts(sql: _Sql, window: _Window, by_minute: bool) -> Select[Any]:
+def _attempts(sql: Functions, window: _Window, by_minute: bool) -> Select[Any]:
     columns = _grouped(sql, Attempt.finished_at, Attempt.outcome, func.count(), by_minute)
     return (
         select(*columns)
@@ -164,7 +139,7 @@ def _attempts(sql: _Sql, window: _Window, by_minute: bool) -> Select[Any]:
     )
 
 
-def _latency(sql: _Sql, window: _Window, by_minute: bool) -> Select[Any]:
+def _latency(sql: Functions, window: _Window, by_minute: bool) -> Select[Any]:
     label = _bucket(Attempt.latency_ms, metrics.LATENCY_BUCKETS_MS)
     columns = _grouped(sql, Attempt.finished_at, label, func.count(), by_minute)
     return (
@@ -174,7 +149,7 @@ def _latency(sql: _Sql, window: _Window, by_minute: bool) -> Select[Any]:
     )
 
 
-def _latency_sum(sql: _Sql, window: _Window, by_minute: bool) -> Select[Any]:
+def _latency_sum(sql: Functions, window: _Window, by_minute: bool) -> Select[Any]:
     columns = _grouped(
         sql, Attempt.finished_at, literal(metrics.SUM), func.sum(Attempt.latency_ms), by_minute
     )
@@ -182,7 +157,7 @@ def _latency_sum(sql: _Sql, window: _Window, by_minute: bool) -> Select[Any]:
     return query.group_by(columns[0]) if by_minute else query
 
 
-def _accepted_after(sql: _Sql) -> ColumnElement[float]:
+def _accepted_after(sql: Functions) -> ColumnElement[float]:
     return sql.ms_between(StatusEvent.at, func.coalesce(Job.send_at, Job.created_at))
 
 
@@ -190,7 +165,7 @@ def _sent_between(window: _Window) -> list[ColumnElement[bool]]:
     return [*_between(StatusEvent.at, window), StatusEvent.to_status == str(RecipientStatus.SENT)]
 
 
-def _accepted(sql: _Sql, window: _Window, by_minute: bool) -> Select[Any]:
+def _accepted(sql: Functions, window: _Window, by_minute: bool) -> Select[Any]:
     label = _bucket(_accepted_after(sql), metrics.ENQUEUE_BUCKETS_MS)
     columns = _grouped(sql, StatusEvent.at, label, func.count(), by_minute)
     return (
@@ -201,7 +176,7 @@ def _accepted(sql: _Sql, window: _Window, by_minute: bool) -> Select[Any]:
     )
 
 
-def _accepted_sum(sql: _Sql, window: _Window, by_minute: bool) -> Select[Any]:
+def _accepted_sum(sql: Functions, window: _Window, by_minute: bool) -> Select[Any]:
     value = func.sum(_accepted_after(sql))
     columns = _grouped(sql, StatusEvent.at, literal(metrics.SUM), value, by_minute)
     query = (
@@ -223,7 +198,7 @@ METRICS: dict[str, _Query] = {
 }
 
 
-def _minute_rows(session: Session, sql: _Sql, window: _Window) -> list[dict[str, Any]]:
+def _minute_rows(session: Session, sql: Functions, window: _Window) -> list[dict[str, Any]]:
     rows = []
     for name, query in METRICS.items():
         for row in session.execute(query(sql, window, True)):
@@ -240,7 +215,7 @@ def _minute_rows(session: Session, sql: _Sql, window: _Window) -> list[dict[str,
     return rows
 
 
-def _totals(session: Session, sql: _Sql, window: _Window) -> dict[tuple[str, str], float]:
+def _totals(session: Session, sql: Functions, window: _Window) -> dict[tuple[str, str], float]:
     totals: dict[tuple[str, str], float] = defaultdict(float)
     for name, query in METRICS.items():
         for row in session.execute(query(sql, window, False)):
@@ -318,17 +293,6 @@ def _recount_statuses(session: Session, *, now: dt.datetime) -> None:
     )
 
 
-def _locked(session: Session) -> bool:
-    if session.get_bind().dialect.name != "postgresql":
-        # SQLite: BEGIN IMMEDIATE already holds the one write lock.
-        return True
-    return bool(
-        session.execute(
-            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": ROLLUP_LOCK_KEY}
-        ).scalar_one()
-    )
-
-
 def recompute(
     session: Session,
     *,
@@ -342,8 +306,8 @@ def recompute(
     Returns (recomputed from, sealed before, minute rows written); None when another
     run holds the lock, or one ran less than ``min_interval_s`` ago.
     """
-    sql = _Sql(dialect)
-    if not _locked(session):
+    sql = Functions(dialect)
+    if not try_advisory_lock(session, ROLLUP_LOCK_KEY):
         return None
     marks = rollup_marks(session)
     ran_at = marks.get(metrics.RAN_AT)

@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, Select, func, select, text, update
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
+from dispatcher.domain.lanes import LANE_NUMBERS
 from dispatcher.domain.statuses import BatchStatus, BreakerState, RecipientStatus
 from dispatcher.persistence import dialect
 from dispatcher.persistence.models import CONTROL_ROW_ID, Batch, Job, Recipient, WebhookDelivery
@@ -89,7 +90,7 @@ def claim_oldest_due(
     ).scalar_one_or_none()
 
 
-ALL_LANES = (0, 1, 2)
+ALL_LANES = LANE_NUMBERS
 
 
 def claim_next_batch(
@@ -313,12 +314,3 @@ def count_due_by_lane(session: Session, *, now: dt.datetime) -> dict[int, int]:
         .group_by(Batch.lane)
     )
     return {int(lane): int(n) for lane, n in rows}
-
-
-def count_in_flight(session: Session) -> int:
-    """Batches currently claimed (their HTTP call running, or their worker dead)."""
-    return int(
-        session.execute(
-            select(func.count()).where(Batch.status == BatchStatus.SUBMITTING)
-        ).scalar_one()
-    )

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from dispatcher.domain.statuses import RecipientStatus
 from dispatcher.domain.storable import check_storable, unstorable
-from dispatcher.persistence.models import Attempt, Job, Recipient, StatusEvent
+from dispatcher.persistence.models import Attempt, Job, Recipient
 
 
 def owned_by(owner_key_id: int | None) -> list[ColumnElement[bool]]:
@@ -46,24 +46,6 @@ def job_recipients(session: Session, *, job_id: str) -> list[Recipient]:
     return list(
         session.execute(
             select(Recipient).where(Recipient.job_id == job_id).order_by(Recipient.id)
-        ).scalars()
-    )
-
-
-def job_attempts(session: Session, *, job_id: str) -> list[Attempt]:
-    """A job's attempts, oldest first."""
-    return list(
-        session.execute(
-            select(Attempt).where(Attempt.job_id == job_id).order_by(Attempt.id)
-        ).scalars()
-    )
-
-
-def job_events(session: Session, *, job_id: str) -> list[StatusEvent]:
-    """A job's status history, oldest first."""
-    return list(
-        session.execute(
-            select(StatusEvent).where(StatusEvent.job_id == job_id).order_by(StatusEvent.id)
         ).scalars()
     )
 
