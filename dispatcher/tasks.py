@@ -30,7 +30,8 @@ from dispatcher.celery_app import (
     TASK_WEBHOOKS,
     send_heartbeat,
 )
-from dispatcher.service.heartbeat import STALE_AFTER_BEATS, Heartbeats
+from dispatcher.domain.workers import STALE_AFTER_BEATS
+from dispatcher.service.heartbeat import Heartbeats
 
 log = logging.getLogger(__name__)
 

@@ -11,12 +11,9 @@ import datetime as dt
 from typing import Any
 
 from dispatcher.domain.times import utcnow
-from dispatcher.domain.workers import RUNNING, STALE_AFTER_BEATS, STOPPED, is_consuming
+from dispatcher.domain.workers import RUNNING, STOPPED
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.heartbeats import update_heartbeat, upsert_heartbeat
-
-# TODO(issue 14): the dashboard imports these from here until its routes are split.
-__all__ = ["STALE_AFTER_BEATS", "Heartbeats", "is_consuming"]
 
 
 class Heartbeats:

@@ -1,0 +1,98 @@
+"""Reading what a request carries, and answering an action.
+
+Page numbers, form times and the ``?done=`` banner are checked here, so a route
+never converts a raw value itself; a service's refusal becomes a
+``DashboardError`` with its reason (``service_call``); an action is answered
+with a redirect (``redirect``), so a reload never repeats it, and only to a path
+on this site (``safe_next``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from fastapi.responses import RedirectResponse
+
+from dispatcher.dashboard import queries
+from dispatcher.dashboard.routes.base import DashboardError
+from dispatcher.domain.times import parse_time
+from dispatcher.errors import (
+    ConfirmationRequiredError,
+    DispatcherError,
+    NotFoundError,
+    ValidationError,
+)
+
+RETRYABLE = ("failed", "unknown")
+CANCELLABLE = ("queued", "retry_wait")
+# Larger counts in a ?n= link are not from an action of ours.
+MAX_SHOWN_COUNT = 10**9
+
+DONE_MESSAGES = {
+    "retried": "{n} recipient(s) queued again.",
+    "cancelled": "{n} recipient(s) cancelled.",
+    "paused": "Dispatch paused.",
+    "resumed": "Dispatch resumed.",
+}
+
+
+def safe_next(value: str | None) -> str:
+    # Only a path on this site: never an open redirect to another host.
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
+
+
+def redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
+
+
+def whole_number(value: str, most: int) -> int | None:
+    """``value`` as an int from 0 to ``most`` if it is written in ASCII digits, else None
+    (``int()`` also takes other scripts' digits and would convert any length)."""
+    if not (value.isascii() and value.isdigit()) or len(value) > len(str(most)):
+        return None
+    number = int(value)
+    return number if number <= most else None
+
+
+def page_number(value: str | None) -> int:
+    if value is None or value == "":
+        return 1
+    page = whole_number(value, queries.MAX_PAGE)
+    if page is None or page < 1:
+        raise DashboardError(400, f"page must be a whole number from 1 to {queries.MAX_PAGE}")
+    return page
+
+
+def form_time(name: str, value: str | None) -> dt.datetime | None:
+    """A time from a form: ISO 8601, a date, or a datetime-local (read as UTC)."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return parse_time(value, name)
+    except ValidationError as exc:
+        raise DashboardError(400, str(exc)) from None
+
+
+def done_message(done: str | None, n: str | None) -> str | None:
+    template = DONE_MESSAGES.get(done or "")
+    if template is None:
+        return None
+    return template.format(n=whole_number(n or "", MAX_SHOWN_COUNT) or 0)
+
+
+def service_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a service function; its refusals become HTML pages with their reason."""
+    try:
+        return fn(*args, **kwargs)
+    except NotFoundError as exc:
+        raise DashboardError(404, str(exc)) from None
+    except ConfirmationRequiredError as exc:
+        raise DashboardError(409, str(exc)) from None
+    except ValidationError as exc:
+        raise DashboardError(400, str(exc)) from None
+    except DispatcherError as exc:
+        # ConfirmationRequiredError, InvalidOptionError, ...: the operator can act on it.
+        raise DashboardError(409, str(exc)) from None
