@@ -222,7 +222,7 @@ class Settings(BaseSettings):
     # NoDecode: the variable is a comma-separated list, not JSON.
     worker_lanes: Annotated[tuple[str, ...], NoDecode] = Field(
         default=LANE_NAMES,
-        description="Priority lanes a worker serves (comma-separated high, normal, bulk): "
+        description=f"Priority lanes a worker serves (comma-separated {', '.join(LANE_NAMES)}): "
         "it consumes their wake-up queues and claims only their batches.",
     )
     worker_concurrency: int = Field(

@@ -1,4 +1,4 @@
-"""The HTTP API (SPEC section 5) over real HTTP: a uvicorn server on real PostgreSQL and Redis.
+"""The HTTP API (docs/design.md section 5) over real HTTP: uvicorn on real PostgreSQL and Redis.
 
 Every test talks to a live server with ``requests``, as a client would. The
 server runs in a thread of the test process (so its log records reach
@@ -273,7 +273,7 @@ def test_health_and_openapi_need_no_key(api: Api) -> None:
 
 
 def test_create_then_read_a_job(api: Api) -> None:
-    """201 with the job's id and what was queued; GET shows each recipient (SPEC 5)."""
+    """201 with the job's id and what was queued; GET shows each recipient (design section 5)."""
     token = api.key("shop", "send,read", senders=["Acme"])
     created = create_job(
         api,

@@ -1,4 +1,4 @@
-"""Settings: SPEC section 4 defaults, overrides, the settings file, refusals, secrecy."""
+"""Settings: docs/design.md section 4 defaults, overrides, the settings file, refusals, secrecy."""
 
 from __future__ import annotations
 

@@ -329,7 +329,7 @@ def test_bulk_retry_says_how_many_it_touches(dash: Dash) -> None:
 
     assert dash.post("/recipients/retry", status="failed", error_code="INVALID_NUMBER") == 303
     statuses = [r.status for j in (first, second) for r in recipients_of(dash.service.db, j)]
-    assert statuses.count("queued") == 2
+    assert statuses.count(RecipientStatus.QUEUED) == 2
     [action] = _actions(dash, "retry")
     assert action.affected == 2
     assert action.actor == "dashboard:operator"

@@ -1,4 +1,4 @@
-"""The drop-in endpoint (SPEC section 5): the gateway's interface, answered by the dispatcher.
+"""The drop-in endpoint (docs/design.md section 5): the gateway's interface, served by us.
 
 Each test is a client written for the gateway, pointed at the dispatcher: it
 sends the gateway's parameters as a GET query or a POST form and reads the

@@ -76,7 +76,7 @@ def test_metrics_match_the_database_after_a_real_run(finished_run: Pipeline) -> 
         attempts = session.execute(select(Attempt.outcome, Attempt.latency_ms)).all()
     for status in RecipientStatus:
         key = ("sms_dispatcher_recipients", (("status", status.value),))
-        assert samples[key] == statuses.get(status.value, 0), status
+        assert samples[key] == statuses.get(status, 0), status
     assert samples[("sms_dispatcher_recipients_total", (("status", "sent"),))] == 5
     for code, count in codes.items():
         assert samples[("sms_dispatcher_recipient_errors_total", (("code", str(code)),))] == count
@@ -91,7 +91,7 @@ def test_metrics_match_the_database_after_a_real_run(finished_run: Pipeline) -> 
     inf = samples[("sms_dispatcher_gateway_latency_seconds_bucket", (("le", "+Inf"),))]
     assert inf == latency_count
     accepted = samples[("sms_dispatcher_enqueue_to_accepted_seconds_count", ())]
-    assert accepted == statuses["sent"]
+    assert accepted == statuses[RecipientStatus.SENT]
     assert samples[("sms_dispatcher_paused", ())] == 0
     assert samples[("sms_dispatcher_breaker_state", (("state", "closed"),))] == 1
     assert samples[("sms_dispatcher_workers_alive", ())] == 1

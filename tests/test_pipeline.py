@@ -3,7 +3,7 @@
 Each test enqueues through a Dispatcher in this process whose waker sends real
 Celery messages; worker processes (``dispatcher worker``) claim, call the gateway
 simulator over HTTP and record. The database and the simulator's ledger are then
-checked against each other (SPEC sections 2, 3 and 5).
+checked against each other (docs/design.md sections 2, 3 and 5).
 """
 
 from __future__ import annotations

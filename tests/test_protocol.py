@@ -1,4 +1,4 @@
-"""The gateway reply parser against SPEC sections 1 and 2, row by row, then fuzzed."""
+"""The gateway reply parser against docs/design.md sections 1 and 2, row by row, then fuzzed."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def check(numbers: Sequence[str], result: list[RecipientOutcome], wants: Sequenc
     assert got == list(wants)
 
 
-# --- SPEC section 2, one row (or more) per line of the outcome table --------------------
+# --- docs/design.md section 2, one row (or more) per line of the outcome table --------------------
 
 OUTCOME_TABLE = [
     # ID: accepted

@@ -89,7 +89,7 @@ def test_rollup_counts_match_the_audit_tables(
         counts, counts_at = reads.status_counts(session)
         live = Counter(session.execute(select(Recipient.status)).scalars())
     assert minute.totals == totals[metrics.RECIPIENTS]
-    assert counts == {s.value: live.get(s.value, 0) for s in RecipientStatus}
+    assert counts == {s.value: live.get(s, 0) for s in RecipientStatus}
     assert counts_at == report.ran_at
     latency_count = sum(totals[metrics.LATENCY_MS].values())
     assert latency_count == sum(expected[metrics.ATTEMPTS].values())

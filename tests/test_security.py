@@ -1,6 +1,6 @@
 """The gateway password stays secret, and the gateway is reached over verified TLS.
 
-SPEC section 1 and README "Configuration": credentials travel only in a POST body
+docs/design.md section 1 and README "Configuration": credentials travel only in a POST body
 over HTTPS, a plain ``http://`` gateway is refused unless explicitly allowed, TLS
 verification is never turned off, and the password never appears in logs, reprs,
 exceptions, attempt rows or URLs.

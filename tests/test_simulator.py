@@ -1,4 +1,4 @@
-"""The gateway simulator over real HTTP: SPEC section 1, its knobs, its ledger."""
+"""The gateway simulator over real HTTP: docs/design.md section 1, its knobs, its ledger."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import event, text, update
 from sqlalchemy.engine import make_url
 
-from dispatcher.domain.statuses import AttemptOutcome, BatchStatus
+from dispatcher.domain.statuses import AttemptOutcome, BatchStatus, RecipientStatus
 from dispatcher.domain.times import utcnow
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.persistence import store
@@ -194,7 +194,7 @@ def test_a_reply_recorded_after_the_sweep_replaces_its_worker_lost_guess(
     assert [(r.status, r.attempts) for r in rows] == [("sent", 1), ("sent", 1)]
     assert all(r.gateway_message_id for r in rows)
     history = [(e.from_status, e.to_status) for e in events_of(observer, result.job_id)]
-    assert history.count(("unknown", "sent")) == 2
+    assert history.count((RecipientStatus.UNKNOWN, RecipientStatus.SENT)) == 2
     assert ("submitting", "sent") not in history
     [batch] = batches_of(observer, result.job_id)
     assert batch.status == BatchStatus.DONE

@@ -1,4 +1,4 @@
-"""Tenant isolation (SPEC section 3): a producer key sees and acts on only its own jobs.
+"""Tenant isolation (docs/design.md section 3): a producer key sees and acts on only its own jobs.
 
 Two producer keys, ``alice`` and ``bob`` (send and read), and an operator key
 ``ops`` (operate), on one live server on real PostgreSQL. Whatever route bob

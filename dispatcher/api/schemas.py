@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from dispatcher.domain.lanes import Priority
 from dispatcher.domain.parts import MAXCONCAT_MAX, MAXCONCAT_MIN
 from dispatcher.service.dispatcher import MAX_LABEL_LENGTH
 
@@ -79,8 +80,10 @@ class JobCreate(_Request):
         "`...Z`); a time without one is refused. Until then the job waits and can be "
         "cancelled.",
     )
-    priority: Literal["high", "normal", "bulk"] = Field(
-        default="normal",
+    # Not strict, as send_at: the decoded body holds the lane's name, not the enum.
+    priority: Priority = Field(
+        default=Priority.NORMAL,
+        strict=False,
         description="Lane: `high` (one-time passwords) is claimed before `normal`, "
         "`normal` before `bulk`.",
     )
@@ -177,7 +180,7 @@ class RecipientView(_Response):
 
 
 class JobView(_Response):
-    """``GET /v1/jobs/{id}``: a job and each recipient's outcome (SPEC section 5)."""
+    """``GET /v1/jobs/{id}``: a job and each recipient's outcome (docs/design.md section 5)."""
 
     id: str
     status: str

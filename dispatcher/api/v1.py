@@ -1,4 +1,4 @@
-"""``/v1``: the producer and operator API, JSON over bearer API keys (SPEC section 5).
+"""``/v1``: the producer and operator API, JSON over bearer API keys (docs/design.md section 5).
 
 Routes are thin: check the caller, call the service, shape the answer. Every
 refusal is translated in ``dispatcher.api.errors``. The service calls block on

@@ -19,7 +19,7 @@ from dispatcher.cli.common import friendly_errors
 )
 @click.pass_context
 def gateway_sim(ctx: click.Context) -> None:
-    """Run the gateway simulator (SPEC section 1); `dispatcher gateway-sim --help` for knobs.
+    """Run the gateway simulator (docs/design.md section 1); `--help` lists its knobs.
 
     Options are those of `python -m dispatcher.gateway.simulator`: --host, --port,
     --prefix, credentials, --credit, --latency-ms, error rates, --number-rule

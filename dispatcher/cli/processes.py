@@ -13,6 +13,7 @@ import threading
 import click
 
 from dispatcher.cli.common import emit_json, friendly_errors, require_schema
+from dispatcher.domain.lanes import LANE_NAMES
 from dispatcher.errors import ConfigurationError
 
 
@@ -24,7 +25,7 @@ from dispatcher.errors import ConfigurationError
 @click.option(
     "--lanes",
     default=None,
-    help="Priority lanes to serve, comma-separated (high, normal, bulk); default "
+    help=f"Priority lanes to serve, comma-separated ({', '.join(LANE_NAMES)}); default "
     "DISPATCHER_WORKER_LANES (all). `--lanes high` makes a dedicated OTP worker.",
 )
 @friendly_errors

@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from dispatcher.cli.common import IsoTime, emit_json, friendly_errors, require_schema
+from dispatcher.domain.lanes import LANE_NAMES
 
 
 @click.command()
@@ -39,7 +40,7 @@ from dispatcher.cli.common import IsoTime, emit_json, friendly_errors, require_s
     "--priority",
     default="normal",
     show_default=True,
-    type=click.Choice(["high", "normal", "bulk"]),
+    type=click.Choice(LANE_NAMES),
     help="Lane: high (one-time passwords) goes before normal, normal before bulk.",
 )
 @click.option(

@@ -2,7 +2,7 @@
 
 Every status a row can hold is named here once, with the groups the rest of the
 package asks about (final, pending) and the one table of the moves a recipient
-may make (SPEC section 3). The database stores them as plain strings.
+may make (docs/design.md section 3). The database stores them as plain strings.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ FINAL_STATUSES = frozenset(
     }
 )
 PENDING_STATUSES = frozenset(set(RecipientStatus) - FINAL_STATUSES)
+WAITING_STATUSES = (RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT)
+"""Recipients still to be sent: what a claim takes, what keeps a batch queued, what a
+cancel or an expiry may end. (``submitting`` is pending but not waiting: its call runs.)"""
 
 _S = RecipientStatus
 RECIPIENT_TRANSITIONS: dict[RecipientStatus, frozenset[RecipientStatus]] = {

@@ -1,4 +1,4 @@
-"""Who may see which jobs: a producer key its own, an operator every one (SPEC section 3).
+"""Who may see which jobs: a producer key its own, an operator every one (docs/design.md section 3).
 
 A key without the ``operate`` scope sees and acts on only the jobs it enqueued
 (``jobs.owner_key_id``); another key's job is answered exactly as a job that does

@@ -2,7 +2,7 @@
 
 No I/O happens here. ``classify_reply`` takes the HTTP status and the raw body bytes
 of one submission and returns exactly one ``RecipientOutcome`` per submitted number,
-in submission order, following the outcome policy of SPEC section 2. It never
+in submission order, following the outcome policy of docs/design.md section 2. It never
 raises on any input, so it can be fuzzed.
 """
 

@@ -1,17 +1,19 @@
 """The audit database: jobs, their recipients and batches, every attempt and status change.
 
-The database is the schedule (SPEC section 3): a batch's ``status`` and ``due_at``
+The database is the schedule (docs/design.md section 3): a batch's ``status`` and ``due_at``
 say when it is sent, and a broker message only wakes a worker to look.
 
-Statuses are the ``str`` enums of ``dispatcher.domain.statuses``, stored as plain
-strings (no database enum type, so adding a status is a data change, not a schema
-fight).
+Statuses are the ``str`` enums of ``dispatcher.domain.statuses``: the columns are
+typed by them (``StatusText``, read back as the enum, refused on write if not one of
+its values) and stored as plain strings (no database enum type, so adding a status
+is a data change, not a schema fight).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import enum
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -34,10 +36,13 @@ from dispatcher.domain.statuses import (
     BatchStatus,
     BreakerState,
     DeliveryStatus,
+    RecipientStatus,
     Scope,
 )
 from dispatcher.domain.times import utcnow
 from dispatcher.persistence.dialect import id_type, is_sqlite, partial_index
+
+E = TypeVar("E", bound=enum.StrEnum)
 
 # Constraint names that Alembic can find again on every database.
 NAMING_CONVENTION = {
@@ -73,6 +78,24 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.astimezone(dt.UTC)
 
 
+class StatusText(TypeDecorator[E]):
+    """A ``str`` enum stored as ``varchar(length)``: a value that is not one of the
+    enum's is refused before it reaches the database, and reads give the enum."""
+
+    impl = String
+    cache_ok = True
+
+    def __init__(self, enum: type[E], length: int) -> None:
+        super().__init__(length)
+        self.enum = enum
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum(value).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum(value)
+
+
 class Base(DeclarativeBase):
     """Declarative base with stable constraint names."""
 
@@ -103,7 +126,7 @@ class Job(Base):
     owner_key_id: Mapped[int | None] = mapped_column(Integer)
     """The ``api_keys.id`` of the key that enqueued it (``/v1`` or drop-in); None for
     Python, the CLI and the dashboard. A key without the operate scope sees only the
-    jobs it owns (SPEC section 3), so ownership is the key's id, never its name."""
+    jobs it owns (docs/design.md section 3), so ownership is the key's id, never its name."""
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     """SHA-256 of the request, to tell a replay from a different request under one key."""
@@ -150,7 +173,9 @@ class Batch(Base):
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    status: Mapped[str] = mapped_column(String(12), default=BatchStatus.QUEUED)
+    status: Mapped[BatchStatus] = mapped_column(
+        StatusText(BatchStatus, 12), default=BatchStatus.QUEUED
+    )
     due_at: Mapped[dt.datetime]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_at: Mapped[dt.datetime | None]
@@ -198,7 +223,7 @@ class Recipient(Base):
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"))
     number: Mapped[str] = mapped_column(String(32))
     """International digits, or the input as given when it was refused."""
-    status: Mapped[str] = mapped_column(String(12))
+    status: Mapped[RecipientStatus] = mapped_column(StatusText(RecipientStatus, 12))
     gateway_message_id: Mapped[str | None] = mapped_column(Text)
     """Exactly as the gateway sent it, however long: an accepted ID is never cut."""
     error_code: Mapped[str | None] = mapped_column(String(64))
@@ -238,7 +263,9 @@ class Attempt(Base):
     http_status: Mapped[int | None] = mapped_column(Integer)
     raw_reply: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[float | None] = mapped_column(Float)
-    outcome: Mapped[str] = mapped_column(String(16), default=AttemptOutcome.IN_FLIGHT)
+    outcome: Mapped[AttemptOutcome] = mapped_column(
+        StatusText(AttemptOutcome, 16), default=AttemptOutcome.IN_FLIGHT
+    )
     error: Mapped[str | None] = mapped_column(String(500))
     worker: Mapped[str | None] = mapped_column(String(200))
 
@@ -265,8 +292,8 @@ class StatusEvent(Base):
     recipient_id: Mapped[int] = mapped_column(ID)
     job_id: Mapped[str] = mapped_column(String(26))
     at: Mapped[dt.datetime]
-    from_status: Mapped[str | None] = mapped_column(String(12))
-    to_status: Mapped[str] = mapped_column(String(12))
+    from_status: Mapped[RecipientStatus | None] = mapped_column(StatusText(RecipientStatus, 12))
+    to_status: Mapped[RecipientStatus] = mapped_column(StatusText(RecipientStatus, 12))
     cause: Mapped[str] = mapped_column(String(500))
     actor: Mapped[str] = mapped_column(String(200))
     attempt_id: Mapped[int | None] = mapped_column(ID)
@@ -296,7 +323,9 @@ class DispatchControl(Base):
     pause_detail: Mapped[str | None] = mapped_column(String(500))
     paused_at: Mapped[dt.datetime | None]
     paused_by: Mapped[str | None] = mapped_column(String(200))
-    breaker_state: Mapped[str] = mapped_column(String(10), default=BreakerState.CLOSED)
+    breaker_state: Mapped[BreakerState] = mapped_column(
+        StatusText(BreakerState, 10), default=BreakerState.CLOSED
+    )
     breaker_failures: Mapped[int] = mapped_column(Integer, default=0)
     """Whole submissions in a row that failed transiently."""
     breaker_trips: Mapped[int] = mapped_column(Integer, default=0)
@@ -355,7 +384,9 @@ class WebhookDelivery(Base):
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), unique=True)
     url: Mapped[str] = mapped_column(String(2000))
-    status: Mapped[str] = mapped_column(String(10), default=DeliveryStatus.QUEUED)
+    status: Mapped[DeliveryStatus] = mapped_column(
+        StatusText(DeliveryStatus, 10), default=DeliveryStatus.QUEUED
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     due_at: Mapped[dt.datetime]
     claimed_at: Mapped[dt.datetime | None]
@@ -432,6 +463,8 @@ class StatusCount(Base):
 
     __tablename__ = "status_counts"
 
-    status: Mapped[str] = mapped_column(String(12), primary_key=True)
+    status: Mapped[RecipientStatus] = mapped_column(
+        StatusText(RecipientStatus, 12), primary_key=True
+    )
     recipients: Mapped[int] = mapped_column(BigInteger)
     computed_at: Mapped[dt.datetime]

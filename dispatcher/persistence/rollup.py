@@ -287,7 +287,7 @@ def _recount_statuses(session: Session, *, now: dt.datetime) -> None:
     session.execute(
         insert(StatusCount),
         [
-            {"status": s.value, "recipients": int(counts.get(s.value, 0)), "computed_at": now}
+            {"status": s.value, "recipients": int(counts.get(s, 0)), "computed_at": now}
             for s in RecipientStatus
         ],
     )

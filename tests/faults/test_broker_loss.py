@@ -1,4 +1,4 @@
-"""The broker loses or repeats wake-ups (SPEC section 3, guarantees 1 and 2).
+"""The broker loses or repeats wake-ups (docs/design.md section 3, guarantees 1 and 2).
 
 The database is the schedule and Redis only wakes workers: when Redis forgets
 every message (FLUSHALL, or a restart without persistence) the sweeper in each

@@ -1,4 +1,4 @@
-"""PostgreSQL restarted under running workers (SPEC section 3, guarantees 1 and 3).
+"""PostgreSQL restarted under running workers (docs/design.md section 3, guarantees 1 and 3).
 
 Workers keep their HTTP calls going while the database is away; a reply that
 cannot be written is retried (``Dispatcher.record``) and logged meanwhile, so

@@ -1,4 +1,4 @@
-"""The gateway misbehaving (SPEC section 2): errors, broken replies, outages, a dead host.
+"""The gateway misbehaving (docs/design.md section 2): errors, broken replies, outages, a dead host.
 
 - HTTP 503 means nothing was sent: retried with backoff until accepted.
 - HTTP 500 with an HTML page, garbage bytes, a truncated body, a reply that

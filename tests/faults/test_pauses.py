@@ -1,4 +1,4 @@
-"""Dispatch pausing itself (SPEC section 2): LOGIN_INVALID and INSUFFICIENT_CREDIT.
+"""Dispatch pausing itself (docs/design.md section 2): LOGIN_INVALID and INSUFFICIENT_CREDIT.
 
 Every further submission would fail the same way, so dispatch stops, in the
 database, for every worker: no HTTP call is made and the work waits, visibly

@@ -1,4 +1,4 @@
-"""Workers SIGKILLed mid-call (SPEC section 3, guarantee 2).
+"""Workers SIGKILLed mid-call (docs/design.md section 3, guarantee 2).
 
 A worker killed while its HTTP call is in flight leaves the batch ``submitting``
 with an in-flight attempt row. After ``DISPATCHER_SUBMITTING_TIMEOUT_S`` a

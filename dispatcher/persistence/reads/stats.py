@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from dispatcher.domain.lanes import LANE_NUMBERS
 from dispatcher.domain.metrics import EPOCH, ROLLUP, SEALED_BEFORE, Series
-from dispatcher.domain.statuses import BatchStatus, RecipientStatus
+from dispatcher.domain.statuses import WAITING_STATUSES, BatchStatus, RecipientStatus
 from dispatcher.persistence.models import Batch, Recipient, StatsMinute, StatusCount
 
 
@@ -112,7 +112,7 @@ def due_work(session: Session, *, now: dt.datetime) -> tuple[int, int]:
     recipients = session.execute(
         select(func.count()).where(
             Recipient.batch_id.in_(due),
-            Recipient.status.in_([RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT]),
+            Recipient.status.in_(WAITING_STATUSES),
         )
     ).scalar_one()
     return int(batches), int(recipients)

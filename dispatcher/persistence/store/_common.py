@@ -1,5 +1,5 @@
-"""What several of the store's modules share: the waiting statuses, the sweeper's
-error code, and rows packed as one JSON parameter for PostgreSQL's one-statement writes."""
+"""What several of the store's modules share: the sweeper's error code, and rows
+packed as one JSON parameter for PostgreSQL's one-statement writes."""
 
 from __future__ import annotations
 
@@ -7,13 +7,8 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from dispatcher.domain.statuses import RecipientStatus
-
 WORKER_LOST = "WORKER_LOST"
 """The error code of recipients whose worker never reported back."""
-
-WAITING = (RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT)
-"""Recipients still to be sent: what a claim takes, and what keeps a batch queued."""
 
 
 def json_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import text, update
 from sqlalchemy.orm import Session
 
-from dispatcher.domain.statuses import AttemptOutcome, RecipientStatus
+from dispatcher.domain.statuses import WAITING_STATUSES, AttemptOutcome, RecipientStatus
 from dispatcher.persistence import dialect
 from dispatcher.persistence.models import Attempt
-from dispatcher.persistence.store._common import WAITING, json_rows
+from dispatcher.persistence.store._common import json_rows
 from dispatcher.persistence.store.claims import ClaimedBatch
 from dispatcher.persistence.store.transitions import transition
 
@@ -74,7 +74,7 @@ def start_attempt(
     transition(
         session,
         ids=[r.id for r in batch.recipients],
-        from_statuses=WAITING,
+        from_statuses=WAITING_STATUSES,
         to_status=RecipientStatus.SUBMITTING,
         at=now,
         cause=cause,

@@ -20,10 +20,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
 from dispatcher.domain.lanes import LANE_NUMBERS
-from dispatcher.domain.statuses import BatchStatus, BreakerState, RecipientStatus
+from dispatcher.domain.statuses import WAITING_STATUSES, BatchStatus, BreakerState, RecipientStatus
 from dispatcher.persistence import dialect
 from dispatcher.persistence.models import CONTROL_ROW_ID, Batch, Job, Recipient, WebhookDelivery
-from dispatcher.persistence.store._common import WAITING
 from dispatcher.persistence.store.transitions import status_recheck
 
 
@@ -132,7 +131,7 @@ def sendable_recipients(session: Session, *, batch_id: int) -> list[PendingRecip
     """The recipients of a batch still waiting to be sent, in insertion order."""
     rows = session.execute(
         select(Recipient.id, Recipient.number, Recipient.attempts, Recipient.status)
-        .where(Recipient.batch_id == batch_id, status_recheck(WAITING))
+        .where(Recipient.batch_id == batch_id, status_recheck(WAITING_STATUSES))
         .order_by(Recipient.id)
     )
     return [PendingRecipient(r.id, r.number, r.attempts, r.status) for r in rows]

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from dispatcher.domain.statuses import BatchStatus, RecipientStatus
+from dispatcher.domain.statuses import WAITING_STATUSES, BatchStatus, RecipientStatus
 from dispatcher.domain.storable import check_storable
 from dispatcher.domain.times import utcnow
 from dispatcher.persistence.models import Batch, Job, OperatorAction, Recipient
@@ -159,7 +159,7 @@ def cancel_waiting(
     settle their batches if no worker holds them; returns how many were cancelled."""
     if not ids:
         return 0
-    waiting = [RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT]
+    waiting = list(WAITING_STATUSES)
     batches = batches_of(session, recipient_ids=ids)
     moved = transition(
         session,

@@ -16,10 +16,10 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, case, func, literal, select, text, update
 from sqlalchemy.orm import Session
 
-from dispatcher.domain.statuses import BatchStatus, RecipientStatus
+from dispatcher.domain.statuses import WAITING_STATUSES, BatchStatus, RecipientStatus
 from dispatcher.persistence import dialect
 from dispatcher.persistence.models import CONTROL_ROW_ID, Batch, Recipient
-from dispatcher.persistence.store._common import WAITING, WORKER_LOST, json_rows
+from dispatcher.persistence.store._common import WORKER_LOST, json_rows
 from dispatcher.persistence.store.attempts import complete_attempt
 from dispatcher.persistence.store.control import reset_failures
 from dispatcher.persistence.store.transitions import status_recheck, transition
@@ -30,7 +30,7 @@ def settle_batch(session: Session, *, batch_id: int, now: dt.datetime) -> None:
 
     One statement: the count and the earliest retry time are subqueries of the update.
     """
-    waiting = (Recipient.batch_id == batch_id) & status_recheck(WAITING)
+    waiting = (Recipient.batch_id == batch_id) & status_recheck(WAITING_STATUSES)
     count = select(func.count()).where(waiting).scalar_subquery()
     next_at = select(func.min(Recipient.next_attempt_at)).where(waiting).scalar_subquery()
     stamp = literal(now, type_=Batch.due_at.type)

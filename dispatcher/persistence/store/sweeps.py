@@ -9,7 +9,12 @@ import datetime as dt
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from dispatcher.domain.statuses import AttemptOutcome, BatchStatus, RecipientStatus
+from dispatcher.domain.statuses import (
+    WAITING_STATUSES,
+    AttemptOutcome,
+    BatchStatus,
+    RecipientStatus,
+)
 from dispatcher.persistence import columns, dialect
 from dispatcher.persistence.models import Attempt, Batch, Job, Recipient
 from dispatcher.persistence.store._common import WORKER_LOST
@@ -108,7 +113,7 @@ def expire_batch(
     moved = transition(
         session,
         ids=ids,
-        from_statuses=[RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT],
+        from_statuses=list(WAITING_STATUSES),
         to_status=RecipientStatus.EXPIRED,
         at=now,
         cause=cause,

@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Collection, Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, insert, literal, null, select, update
+from sqlalchemy import ColumnElement, String, insert, literal, null, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.statuses import RecipientStatus
@@ -74,7 +74,8 @@ def status_recheck(statuses: Iterable[str]) -> ColumnElement[bool]:
     rows. ``status || ''`` is the same test, which no index serves, so the few
     rows found by the selective condition are just rechecked.
     """
-    return (Recipient.status + "").in_([str(s) for s in statuses])
+    # Typed as plain text: the enum type would check '' as a status.
+    return (type_coerce(Recipient.status, String) + "").in_([str(s) for s in statuses])
 
 
 def transition(

@@ -3,7 +3,7 @@
 Two changes of issue 13 (security and hardening):
 
 - ``jobs.owner_key_id``: the id of the API key that enqueued a job, so a producer
-  key sees and acts on only its own jobs (SPEC section 3), indexed with the job id
+  key sees and acts on only its own jobs (docs/design.md section 3), indexed with the job id
   for its own newest-first listing. Existing jobs get their owner from
   ``created_by`` (``api:<name>`` or ``dropin:<name>``); key names are unique and
   never reused, so the match is exact.
