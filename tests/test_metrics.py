@@ -16,8 +16,8 @@ from dispatcher.domain.statuses import BatchStatus, RecipientStatus
 from dispatcher.domain.times import utcnow
 from dispatcher.domain.workers import RUNNING, STOPPED
 from dispatcher.persistence.db import Database
-from dispatcher.persistence.heartbeats import health
 from dispatcher.persistence.models import Attempt, Batch, Recipient, WorkerHeartbeat
+from dispatcher.persistence.store.heartbeats import health
 from dispatcher.service.dispatcher import Dispatcher
 from helpers import Pipeline, number, wait_until
 

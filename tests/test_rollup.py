@@ -14,10 +14,10 @@ from dispatcher.domain import metrics
 from dispatcher.domain.statuses import RecipientStatus
 from dispatcher.domain.times import utcnow
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.persistence import rollup as rollup_sql
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import Attempt, Recipient, StatsMinute, StatusEvent
 from dispatcher.persistence.reads import stats as reads
+from dispatcher.persistence.store import rollup as rollup_sql
 from dispatcher.service import rollup
 from dispatcher.service.dispatcher import Dispatcher
 from helpers import number

@@ -13,7 +13,7 @@ from typing import Any
 from dispatcher.domain.times import utcnow
 from dispatcher.domain.workers import RUNNING, STOPPED
 from dispatcher.persistence.db import Database
-from dispatcher.persistence.heartbeats import update_heartbeat, upsert_heartbeat
+from dispatcher.persistence.store.heartbeats import update_heartbeat, upsert_heartbeat
 
 
 class Heartbeats:

@@ -28,8 +28,8 @@ from dispatcher.domain.times import utcnow
 from dispatcher.errors import AuthenticationError, InvalidOptionError, NotFoundError
 from dispatcher.persistence import store
 from dispatcher.persistence.db import Database, IntegrityError
-from dispatcher.persistence.keys import all_keys, key_by_name, key_by_token_hash, revoke_key
 from dispatcher.persistence.models import ApiKey
+from dispatcher.persistence.store.keys import all_keys, key_by_name, key_by_token_hash, revoke_key
 
 # A label on every token, not a secret: it makes leaked tokens recognisable.
 TOKEN_PREFIX = "sdk_"  # noqa: S105

@@ -1,7 +1,7 @@
 """The rollup step: recent minutes recomputed whole from the audit tables, one run at a time.
 
 How the figures are kept (recomputed windows, sealed all-time totals, one run at a
-time) is told in ``dispatcher.persistence.rollup``, which holds the SQL; this module
+time) is told in ``dispatcher.persistence.store.rollup``, which holds the SQL; this module
 owns the transaction and reports what a run did.
 """
 
@@ -14,7 +14,7 @@ import time
 
 from dispatcher.domain.times import utcnow
 from dispatcher.persistence.db import Database
-from dispatcher.persistence.rollup import recompute
+from dispatcher.persistence.store.rollup import recompute
 
 log = logging.getLogger(__name__)
 

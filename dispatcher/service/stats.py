@@ -24,7 +24,6 @@ from dispatcher.domain.metrics import (
 )
 from dispatcher.domain.workers import WorkerHealth
 from dispatcher.persistence.db import Session
-from dispatcher.persistence.heartbeats import health, workers
 from dispatcher.persistence.reads.stats import (
     counter_totals,
     due_work,
@@ -34,6 +33,7 @@ from dispatcher.persistence.reads.stats import (
     status_counts,
 )
 from dispatcher.persistence.store import get_control
+from dispatcher.persistence.store.heartbeats import health, workers
 from dispatcher.service.control import control_view
 
 

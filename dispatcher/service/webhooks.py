@@ -36,9 +36,9 @@ from dispatcher.errors import InvalidOptionError
 from dispatcher.gateway.addresses import AddressPolicy, Resolver, system_resolver
 from dispatcher.gateway.webhook_client import WebhookClient
 from dispatcher.persistence import store
-from dispatcher.persistence import webhooks as rows
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import WebhookDelivery
+from dispatcher.persistence.store import webhooks as rows
 
 log = logging.getLogger(__name__)
 

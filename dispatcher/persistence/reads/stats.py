@@ -1,7 +1,7 @@
 """Reads of the rollup tables and the cheap live figures beside them.
 
 ``stats_minutes`` and ``status_counts`` are written only by the rollup
-(``dispatcher.persistence.rollup``); the names and buckets are those of
+(``dispatcher.persistence.store.rollup``); the names and buckets are those of
 ``dispatcher.domain.metrics``. The live reads here probe indexes only: one per lane
 for the oldest due batch, never a count of the big tables.
 """
@@ -76,7 +76,7 @@ def rollup_marks(session: Session) -> dict[str, dt.datetime]:
 def counter_totals(session: Session, names: Sequence[str]) -> dict[str, dict[str, float]]:
     """All-time totals by name and label: the sealed totals plus the minutes since.
 
-    They only grow while the audit rows they count stay (see ``dispatcher.persistence.rollup``).
+    They only grow while the audit rows they count stay (``persistence.store.rollup``).
     """
     sealed_before = rollup_marks(session).get(SEALED_BEFORE)
     totals: dict[str, dict[str, float]] = {name: {} for name in names}
