@@ -18,11 +18,13 @@ import httpx
 import pytest
 from markupsafe import escape
 from sqlalchemy import select
+from test_api import REFUSALS, refuse_with
 
 from dispatcher.api import create_app
 from dispatcher.api.server import ServerThread
 from dispatcher.dashboard import queries
 from dispatcher.domain.statuses import RecipientStatus
+from dispatcher.errors import ConfigurationError, InvalidOptionError, answer_for
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import (
@@ -324,7 +326,7 @@ def test_bulk_retry_says_how_many_it_touches(dash: Dash) -> None:
     ).text
     assert "This touches <strong>0</strong>" in future
     bad = dash.client.get("/recipients", params={"status": "failed", "since": "yesterday"})
-    assert bad.status_code == 400
+    assert bad.status_code == 422  # a ValidationError, as in /v1 (dispatcher.errors.ANSWERS)
     assert "since must be" in bad.text
 
     assert dash.post("/recipients/retry", status="failed", error_code="INVALID_NUMBER") == 303
@@ -355,6 +357,33 @@ def test_unknown_needs_the_double_send_confirmation(dash: Dash) -> None:
     assert "twice" in refused.text
     assert dash.post("/recipients/retry", status="unknown", confirm_unknown="yes") == 303
     assert [r.status for r in recipients_of(dash.service.db, job_id)] == ["queued"]
+
+
+def test_refusals_answer_with_the_tables_status(
+    dash: Dash, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service refusing with each of the exceptions /v1's tests raise: an error page
+    with the table's status (a validation error is a 422, as in /v1) and the reason; a
+    server fault's reason goes to the log, not the page."""
+    job_id = dash.service.enqueue([number(1)], "hi").job_id
+    assert dash.login() == 303
+    caplog.set_level(logging.INFO)
+    for refusal in REFUSALS:
+        monkeypatch.setattr(dash.service, "retry", refuse_with(refusal))
+        answer = dash.client.post(
+            f"/jobs/{job_id}/retry",
+            data={"csrf": dash.csrf(), "status": "failed"},
+            follow_redirects=False,
+        )
+        assert answer.status_code == answer_for(refusal).status, (refusal, answer.text)
+        assert answer.headers["content-type"].startswith("text/html")
+        if answer.status_code < 500:
+            assert str(escape(str(refusal))) in answer.text
+        else:
+            assert "secret-host" not in answer.text
+    assert answer_for(InvalidOptionError("")).status == 422
+    faults = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert [type(fault) for fault in faults] == [ConfigurationError]
 
 
 def test_bulk_cancel_of_waiting_recipients(dash: Dash) -> None:
@@ -522,6 +551,7 @@ def test_export_buttons_stream_the_audit_and_audit_the_export(dash: Dash) -> Non
     assert [a.actor for a in exports] == ["dashboard:operator", "dashboard:operator"]
     assert all(number(2) not in (a.detail or "") for a in exports)
 
-    assert export().status_code == 400  # nothing to export named
-    assert export(since="yesterday").status_code == 400
+    # ValidationErrors: 422, as in /v1 (dispatcher.errors.ANSWERS).
+    assert export().status_code == 422  # nothing to export named
+    assert export(since="yesterday").status_code == 422
     assert export(job="0" * 26).status_code == 404
