@@ -15,6 +15,7 @@ DispatcherError
 ├── ConflictError               an idempotency key reused for a different request
 ├── AuthenticationError         no such API key, revoked, or lacking the scope
 ├── NotFoundError               no job (or other record) with that id
+├── InvalidCursorError          a page cursor this dispatcher did not hand out
 └── GatewayError                the gateway could not be asked, or its answer says no
     ├── TransientGatewayError     nothing was sent; retrying is safe
     │   └── GatewayConnectError     the connection was never made (failover is safe)
@@ -108,6 +109,10 @@ class NotFoundError(DispatcherError, LookupError):
     """No record exists with the given id."""
 
 
+class InvalidCursorError(DispatcherError, ValueError):
+    """A page cursor that no listing of this dispatcher handed out."""
+
+
 class GatewayError(DispatcherError):
     """The gateway could not be asked, or refused."""
 
@@ -180,6 +185,7 @@ ANSWERS: dict[type[DispatcherError], Answer] = {
     ConflictError: Answer(409, "idempotency_conflict", "INVALID_REQUEST"),
     AuthenticationError: Answer(401, "unauthorized", "LOGIN_INVALID"),
     NotFoundError: Answer(404, "not_found", "INVALID_REQUEST"),
+    InvalidCursorError: Answer(400, "invalid_cursor", "INVALID_REQUEST"),
     # The gateway's own trouble: nothing of the caller's request was wrong.
     GatewayError: Answer(502, "gateway_error", "GATEWAY_ERROR"),
     # Our account refused: the caller's credentials were fine, so not LOGIN_INVALID.

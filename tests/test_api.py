@@ -55,6 +55,7 @@ from dispatcher.errors import (
     GatewayConnectError,
     GatewayError,
     IncompleteReplyError,
+    InvalidCursorError,
     InvalidNumberError,
     InvalidOptionError,
     InvalidSenderError,
@@ -1165,6 +1166,7 @@ def test_every_dispatcher_error_has_its_answer_through_its_mro() -> None:
     assert rows[ConflictError] == (409, "idempotency_conflict", "INVALID_REQUEST")
     assert rows[AuthenticationError] == (401, "unauthorized", "LOGIN_INVALID")
     assert rows[NotFoundError] == (404, "not_found", "INVALID_REQUEST")
+    assert rows[InvalidCursorError] == (400, "invalid_cursor", "INVALID_REQUEST")
     assert rows[ConfigurationError] == (500, "internal_error", "INTERNAL_ERROR")
     assert rows[PermanentGatewayError][2] == "INTERNAL_ERROR"  # our account, not theirs
     # The drop-in speaks only the gateway's own codes (docs/design.md section 1).

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from test_api import UNLIMITED, Api, error_of, logged_errors, running_api
 
+from dispatcher.domain import cursors
 from dispatcher.domain.times import utcnow
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.persistence.db import Database
@@ -309,11 +310,12 @@ def test_dashboard_query_strings_and_forms_are_4xx(stack: Stack, quiet_log: None
         "/search?q=%00",
         "/search?q=44%00",
         "/search?q=%FF",
-        "/search?q=a&page=%D9%A1",  # an Arabic-Indic digit: isdigit(), but not a page
-        "/search?q=a&page=" + "9" * 5000,
+        # Pages are reached by cursor now, not ?page=N: cursors that are not one.
+        "/search?q=a&after=%D9%A1",  # an Arabic-Indic digit: not even base64
+        "/search?q=a&after=" + "9" * 5000,
         "/recipients?error_code=%C2%B2",
-        f"/jobs/{job_id}?page=0",
-        "/actions?page=%00",
+        f"/jobs/{job_id}?after=0",
+        "/actions?after=%00",
     ):
         response = stack.dashboard.get(stack.api.base_url + path, timeout=HTTP_TIMEOUT_S)
         assert response.status_code == 400, (path, response.status_code)
@@ -378,11 +380,11 @@ EDGES = [
 # Each route with the query parameters it reads, and values it would take.
 ROUTES: dict[str, tuple[str, ...]] = {
     "/": ("done", "n"),
-    "/search": ("q", "page"),
-    "/recipients": ("status", "error_code", "since", "until", "page", "done", "n"),
+    "/search": ("q", "after"),
+    "/recipients": ("status", "error_code", "since", "until", "after", "done", "n"),
     "/recipients/confirm": ("action", "status", "error_code", "since", "until"),
-    "/jobs/{job}": ("page", "status", "done", "n"),
-    "/actions": ("page",),
+    "/jobs/{job}": ("after", "status", "done", "n"),
+    "/actions": ("after",),
     "/login": ("next",),
 }
 _TIMES = st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2100, 1, 1)).map(
@@ -392,7 +394,14 @@ LIKELY: dict[str, st.SearchStrategy[str]] = {
     "done": st.sampled_from(["retried", "cancelled", "paused", "resumed"]),
     "n": st.integers(0, 10**6).map(str),
     "q": st.sampled_from([number(1), "07700 900001", "seed", "10011000000000000001"]),
-    "page": st.integers(1, 3).map(str),
+    # Cursors of each listing, any of them on any page.
+    "after": st.builds(cursors.encode_id, st.sampled_from(["r1", "a1"]), st.integers(1, 10**6))
+    | st.builds(
+        cursors.encode_time_id,
+        st.sampled_from(["s1", "l1"]),
+        st.datetimes(timezones=st.just(dt.UTC)),
+        st.integers(1, 10**6),
+    ),
     "status": st.sampled_from(["failed", "unknown", "queued", "retry_wait", "sent", "expired"]),
     "error_code": st.sampled_from(["GATEWAY_ERROR", "INVALID_NUMBER", "gateway_error"]),
     "since": _TIMES | _TIMES.map(lambda t: t[:10]),

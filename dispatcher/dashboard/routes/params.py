@@ -1,12 +1,12 @@
 """Reading what a request carries, and answering an action.
 
-Page numbers, form times and the ``?done=`` banner are checked here, so a route
-never converts a raw value itself; a service's refusal becomes a
-``DashboardError`` with its reason and the status of the table every entry
-point shares, ``dispatcher.errors.ANSWERS`` (``refusal``, ``service_call``): a
-ValidationError is a 422 here as in ``/v1``. An action is answered
-with a redirect (``redirect``), so a reload never repeats it, and only to a path
-on this site (``safe_next``).
+Form times and the ``?done=`` banner are checked here, so a route never converts
+a raw value itself (a page cursor is checked by the read it continues). A
+service's refusal becomes a ``DashboardError`` with its reason and the status of
+the table every entry point shares, ``dispatcher.errors.ANSWERS`` (``refusal``,
+``service_call``): a ValidationError is a 422 here as in ``/v1``. An action is
+answered with a redirect (``redirect``), so a reload never repeats it, and only
+to a path on this site (``safe_next``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from typing import Any
 
 from fastapi.responses import RedirectResponse
 
-from dispatcher.dashboard import queries
 from dispatcher.dashboard.routes.base import DashboardError
 from dispatcher.domain.times import parse_time
 from dispatcher.errors import DispatcherError, ValidationError, answer_for
@@ -57,15 +56,6 @@ def whole_number(value: str, most: int) -> int | None:
     return number if number <= most else None
 
 
-def page_number(value: str | None) -> int:
-    if value is None or value == "":
-        return 1
-    page = whole_number(value, queries.MAX_PAGE)
-    if page is None or page < 1:
-        raise DashboardError(400, f"page must be a whole number from 1 to {queries.MAX_PAGE}")
-    return page
-
-
 def form_time(name: str, value: str | None) -> dt.datetime | None:
     """A time from a form: ISO 8601, a date, or a datetime-local (read as UTC)."""
     if value is None or not value.strip():
@@ -94,7 +84,8 @@ def refusal(exc: DispatcherError) -> DashboardError:
 
 
 def service_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a service function; its refusals become HTML pages with their reason."""
+    """Call a service function, or a read given a cursor; its refusals become HTML pages
+    with their reason (a cursor that is not the listing's: 400)."""
     try:
         return fn(*args, **kwargs)
     except DispatcherError as exc:
