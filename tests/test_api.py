@@ -45,6 +45,30 @@ from dispatcher.api.ratelimit import REDIS_KEY_PREFIX
 from dispatcher.api.server import ServerThread
 from dispatcher.config import Settings
 from dispatcher.domain.lanes import Priority
+from dispatcher.errors import (
+    ANSWERS,
+    AuthenticationError,
+    ConfigurationError,
+    ConfirmationRequiredError,
+    ConflictError,
+    DispatcherError,
+    GatewayConnectError,
+    GatewayError,
+    IncompleteReplyError,
+    InvalidCursorError,
+    InvalidNumberError,
+    InvalidOptionError,
+    InvalidSenderError,
+    InvalidTextError,
+    NoRecipientsError,
+    NotFoundError,
+    PermanentGatewayError,
+    SenderNotAllowedError,
+    TooManyRecipientsError,
+    UnsafeCallbackError,
+    ValidationError,
+    answer_for,
+)
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import Job, OperatorAction
@@ -1071,3 +1095,104 @@ def test_a_sender_the_key_may_not_use_is_403(api: Api) -> None:
     assert "Acme" in error["message"]
     job = create_job(api, token, to=number(1), text="hi")
     assert api.request("GET", f"/v1/jobs/{job['id']}", token).json()["sender"] == "Acme"
+
+
+# --- one table from exceptions to answers ---------------------------------------------
+
+REFUSALS: list[DispatcherError] = [
+    InvalidOptionError("maxconcat must be from 1 to 6"),
+    TooManyRecipientsError("101 numbers in one job; at most 100: split the request"),
+    NoRecipientsError("no acceptable recipient"),
+    InvalidTextError("text is empty"),
+    SenderNotAllowedError("this key may send as 'Acme' only"),
+    ConfirmationRequiredError("unknown recipients may have been sent: confirm"),
+    ConflictError("Idempotency-Key used for another request"),
+    NotFoundError("no job '01ZZ'"),
+    ConfigurationError("no gateway password configured for secret-host.example"),
+]
+"""The same exceptions, raised through each entry point by its own tests (this file's
+for /v1, test_dropin's, test_dashboard's): each must answer as the one table says."""
+
+
+def refuse_with(exc: Exception) -> Callable[..., Any]:
+    """A stand-in for a service method that refuses with ``exc``."""
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise exc
+
+    return refuse
+
+
+def _tree(root: type[DispatcherError]) -> list[type[DispatcherError]]:
+    found: list[type[DispatcherError]] = []
+    for child in root.__subclasses__():
+        found += [child, *_tree(child)]
+    return found
+
+
+def test_every_dispatcher_error_has_its_answer_through_its_mro() -> None:
+    """Every exception of the tree has a row of ``dispatcher.errors.ANSWERS``: its own,
+    else its nearest ancestor's; /v1's promises are the table's rows."""
+    tree = _tree(DispatcherError)
+    assert UnsafeCallbackError in tree
+    assert IncompleteReplyError in tree
+    everyone: list[type[DispatcherError]] = [DispatcherError, *tree]
+    for cls in everyone:
+        nearest = next(ancestor for ancestor in cls.__mro__ if ancestor in ANSWERS)
+        assert answer_for(cls) is ANSWERS[nearest], cls
+    # No child of the root falls through to the root's row (a server fault) unnoticed.
+    assert all(child in ANSWERS for child in DispatcherError.__subclasses__())
+    # Subclasses without a row answer as their parent.
+    assert UnsafeCallbackError not in ANSWERS
+    assert answer_for(UnsafeCallbackError) is ANSWERS[InvalidOptionError]
+    assert answer_for(GatewayConnectError) is ANSWERS[GatewayError]
+    assert answer_for(IncompleteReplyError) is ANSWERS[GatewayError]
+    # Every refusal of a request is a 4xx, a validation error a 422.
+    assert all(400 <= answer_for(cls).status < 500 for cls in _tree(ValidationError))
+    assert all(answer_for(cls).status == 422 for cls in _tree(InvalidOptionError))
+    rows = {
+        cls: (answer_for(cls).status, answer_for(cls).code, answer_for(cls).gateway_code)
+        for cls in tree
+    }
+    assert rows[ValidationError] == (422, "invalid_request", "INVALID_REQUEST")
+    assert rows[InvalidNumberError] == (422, "invalid_number", "INVALID_NUMBER")
+    assert rows[NoRecipientsError] == (422, "no_recipients", "INVALID_NUMBER")
+    assert rows[TooManyRecipientsError] == (422, "too_many_recipients", "INVALID_REQUEST")
+    assert rows[InvalidTextError] == (422, "invalid_text", "INVALID_REQUEST")
+    assert rows[InvalidSenderError] == (422, "invalid_sender", "INVALID_REQUEST")
+    assert rows[InvalidOptionError] == (422, "invalid_option", "INVALID_REQUEST")
+    assert rows[SenderNotAllowedError] == (403, "sender_not_allowed", "INVALID_REQUEST")
+    assert rows[ConfirmationRequiredError] == (409, "confirmation_required", "INVALID_REQUEST")
+    assert rows[ConflictError] == (409, "idempotency_conflict", "INVALID_REQUEST")
+    assert rows[AuthenticationError] == (401, "unauthorized", "LOGIN_INVALID")
+    assert rows[NotFoundError] == (404, "not_found", "INVALID_REQUEST")
+    assert rows[InvalidCursorError] == (400, "invalid_cursor", "INVALID_REQUEST")
+    assert rows[ConfigurationError] == (500, "internal_error", "INTERNAL_ERROR")
+    assert rows[PermanentGatewayError][2] == "INTERNAL_ERROR"  # our account, not theirs
+    # The drop-in speaks only the gateway's own codes (docs/design.md section 1).
+    gateway_codes = {"LOGIN_INVALID", "INVALID_NUMBER", "INVALID_REQUEST", "GATEWAY_ERROR"}
+    assert {row.gateway_code for row in ANSWERS.values()} <= gateway_codes | {"INTERNAL_ERROR"}
+
+
+def test_v1_answers_each_refusal_as_the_table_says(
+    api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service refusing with each exception: the table's status and code, the
+    exception's text as the message, and for a server fault a generic message (the log
+    has the rest)."""
+    token = api.key("shop")
+    caplog.set_level(logging.INFO)
+    for refusal in REFUSALS:
+        monkeypatch.setattr(api.service, "enqueue", refuse_with(refusal))
+        response = api.request("POST", "/v1/jobs", token, json={"to": number(1), "text": "hi"})
+        answer = answer_for(refusal)
+        assert response.status_code == answer.status, (refusal, response.text)
+        error = error_of(response)
+        assert error["code"] == answer.code, refusal
+        if answer.status < 500:
+            assert error["message"] == str(refusal)
+        else:
+            assert "secret-host" not in response.text
+    faults = [r for r in caplog.records if r.name == "dispatcher.api.errors" and r.exc_info]
+    assert [type(r.exc_info[1]) for r in faults if r.exc_info] == [ConfigurationError]
+    assert row_counts(api.db)["jobs"] == 0

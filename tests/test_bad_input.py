@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from test_api import UNLIMITED, Api, error_of, logged_errors, running_api
 
+from dispatcher.domain import cursors
 from dispatcher.domain.times import utcnow
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.persistence.db import Database
@@ -309,18 +310,24 @@ def test_dashboard_query_strings_and_forms_are_4xx(stack: Stack, quiet_log: None
         "/search?q=%00",
         "/search?q=44%00",
         "/search?q=%FF",
-        "/search?q=a&page=%D9%A1",  # an Arabic-Indic digit: isdigit(), but not a page
-        "/search?q=a&page=" + "9" * 5000,
-        f"/recipients?since={quote(YEAR_1_PLUS_ONE)}",
-        f"/recipients?until={quote(YEAR_9999_MINUS)}",
+        # Pages are reached by cursor now, not ?page=N: cursors that are not one.
+        "/search?q=a&after=%D9%A1",  # an Arabic-Indic digit: not even base64
+        "/search?q=a&after=" + "9" * 5000,
         "/recipients?error_code=%C2%B2",
-        "/recipients?since=2026-01-01T00:00:00%2B25:00",
-        f"/recipients/confirm?action=retry&status=failed&since={quote(YEAR_1_PLUS_ONE)}",
-        f"/jobs/{job_id}?page=0",
-        "/actions?page=%00",
+        f"/jobs/{job_id}?after=0",
+        "/actions?after=%00",
     ):
         response = stack.dashboard.get(stack.api.base_url + path, timeout=HTTP_TIMEOUT_S)
         assert response.status_code == 400, (path, response.status_code)
+    # Times no calendar holds are ValidationErrors: 422, as in /v1 (dispatcher.errors.ANSWERS).
+    for path in (
+        f"/recipients?since={quote(YEAR_1_PLUS_ONE)}",
+        f"/recipients?until={quote(YEAR_9999_MINUS)}",
+        "/recipients?since=2026-01-01T00:00:00%2B25:00",
+        f"/recipients/confirm?action=retry&status=failed&since={quote(YEAR_1_PLUS_ONE)}",
+    ):
+        response = stack.dashboard.get(stack.api.base_url + path, timeout=HTTP_TIMEOUT_S)
+        assert response.status_code == 422, (path, response.status_code)
     for path in ("/jobs/%00", f"/jobs/{job_id[:-1]}%00", "/jobs/%ED%A0%80"):
         response = stack.dashboard.get(stack.api.base_url + path, timeout=HTTP_TIMEOUT_S)
         assert response.status_code == 404, (path, response.status_code)
@@ -328,16 +335,18 @@ def test_dashboard_query_strings_and_forms_are_4xx(stack: Stack, quiet_log: None
         response = stack.dashboard.get(stack.api.base_url + path, timeout=HTTP_TIMEOUT_S)
         assert response.status_code == 200, (path, response.status_code)
 
+    # The service's ValidationErrors are 422 (dispatcher.errors.ANSWERS); the dashboard's
+    # own checks of a form, 400.
     for path, fields, status in (
-        ("/pause", {"reason": "a\x00b"}, 400),
-        ("/recipients/retry", {"status": "failed", "since": YEAR_1_PLUS_ONE}, 400),
-        ("/recipients/cancel", {"status": "queued", "until": YEAR_9999_MINUS}, 400),
+        ("/pause", {"reason": "a\x00b"}, 422),
+        ("/recipients/retry", {"status": "failed", "since": YEAR_1_PLUS_ONE}, 422),
+        ("/recipients/cancel", {"status": "queued", "until": YEAR_9999_MINUS}, 422),
         ("/recipients/retry", {"status": "failed", "error_code": "A\x00"}, 400),
-        (f"/jobs/{job_id}/retry", {"status": "failed", "number": "44\x00"}, 400),
+        (f"/jobs/{job_id}/retry", {"status": "failed", "number": "44\x00"}, 422),
         ("/jobs/%00/retry", {"status": "failed"}, 404),
         ("/jobs/%00/cancel", {}, 404),
-        ("/export.csv", {"since": YEAR_1_PLUS_ONE}, 400),
-        ("/export.csv", {"since": "0001-01-01", "until": YEAR_9999_MINUS}, 400),
+        ("/export.csv", {"since": YEAR_1_PLUS_ONE}, 422),
+        ("/export.csv", {"since": "0001-01-01", "until": YEAR_9999_MINUS}, 422),
         ("/export.csv", {"job": "\x00"}, 404),
     ):
         response = stack.form(path, **fields)
@@ -371,11 +380,11 @@ EDGES = [
 # Each route with the query parameters it reads, and values it would take.
 ROUTES: dict[str, tuple[str, ...]] = {
     "/": ("done", "n"),
-    "/search": ("q", "page"),
-    "/recipients": ("status", "error_code", "since", "until", "page", "done", "n"),
+    "/search": ("q", "after"),
+    "/recipients": ("status", "error_code", "since", "until", "after", "done", "n"),
     "/recipients/confirm": ("action", "status", "error_code", "since", "until"),
-    "/jobs/{job}": ("page", "status", "done", "n"),
-    "/actions": ("page",),
+    "/jobs/{job}": ("after", "status", "done", "n"),
+    "/actions": ("after",),
     "/login": ("next",),
 }
 _TIMES = st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2100, 1, 1)).map(
@@ -385,7 +394,14 @@ LIKELY: dict[str, st.SearchStrategy[str]] = {
     "done": st.sampled_from(["retried", "cancelled", "paused", "resumed"]),
     "n": st.integers(0, 10**6).map(str),
     "q": st.sampled_from([number(1), "07700 900001", "seed", "10011000000000000001"]),
-    "page": st.integers(1, 3).map(str),
+    # Cursors of each listing, any of them on any page.
+    "after": st.builds(cursors.encode_id, st.sampled_from(["r1", "a1"]), st.integers(1, 10**6))
+    | st.builds(
+        cursors.encode_time_id,
+        st.sampled_from(["s1", "l1"]),
+        st.datetimes(timezones=st.just(dt.UTC)),
+        st.integers(1, 10**6),
+    ),
     "status": st.sampled_from(["failed", "unknown", "queued", "retry_wait", "sent", "expired"]),
     "error_code": st.sampled_from(["GATEWAY_ERROR", "INVALID_NUMBER", "gateway_error"]),
     "since": _TIMES | _TIMES.map(lambda t: t[:10]),

@@ -7,27 +7,33 @@ process, so the pages show real attempts, replies and histories.
 from __future__ import annotations
 
 import datetime as dt
+import html
 import logging
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
 from markupsafe import escape
-from sqlalchemy import select
+from sqlalchemy import select, update
+from test_api import REFUSALS, refuse_with
 
 from dispatcher.api import create_app
 from dispatcher.api.server import ServerThread
 from dispatcher.dashboard import queries
+from dispatcher.domain import cursors
 from dispatcher.domain.statuses import RecipientStatus
+from dispatcher.errors import ConfigurationError, InvalidOptionError, answer_for
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import (
     Job,
     OperatorAction,
+    Recipient,
     StatsMinute,
     StatusCount,
     WorkerHeartbeat,
@@ -36,9 +42,12 @@ from dispatcher.service.dispatcher import Dispatcher
 from dispatcher.service.keys import KeyStore
 from helpers import make_service, number, recipients_of
 
+T = TypeVar("T")
+
 OPERATOR_PASSWORD = "correct horse battery staple 42"
 SESSION_SECRET = "s" * 16 + secrets.token_hex(16)
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+NEXT = re.compile(r'<a href="([^"]+)" rel="next">')
 
 
 @dataclass
@@ -96,8 +105,14 @@ def _job_with_outcomes(dash: Dash, *numbers: str, **options: object) -> str:
     return result.job_id
 
 
+def next_link(page: str) -> str | None:
+    """The path of a listing's "Next" link, or None on its last page."""
+    match = NEXT.search(page)
+    return html.unescape(match.group(1)) if match else None
+
+
 def test_pages_need_a_login(dash: Dash) -> None:
-    answer = dash.client.get("/jobs/whatever?page=2", follow_redirects=False)
+    answer = dash.client.get("/jobs/whatever?after=x", follow_redirects=False)
     assert answer.status_code == 303
     assert answer.headers["location"] == "/login?next=%2Fjobs%2Fwhatever"
     assert dash.client.get("/").url.path == "/login"
@@ -274,13 +289,126 @@ def test_job_page_paginates_its_recipients(dash: Dash) -> None:
     job_id = dash.service.enqueue([number(i) for i in range(250)], "hello").job_id
     assert dash.login() == 303
     first = dash.client.get(f"/jobs/{job_id}").text
-    last = dash.client.get(f"/jobs/{job_id}", params={"page": "3"}).text
+    # Pages are reached by the "Next" link's cursor now, not ?page=3.
+    second = dash.client.get(str(next_link(first))).text
+    last = dash.client.get(str(next_link(second))).text
     assert first.count('class="recipient"') == queries.JOB_PAGE_SIZE
     assert 'rel="next"' in first
     assert last.count('class="recipient"') == 50
     assert 'rel="next"' not in last
-    assert dash.client.get(f"/jobs/{job_id}", params={"page": "x"}).status_code == 400
+    assert f'<a href="/jobs/{job_id}" rel="first">' in last
+    assert dash.client.get(f"/jobs/{job_id}", params={"after": "x"}).status_code == 400
     assert dash.client.get("/jobs/01ZZZZZZZZZZZZZZZZZZZZZZZZ").status_code == 404
+
+
+def _pages(read: Callable[[str | None], queries.Page[T]]) -> list[list[T]]:
+    """Every page of a listing, from the first, following each page's cursor."""
+    pages: list[list[T]] = []
+    after: str | None = None
+    while True:
+        page = read(after)
+        assert page.first is (after is None)
+        pages.append(page.items)
+        if page.next is None:
+            return pages
+        after = page.next
+
+
+def _tie(db: Database, at: dt.datetime) -> None:
+    """Give the recipients two times only, ``at`` and a second before it, alternately by
+    id: many rows share each time, and a larger id is not always a later time."""
+    with db.transaction() as session:
+        session.execute(update(Recipient).values(created_at=at, updated_at=at))
+        earlier = at - dt.timedelta(seconds=1)
+        session.execute(
+            update(Recipient)
+            .where(Recipient.id % 2 == 0)
+            .values(created_at=earlier, updated_at=earlier)
+        )
+
+
+def test_keyset_pages_show_every_row_once_when_times_tie(dash: Dash) -> None:
+    """Each listing, followed cursor by cursor from its first page to its last, shows
+    every row exactly once and in its order, although the rows share two times between
+    them (the id breaks a tie); every page but the last is full."""
+    db, size = dash.service.db, queries.PAGE_SIZE
+    big = dash.service.enqueue([number(i) for i in range(1, 108)], "hi").job_id
+    small = [dash.service.enqueue([number(1)], "hi").job_id for _ in range(size + 6)]
+    _tie(db, dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC))
+    with db.transaction() as session:
+        session.add_all(
+            OperatorAction(at=dt.datetime(2026, 3, 1, tzinfo=dt.UTC), actor="t", action=f"a{i}")
+            for i in range(size + 3)
+        )
+    by_id = {r.id: r for job in [big, *small] for r in recipients_of(db, job)}
+
+    def check(pages: list[list[int]], expected: list[int], page_size: int) -> None:
+        assert [len(p) for p in pages[:-1]] == [page_size] * (len(pages) - 1)
+        assert 0 < len(pages[-1]) <= page_size
+        assert [i for p in pages for i in p] == expected
+
+    def job_recipients(after: str | None) -> queries.Page[queries.RecipientDetail]:
+        data = queries.job_page(db, big, after=after)
+        assert data is not None
+        return data.recipients
+
+    job = _pages(job_recipients)
+    job_ids = [[d.recipient.id for d in p] for p in job]
+    check(job_ids, sorted(r.id for r in recipients_of(db, big)), queries.JOB_PAGE_SIZE)
+
+    newest_first = sorted(by_id, key=lambda i: (by_id[i].updated_at, i), reverse=True)
+    assert newest_first != sorted(by_id, reverse=True)
+    listed = _pages(
+        lambda after: queries.recipients(db, queries.RecipientQuery("queued"), after=after)
+    )
+    check([[r.id for r in p] for p in listed], newest_first, size)
+
+    found = _pages(lambda after: queries.search(db, number(1), region="GB", after=after).recipients)
+    check(
+        [[r.id for r in p] for p in found],
+        [i for i in newest_first if by_id[i].number == number(1)],
+        size,
+    )
+    assert len(found) == 2
+
+    acted = _pages(lambda after: queries.actions(db, after=after))
+    with db.transaction() as session:
+        every_action = list(session.scalars(select(OperatorAction.id)))
+    check([[a.id for a in p] for p in acted], sorted(every_action, reverse=True), size)
+
+    # Over HTTP, by the links: the search by number names each job once.
+    assert dash.login() == 303
+    path: str | None = "/search?" + str(httpx.QueryParams({"q": number(1)}))
+    seen: list[str] = []
+    while path is not None:
+        page = dash.client.get(path).text
+        seen += re.findall(r'class="job-link">([0-9A-Z]{26})<', page)
+        path = next_link(page)
+    assert sorted(seen) == sorted([big, *small])
+    assert 'rel="first">' in page
+
+
+def test_a_cursor_not_of_the_listing_is_400(dash: Dash) -> None:
+    """A cursor that is not one of the listing's (made up, cut short, of another
+    listing, or past any calendar) is a 400 with the reason, never a 500."""
+    job_id = dash.service.enqueue([number(1)], "hi").job_id
+    assert dash.login() == 303
+    someone_elses = cursors.encode_id("a1", 5)
+    for path in ("/actions", "/recipients", f"/jobs/{job_id}", "/search?q=1&"):
+        base = path + ("" if path.endswith("&") else "?")
+        for bad in (
+            "x",
+            "not base64 !",
+            cursors.encode("zz", "1"),
+            cursors.encode("l1", "9999-99-99", "1"),
+            cursors.encode("r1", "1" * 40),
+            someone_elses if "actions" not in path else cursors.encode_id("r1", 5),
+            "A" * 5000,
+        ):
+            answer = dash.client.get(base + str(httpx.QueryParams({"after": bad})))
+            assert answer.status_code == 400, (path, bad, answer.status_code)
+            assert "cursor is not one this dispatcher gave out" in answer.text
+        assert dash.client.get(base + "after=").status_code == 200  # empty: the first page
 
 
 def test_retry_from_the_job_page(dash: Dash) -> None:
@@ -324,7 +452,7 @@ def test_bulk_retry_says_how_many_it_touches(dash: Dash) -> None:
     ).text
     assert "This touches <strong>0</strong>" in future
     bad = dash.client.get("/recipients", params={"status": "failed", "since": "yesterday"})
-    assert bad.status_code == 400
+    assert bad.status_code == 422  # a ValidationError, as in /v1 (dispatcher.errors.ANSWERS)
     assert "since must be" in bad.text
 
     assert dash.post("/recipients/retry", status="failed", error_code="INVALID_NUMBER") == 303
@@ -355,6 +483,33 @@ def test_unknown_needs_the_double_send_confirmation(dash: Dash) -> None:
     assert "twice" in refused.text
     assert dash.post("/recipients/retry", status="unknown", confirm_unknown="yes") == 303
     assert [r.status for r in recipients_of(dash.service.db, job_id)] == ["queued"]
+
+
+def test_refusals_answer_with_the_tables_status(
+    dash: Dash, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service refusing with each of the exceptions /v1's tests raise: an error page
+    with the table's status (a validation error is a 422, as in /v1) and the reason; a
+    server fault's reason goes to the log, not the page."""
+    job_id = dash.service.enqueue([number(1)], "hi").job_id
+    assert dash.login() == 303
+    caplog.set_level(logging.INFO)
+    for refusal in REFUSALS:
+        monkeypatch.setattr(dash.service, "retry", refuse_with(refusal))
+        answer = dash.client.post(
+            f"/jobs/{job_id}/retry",
+            data={"csrf": dash.csrf(), "status": "failed"},
+            follow_redirects=False,
+        )
+        assert answer.status_code == answer_for(refusal).status, (refusal, answer.text)
+        assert answer.headers["content-type"].startswith("text/html")
+        if answer.status_code < 500:
+            assert str(escape(str(refusal))) in answer.text
+        else:
+            assert "secret-host" not in answer.text
+    assert answer_for(InvalidOptionError("")).status == 422
+    faults = [r.exc_info[1] for r in caplog.records if r.exc_info]
+    assert [type(fault) for fault in faults] == [ConfigurationError]
 
 
 def test_bulk_cancel_of_waiting_recipients(dash: Dash) -> None:
@@ -522,6 +677,7 @@ def test_export_buttons_stream_the_audit_and_audit_the_export(dash: Dash) -> Non
     assert [a.actor for a in exports] == ["dashboard:operator", "dashboard:operator"]
     assert all(number(2) not in (a.detail or "") for a in exports)
 
-    assert export().status_code == 400  # nothing to export named
-    assert export(since="yesterday").status_code == 400
+    # ValidationErrors: 422, as in /v1 (dispatcher.errors.ANSWERS).
+    assert export().status_code == 422  # nothing to export named
+    assert export(since="yesterday").status_code == 422
     assert export(job="0" * 26).status_code == 404

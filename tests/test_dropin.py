@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import requests
 from sqlalchemy import select
-from test_api import UNLIMITED, Api, running_api
+from test_api import REFUSALS, UNLIMITED, Api, refuse_with, running_api
 
 from dispatcher.domain.message import TYPE_VOICE
+from dispatcher.errors import TooManyRecipientsError, answer_for
 from dispatcher.gateway.client import GatewayClient, Message
 from dispatcher.gateway.config import GatewayConfig
 from dispatcher.gateway.protocol import Outcome
@@ -255,6 +256,22 @@ def test_whole_request_failures_are_one_err_line(gateway: Gateway) -> None:
         for reply in (parse(gateway.get(**params)), parse(gateway.post(**params))):
             assert reply.single == (None, code), (params, reply.lines)
             assert reply.status == 200
+    assert row_counts(gateway.db)["jobs"] == 0
+
+
+def test_refusals_answer_with_the_tables_gateway_code(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service refusing with each of the exceptions /v1's tests raise: one
+    ``ERR:<CODE>`` line, the table's gateway code, with HTTP 200 as the gateway answers
+    a refusal; a too-many-recipients refusal is INVALID_REQUEST, the gateway's own."""
+    for refusal in REFUSALS:
+        monkeypatch.setattr(gateway.api.service, "enqueue", refuse_with(refusal))
+        reply = parse(gateway.post(to=number(1), text="hi", **gateway.login()))
+        assert (reply.status, reply.single) == (200, (None, answer_for(refusal).gateway_code))
+    monkeypatch.setattr(gateway.api.service, "enqueue", refuse_with(TooManyRecipientsError("")))
+    reply = parse(gateway.get(to=number(1), text="hi", **gateway.login()))
+    assert reply.single == (None, "INVALID_REQUEST")
     assert row_counts(gateway.db)["jobs"] == 0
 
 

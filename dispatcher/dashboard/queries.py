@@ -8,7 +8,6 @@ from dispatcher.domain.times import utcnow
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.reads.dashboard import (
     JOB_PAGE_SIZE,
-    MAX_PAGE,
     PAGE_SIZE,
     JobPage,
     Page,
@@ -25,7 +24,6 @@ from dispatcher.service import stats
 
 __all__ = [
     "JOB_PAGE_SIZE",
-    "MAX_PAGE",
     "PAGE_SIZE",
     "JobPage",
     "Page",

@@ -10,17 +10,17 @@ from fastapi.responses import Response, StreamingResponse
 from dispatcher.dashboard import queries
 from dispatcher.dashboard.routes.auth import Checked, Operator
 from dispatcher.dashboard.routes.base import dashboard_of
-from dispatcher.dashboard.routes.params import form_time, page_number, service_call
+from dispatcher.dashboard.routes.params import form_time, service_call
 from dispatcher.service.audit import export_csv
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/actions")
-def actions(request: Request, session: Operator, page: str | None = None) -> Response:
-    """What operators did, newest first."""
+def actions(request: Request, session: Operator, after: str | None = None) -> Response:
+    """What operators did, newest first; ``after``: the cursor of the page before."""
     dash = dashboard_of(request)
-    rows = queries.actions(dash.service.db, page=page_number(page))
+    rows = service_call(queries.actions, dash.service.db, after=after)
     return dash.page(request, "actions.html", session, rows=rows)
 
 

@@ -13,7 +13,6 @@ from dispatcher.dashboard.routes.base import DashboardError, dashboard_of
 from dispatcher.dashboard.routes.params import (
     RETRYABLE,
     done_message,
-    page_number,
     redirect,
     service_call,
 )
@@ -26,16 +25,17 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/search")
-def search(request: Request, session: Operator, q: str = "", page: str | None = None) -> Response:
-    """Find jobs and recipients by number, job id, reference or gateway message ID."""
+def search(request: Request, session: Operator, q: str = "", after: str | None = None) -> Response:
+    """Find jobs and recipients by number, job id, reference or gateway message ID;
+    ``after``: the cursor of the recipients' page before."""
     dash = dashboard_of(request)
     if len(q) > MAX_QUERY_LENGTH:
         raise DashboardError(400, f"a search is at most {MAX_QUERY_LENGTH} characters")
     problem = unstorable(q)
     if problem is not None:
         raise DashboardError(400, f"the search {problem}")
-    result = queries.search(
-        dash.service.db, q, region=dash.service.settings.default_region, page=page_number(page)
+    result = service_call(
+        queries.search, dash.service.db, q, region=dash.service.settings.default_region, after=after
     )
     return dash.page(request, "search.html", session, result=result)
 
@@ -45,16 +45,19 @@ def job(
     request: Request,
     job_id: str,
     session: Operator,
-    page: str | None = None,
+    after: str | None = None,
     status: str = "",
     done: str | None = None,
     n: str | None = None,
 ) -> Response:
-    """A job: its fields and text, recipients with their attempts and history, actions."""
+    """A job: its fields and text, recipients with their attempts and history, actions;
+    ``after``: the cursor of the recipients' page before."""
     dash = dashboard_of(request)
     if status and status not in set(RecipientStatus):
         raise DashboardError(400, f"unknown status {status!r}")
-    data = queries.job_page(dash.service.db, job_id, page=page_number(page), status=status or None)
+    data = service_call(
+        queries.job_page, dash.service.db, job_id, after=after, status=status or None
+    )
     if data is None:
         raise DashboardError(404, "There is no job with that id.")
     return dash.page(

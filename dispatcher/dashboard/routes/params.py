@@ -1,28 +1,27 @@
 """Reading what a request carries, and answering an action.
 
-Page numbers, form times and the ``?done=`` banner are checked here, so a route
-never converts a raw value itself; a service's refusal becomes a
-``DashboardError`` with its reason (``service_call``); an action is answered
-with a redirect (``redirect``), so a reload never repeats it, and only to a path
-on this site (``safe_next``).
+Form times and the ``?done=`` banner are checked here, so a route never converts
+a raw value itself (a page cursor is checked by the read it continues). A
+service's refusal becomes a ``DashboardError`` with its reason and the status of
+the table every entry point shares, ``dispatcher.errors.ANSWERS`` (``refusal``,
+``service_call``): a ValidationError is a 422 here as in ``/v1``. An action is
+answered with a redirect (``redirect``), so a reload never repeats it, and only
+to a path on this site (``safe_next``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 
 from fastapi.responses import RedirectResponse
 
-from dispatcher.dashboard import queries
 from dispatcher.dashboard.routes.base import DashboardError
 from dispatcher.domain.times import parse_time
-from dispatcher.errors import (
-    ConfirmationRequiredError,
-    DispatcherError,
-    NotFoundError,
-    ValidationError,
-)
+from dispatcher.errors import DispatcherError, ValidationError, answer_for
+
+log = logging.getLogger(__name__)
 
 RETRYABLE = ("failed", "unknown")
 CANCELLABLE = ("queued", "retry_wait")
@@ -57,15 +56,6 @@ def whole_number(value: str, most: int) -> int | None:
     return number if number <= most else None
 
 
-def page_number(value: str | None) -> int:
-    if value is None or value == "":
-        return 1
-    page = whole_number(value, queries.MAX_PAGE)
-    if page is None or page < 1:
-        raise DashboardError(400, f"page must be a whole number from 1 to {queries.MAX_PAGE}")
-    return page
-
-
 def form_time(name: str, value: str | None) -> dt.datetime | None:
     """A time from a form: ISO 8601, a date, or a datetime-local (read as UTC)."""
     if value is None or not value.strip():
@@ -73,7 +63,7 @@ def form_time(name: str, value: str | None) -> dt.datetime | None:
     try:
         return parse_time(value, name)
     except ValidationError as exc:
-        raise DashboardError(400, str(exc)) from None
+        raise refusal(exc) from None
 
 
 def done_message(done: str | None, n: str | None) -> str | None:
@@ -83,16 +73,20 @@ def done_message(done: str | None, n: str | None) -> str | None:
     return template.format(n=whole_number(n or "", MAX_SHOWN_COUNT) or 0)
 
 
+def refusal(exc: DispatcherError) -> DashboardError:
+    """``exc`` as an error page: the table's status, and the reason, which the operator
+    can act on; a server fault's reason goes to the log instead."""
+    status = answer_for(exc).status
+    if status >= 500:
+        log.error("dashboard request failed: %s", type(exc).__name__, exc_info=exc)
+        return DashboardError(status, "The request failed on the server; the log says why.")
+    return DashboardError(status, str(exc))
+
+
 def service_call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a service function; its refusals become HTML pages with their reason."""
+    """Call a service function, or a read given a cursor; its refusals become HTML pages
+    with their reason (a cursor that is not the listing's: 400)."""
     try:
         return fn(*args, **kwargs)
-    except NotFoundError as exc:
-        raise DashboardError(404, str(exc)) from None
-    except ConfirmationRequiredError as exc:
-        raise DashboardError(409, str(exc)) from None
-    except ValidationError as exc:
-        raise DashboardError(400, str(exc)) from None
     except DispatcherError as exc:
-        # ConfirmationRequiredError, InvalidOptionError, ...: the operator can act on it.
-        raise DashboardError(409, str(exc)) from None
+        raise refusal(exc) from None

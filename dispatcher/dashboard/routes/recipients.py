@@ -20,7 +20,6 @@ from dispatcher.dashboard.routes.params import (
     RETRYABLE,
     done_message,
     form_time,
-    page_number,
     redirect,
     service_call,
 )
@@ -68,14 +67,15 @@ def recipients(
     error_code: str | None = None,
     since: str | None = None,
     until: str | None = None,
-    page: str | None = None,
+    after: str | None = None,
     done: str | None = None,
     n: str | None = None,
 ) -> Response:
-    """Failed, unknown or waiting recipients, filtered, with bulk actions."""
+    """Failed, unknown or waiting recipients, filtered, with bulk actions; ``after``: the
+    cursor of the page before."""
     dash = dashboard_of(request)
     query = recipient_query(status, error_code, since, until)
-    rows = queries.recipients(dash.service.db, query, page=page_number(page))
+    rows = service_call(queries.recipients, dash.service.db, query, after=after)
     filters = filters_of(query)
     return dash.page(
         request,
