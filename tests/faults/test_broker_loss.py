@@ -17,7 +17,9 @@ from dispatcher.domain.lanes import QUEUE_DISPATCH
 from dispatcher.domain.statuses import BatchStatus
 from dispatcher.service.dispatcher import Dispatcher, no_wake
 from faults.conftest import FaultPipeline
-from helpers import attempts_of, batches_of, number, recipients_of, wait_until
+from support.numbers import number
+from support.polling import wait_until
+from support.reads import attempts_of, batches_of, recipients_of
 
 pytestmark = pytest.mark.services
 

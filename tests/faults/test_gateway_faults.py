@@ -26,7 +26,9 @@ from dispatcher.gateway.simulator import GatewaySimulator, SimulatorConfig
 from dispatcher.persistence.models import Recipient
 from faults.conftest import FaultPipeline
 from faults.services import closed_port
-from helpers import attempts_of, batches_of, number, recipients_of, wait_until
+from support.numbers import number
+from support.polling import wait_until
+from support.reads import attempts_of, batches_of, recipients_of
 
 pytestmark = pytest.mark.services
 

@@ -16,7 +16,8 @@ import pytest
 from dispatcher.domain.statuses import AttemptOutcome
 from dispatcher.gateway.protocol import BALANCE_PATH
 from faults.conftest import FaultPipeline
-from helpers import attempts_of, number, recipients_of
+from support.numbers import number
+from support.reads import attempts_of, recipients_of
 
 pytestmark = pytest.mark.services
 

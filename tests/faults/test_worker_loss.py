@@ -17,7 +17,9 @@ import pytest
 
 from dispatcher.domain.statuses import AttemptOutcome, BatchStatus
 from faults.conftest import SUBMITTING_TIMEOUT_S, FaultPipeline, kill
-from helpers import attempts_of, batches_of, number, recipients_of, wait_until
+from support.numbers import number
+from support.polling import wait_until
+from support.reads import attempts_of, batches_of, recipients_of
 
 pytestmark = pytest.mark.services
 
