@@ -29,18 +29,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement
-from sqlalchemy.orm import Session
-
 from dispatcher.config import Settings
 from dispatcher.domain.numbers import normalise
 from dispatcher.domain.statuses import RecipientStatus
 from dispatcher.domain.tenancy import EVERY_JOB, Viewer
 from dispatcher.domain.times import to_utc, utcnow
 from dispatcher.errors import ConflictError, InvalidOptionError, NotFoundError
-from dispatcher.persistence import store
-from dispatcher.persistence.db import Database
-from dispatcher.persistence.models import Recipient
+from dispatcher.persistence import audit_queries, store
+from dispatcher.persistence.db import Database, Session
 from dispatcher.persistence.store import visible_to
 
 log = logging.getLogger(__name__)
@@ -332,7 +328,7 @@ class RemovalCounts:
 def _scrub(
     session: Session,
     *,
-    recipients: ColumnElement[bool],
+    recipients: audit_queries.RecipientScope,
     job_ids: Sequence[str],
     targets: frozenset[str] | None,
     marker: str,
@@ -419,7 +415,7 @@ def purge(
             job_ids = [job_id for job_id, _created in found]
             counts = _scrub(
                 session,
-                recipients=Recipient.job_id.in_(job_ids),
+                recipients=audit_queries.recipients_of_jobs(job_ids),
                 job_ids=job_ids,
                 targets=None,
                 marker=store.PURGED,
@@ -541,7 +537,7 @@ def erase(db: Database, number: str, *, actor: str, default_region: str = "GB") 
             only_theirs = store.jobs_only_to(session, job_ids=job_ids, number=wanted)
             counts = _scrub(
                 session,
-                recipients=Recipient.id.in_(ids),
+                recipients=audit_queries.recipients_by_id(ids),
                 job_ids=job_ids,
                 targets=frozenset({wanted}),
                 marker=store.ERASED,

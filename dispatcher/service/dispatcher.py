@@ -31,10 +31,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import func
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.orm import Session
-
 from dispatcher.config import Settings
 from dispatcher.domain.backoff import RetryPolicy
 from dispatcher.domain.lanes import Priority, check_priority
@@ -72,9 +68,9 @@ from dispatcher.errors import (
 from dispatcher.gateway import protocol
 from dispatcher.gateway.client import GatewayClient, Message, Submission
 from dispatcher.gateway.protocol import Outcome, RecipientOutcome
-from dispatcher.persistence import columns, salvage, store
-from dispatcher.persistence.db import Database
-from dispatcher.persistence.models import DispatchControl, Job, Recipient
+from dispatcher.persistence import columns, salvage, store, store_dispatch
+from dispatcher.persistence.db import Database, DBAPIError, IntegrityError, Session
+from dispatcher.persistence.models import Job, Recipient
 from dispatcher.persistence.store import visible_to
 from dispatcher.service import rollup as rollups
 from dispatcher.service.audit import RetentionSchedule
@@ -470,68 +466,16 @@ class Dispatcher:
             expires_at=timing.expires_at,
         )
         refused = [(r.raw[:32], f"refused at enqueue: {r.reason}"[:500]) for r in prepared.refused]
-        small = (
-            len(groups) <= 1 and len(prepared.accepted) + len(refused) <= store.SMALL_JOB_MAX_ROWS
-        )
         with self.db.transaction() as session:
-            if small and session.get_bind().dialect.name == "postgresql":
-                store.insert_small_job(
-                    session,
-                    job=job,
-                    accepted=groups[0] if groups else [],
-                    refused=refused,
-                    due_at=timing.due_at,
-                    lane=timing.priority.lane,
-                    expires_at=timing.expires_at,
-                    now=now,
-                    actor=actor,
-                )
-                return
-            store.insert_job(session, job=job)
-            batch_ids = store.insert_batches(
+            store_dispatch.write_job(
                 session,
-                job_id=job_id,
-                count=len(groups),
+                job=job,
+                groups=groups,
+                refused=refused,
                 due_at=timing.due_at,
                 lane=timing.priority.lane,
                 expires_at=timing.expires_at,
                 now=now,
-            )
-            rows: list[dict[str, object]] = []
-            for batch_id, numbers in zip(batch_ids, groups, strict=True):
-                rows.extend(
-                    {
-                        "job_id": job_id,
-                        "batch_id": batch_id,
-                        "number": number,
-                        "status": str(_S.QUEUED),
-                        "attempts": 0,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                    for number in numbers
-                )
-            rows.extend(
-                {
-                    "job_id": job_id,
-                    "batch_id": None,
-                    "number": number,
-                    "status": str(_S.FAILED),
-                    "error_code": "INVALID_NUMBER",
-                    "error_detail": detail,
-                    "attempts": 0,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for number, detail in refused
-            )
-            store.insert_recipients(session, rows=rows)
-            store.record_transitions(
-                session,
-                where=Recipient.job_id == job_id,
-                to_status=None,
-                at=now,
-                cause=func.coalesce(Recipient.error_detail, "enqueued"),
                 actor=actor,
             )
 
@@ -1168,12 +1112,7 @@ class Dispatcher:
             control = store.get_control(session)
             if not control.paused or control.pause_reason != PauseReason.NO_CREDIT:
                 return
-            mine = store.update_control(
-                session,
-                values={"credit_checked_at": now},
-                where=DispatchControl.credit_checked_at.is_(None)
-                | (DispatchControl.credit_checked_at <= due_before),
-            )
+            mine = store_dispatch.claim_credit_check(session, now=now, due_before=due_before)
         if not mine:
             return
         try:
@@ -1186,11 +1125,7 @@ class Dispatcher:
         if balance > self.settings.credit_resume_threshold:
             log.warning("balance %g is above the threshold; resuming dispatch", balance)
             with self.db.transaction() as session:
-                store.update_control(
-                    session,
-                    values=UNPAUSED,
-                    where=DispatchControl.pause_reason == str(PauseReason.NO_CREDIT),
-                )
+                store_dispatch.end_pause_for(session, PauseReason.NO_CREDIT, values=UNPAUSED)
 
     def _wake_due(self) -> int:
         """Wake workers for due work nobody is on, without flooding the broker.
