@@ -31,12 +31,12 @@ from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
 from dispatcher.service import rollup as rollups
 from dispatcher.service import views
-from dispatcher.service.audit import RetentionSchedule
 from dispatcher.service.claim import Claim, claim_lanes, worker_name
 from dispatcher.service.control import Controls
 from dispatcher.service.dispatch import Dispatch, DispatchReport
 from dispatcher.service.enqueue import Enqueuer, EnqueueResult
 from dispatcher.service.operator import OperatorActions, OperatorResult
+from dispatcher.service.privacy import RetentionSchedule
 from dispatcher.service.reply import RECORD_RETRY_BUDGET_S, ReplyRecorder
 from dispatcher.service.sweep import Sweeper
 from dispatcher.service.views import job_status, job_to_dict

@@ -20,9 +20,9 @@ from dispatcher.errors import ConfigurationError, GatewayError
 from dispatcher.gateway.client import GatewayClient
 from dispatcher.persistence import store, store_dispatch
 from dispatcher.persistence.db import Database
-from dispatcher.service.audit import RetentionSchedule
 from dispatcher.service.claim import expiry_cause
 from dispatcher.service.control import UNPAUSED
+from dispatcher.service.privacy import RetentionSchedule
 from dispatcher.service.wake import Wakes
 from dispatcher.service.webhooks import Webhooks
 
