@@ -17,7 +17,7 @@ from typing import Any
 
 from dispatcher.domain.lanes import Priority, check_priority
 from dispatcher.domain.numbers import chunk
-from dispatcher.domain.statuses import PauseReason, RecipientStatus
+from dispatcher.domain.statuses import WAITING_STATUSES, PauseReason, RecipientStatus
 from dispatcher.domain.storable import check_storable
 from dispatcher.domain.tenancy import EVERY_JOB, Viewer
 from dispatcher.domain.times import utcnow
@@ -33,7 +33,6 @@ from dispatcher.service.wake import Wakes
 log = logging.getLogger(__name__)
 
 _S = RecipientStatus
-_SENDABLE = (_S.QUEUED, _S.RETRY_WAIT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +159,7 @@ class OperatorActions:
         ``selection.statuses`` narrows the waiting statuses further; any other status
         in it is ignored, so nothing claimed or final is ever cancelled.
         """
-        waiting = [str(s) for s in _SENDABLE]
+        waiting = [str(s) for s in WAITING_STATUSES]
         statuses = [s for s in selection.statuses or waiting if s in waiting]
         now = utcnow()
         with self.db.transaction() as session:

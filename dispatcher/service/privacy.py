@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 
 from dispatcher.config import Settings
 from dispatcher.domain.numbers import normalise
-from dispatcher.domain.statuses import RecipientStatus
+from dispatcher.domain.statuses import WAITING_STATUSES, RecipientStatus
 from dispatcher.domain.times import utcnow
 from dispatcher.errors import ConflictError, InvalidOptionError
 from dispatcher.persistence import audit_queries, store
@@ -303,7 +303,6 @@ def erase(db: Database, number: str, *, actor: str, default_region: str = "GB") 
     wanted = normalise(number, default_region)
     total = RemovalCounts()
     now = utcnow()
-    sendable = (_S.QUEUED, _S.RETRY_WAIT)
     with db.transaction() as session:
         _refuse_if_submitting(store.count_with_number(session, number=wanted).get(_S.SUBMITTING, 0))
     while True:
@@ -316,7 +315,7 @@ def erase(db: Database, number: str, *, actor: str, default_region: str = "GB") 
             _refuse_if_submitting(sum(1 for _r, _j, status in rows if status == _S.SUBMITTING))
             ids = [rid for rid, _job, _status in rows]
             job_ids = sorted({job for _rid, job, _status in rows})
-            waiting = [rid for rid, _job, status in rows if status in sendable]
+            waiting = [rid for rid, _job, status in rows if status in WAITING_STATUSES]
             cancelled = store.cancel_waiting(
                 session,
                 ids=waiting,
