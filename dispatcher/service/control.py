@@ -14,13 +14,12 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from dispatcher.config import Settings
 from dispatcher.domain.statuses import BreakerState, PauseReason
 from dispatcher.domain.times import utcnow
 from dispatcher.gateway.protocol import Outcome, RecipientOutcome
-from dispatcher.persistence import store
+from dispatcher.persistence import store, store_dispatch
+from dispatcher.persistence.db import Session
 from dispatcher.persistence.models import DispatchControl
 
 log = logging.getLogger(__name__)
@@ -57,17 +56,11 @@ class Controls:
             return None
         # The probe's turn (or a probe whose worker died, its lease expired): exactly
         # one claimer wins this compare-and-set and sends one batch.
-        won = store.update_control(
+        won = store_dispatch.take_probe(
             session,
-            values={
-                "breaker_state": BreakerState.PROBING,
-                "breaker_retry_at": now + dt.timedelta(seconds=self.settings.submitting_timeout_s),
-            },
-            where=(DispatchControl.breaker_state == str(state))
-            & (
-                DispatchControl.breaker_retry_at.is_(None)
-                | (DispatchControl.breaker_retry_at <= now)
-            ),
+            state=state,
+            now=now,
+            lease_until=now + dt.timedelta(seconds=self.settings.submitting_timeout_s),
         )
         return (True, retry_at) if won else None
 
@@ -104,9 +97,7 @@ class Controls:
             )
             log.warning("breaker probe succeeded; dispatch resumes")
             return False
-        store.update_control(
-            session, values={"breaker_failures": DispatchControl.breaker_failures + 1}
-        )
+        store_dispatch.count_breaker_failure(session)
         control = store.get_control(session)
         if BreakerState(control.breaker_state) is not BreakerState.CLOSED:
             return True
@@ -126,14 +117,8 @@ class Controls:
             self.settings.breaker_probe_max_s,
             self.settings.breaker_probe_s * 2.0 ** min(trips - 1, 30),
         )
-        store.update_control(
-            session,
-            values={
-                "breaker_state": BreakerState.OPEN,
-                "breaker_trips": trips,
-                "breaker_opened_at": now if trips == 1 else DispatchControl.breaker_opened_at,
-                "breaker_retry_at": now + dt.timedelta(seconds=wait_s),
-            },
+        store_dispatch.open_breaker(
+            session, trips=trips, now=now, retry_at=now + dt.timedelta(seconds=wait_s)
         )
 
     def pause_for(
@@ -158,11 +143,8 @@ class Controls:
         self.set_pause(session, reason=reason, detail=detail, actor=worker)
 
     def set_pause(self, session: Session, *, reason: PauseReason, detail: str, actor: str) -> bool:
-        # A credentials pause outranks the others: it needs a person whatever the balance.
-        where = (DispatchControl.paused.is_(False)) | (
-            DispatchControl.pause_reason != str(PauseReason.LOGIN_INVALID)
-        )
-        paused = store.update_control(
+        # A credentials pause outranks the others (``store_dispatch.set_pause``).
+        paused = store_dispatch.set_pause(
             session,
             values={
                 "paused": True,
@@ -171,7 +153,6 @@ class Controls:
                 "paused_at": utcnow(),
                 "paused_by": actor[:200],
             },
-            where=where,
         )
         if paused:
             level = logging.WARNING if reason is PauseReason.MANUAL else logging.ERROR
