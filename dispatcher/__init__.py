@@ -52,6 +52,9 @@ def send(
     ``dispatcher.errors.ConflictError``. ``reference`` is your own label for the
     job, searchable later (``dispatcher jobs --reference``).
     """
+    # Imported on the first send, not with the package: `import dispatcher.errors`
+    # (or this module's __version__) must not build the settings, the database and
+    # the Celery app of the composition root.
     from dispatcher import runtime
 
     result = runtime.service().enqueue(

@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from dispatcher.domain import proxies, redaction
 from dispatcher.domain.lanes import LANE_NAMES
+from dispatcher.domain.message import check_sender
 from dispatcher.errors import ConfigurationError, InvalidSenderError
 from dispatcher.gateway.config import GatewayConfig
 from dispatcher.persistence.db import check_database_url
@@ -342,9 +343,6 @@ class Settings(BaseSettings):
     @field_validator("default_sender")
     @classmethod
     def _valid_sender(cls, value: str | None) -> str | None:
-        # Imported here: message.py reads the lane names above at import.
-        from dispatcher.domain.message import check_sender
-
         try:
             return check_sender(value)
         except InvalidSenderError as exc:

@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from dispatcher import __version__, dashboard
+from dispatcher import __version__, dashboard, runtime
 from dispatcher.api import dropin, errors, metrics, v1
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.balance import BalanceCache
@@ -63,8 +63,6 @@ def create_app(service: Dispatcher | None = None) -> FastAPI:
     it opens for rate limits and health checks when it shuts down.
     """
     if service is None:
-        from dispatcher import runtime
-
         service = runtime.service()
     settings = service.settings
     client = _redis_client(settings)

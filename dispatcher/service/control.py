@@ -18,7 +18,7 @@ from dispatcher.config import Settings
 from dispatcher.domain.statuses import BreakerState, PauseReason
 from dispatcher.domain.times import utcnow
 from dispatcher.gateway.protocol import Outcome, RecipientOutcome
-from dispatcher.persistence import store, store_dispatch
+from dispatcher.persistence import store
 from dispatcher.persistence.db import Session
 from dispatcher.persistence.models import DispatchControl
 
@@ -56,7 +56,7 @@ class Controls:
             return None
         # The probe's turn (or a probe whose worker died, its lease expired): exactly
         # one claimer wins this compare-and-set and sends one batch.
-        won = store_dispatch.take_probe(
+        won = store.take_probe(
             session,
             state=state,
             now=now,
@@ -97,7 +97,7 @@ class Controls:
             )
             log.warning("breaker probe succeeded; dispatch resumes")
             return False
-        store_dispatch.count_breaker_failure(session)
+        store.count_breaker_failure(session)
         control = store.get_control(session)
         if BreakerState(control.breaker_state) is not BreakerState.CLOSED:
             return True
@@ -117,7 +117,7 @@ class Controls:
             self.settings.breaker_probe_max_s,
             self.settings.breaker_probe_s * 2.0 ** min(trips - 1, 30),
         )
-        store_dispatch.open_breaker(
+        store.open_breaker(
             session, trips=trips, now=now, retry_at=now + dt.timedelta(seconds=wait_s)
         )
 
@@ -143,8 +143,8 @@ class Controls:
         self.set_pause(session, reason=reason, detail=detail, actor=worker)
 
     def set_pause(self, session: Session, *, reason: PauseReason, detail: str, actor: str) -> bool:
-        # A credentials pause outranks the others (``store_dispatch.set_pause``).
-        paused = store_dispatch.set_pause(
+        # A credentials pause outranks the others (``store.set_pause``).
+        paused = store.set_pause(
             session,
             values={
                 "paused": True,

@@ -32,7 +32,7 @@ from dispatcher.domain.statuses import RecipientStatus
 from dispatcher.domain.times import utcnow
 from dispatcher.errors import ConflictError, NoRecipientsError
 from dispatcher.gateway import protocol
-from dispatcher.persistence import store, store_dispatch
+from dispatcher.persistence import store
 from dispatcher.persistence.db import Database, IntegrityError
 from dispatcher.persistence.models import Job
 from dispatcher.service.wake import Wakes
@@ -306,7 +306,7 @@ class Enqueuer:
         )
         refused = [(r.raw[:32], f"refused at enqueue: {r.reason}"[:500]) for r in prepared.refused]
         with self.db.transaction() as session:
-            store_dispatch.write_job(
+            store.write_job(
                 session,
                 job=job,
                 groups=groups,

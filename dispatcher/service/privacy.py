@@ -26,7 +26,7 @@ from dispatcher.domain.numbers import normalise
 from dispatcher.domain.statuses import WAITING_STATUSES, RecipientStatus
 from dispatcher.domain.times import utcnow
 from dispatcher.errors import ConflictError, InvalidOptionError
-from dispatcher.persistence import audit_queries, store
+from dispatcher.persistence import store
 from dispatcher.persistence.db import Database, Session
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ class RemovalCounts:
 def _scrub(
     session: Session,
     *,
-    recipients: audit_queries.RecipientScope,
+    recipients: store.RecipientScope,
     job_ids: Sequence[str],
     targets: frozenset[str] | None,
     marker: str,
@@ -208,7 +208,7 @@ def purge(
             job_ids = [job_id for job_id, _created in found]
             counts = _scrub(
                 session,
-                recipients=audit_queries.recipients_of_jobs(job_ids),
+                recipients=store.recipients_of_jobs(job_ids),
                 job_ids=job_ids,
                 targets=None,
                 marker=store.PURGED,
@@ -329,7 +329,7 @@ def erase(db: Database, number: str, *, actor: str, default_region: str = "GB") 
             only_theirs = store.jobs_only_to(session, job_ids=job_ids, number=wanted)
             counts = _scrub(
                 session,
-                recipients=audit_queries.recipients_by_id(ids),
+                recipients=store.recipients_by_id(ids),
                 job_ids=job_ids,
                 targets=frozenset({wanted}),
                 marker=store.ERASED,

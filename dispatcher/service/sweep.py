@@ -18,7 +18,7 @@ from dispatcher.domain.statuses import PauseReason, RecipientStatus
 from dispatcher.domain.times import utcnow
 from dispatcher.errors import ConfigurationError, GatewayError
 from dispatcher.gateway.client import GatewayClient
-from dispatcher.persistence import store, store_dispatch
+from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
 from dispatcher.service.claim import expiry_cause
 from dispatcher.service.control import UNPAUSED
@@ -147,7 +147,7 @@ class Sweeper:
             control = store.get_control(session)
             if not control.paused or control.pause_reason != PauseReason.NO_CREDIT:
                 return
-            mine = store_dispatch.claim_credit_check(session, now=now, due_before=due_before)
+            mine = store.claim_credit_check(session, now=now, due_before=due_before)
         if not mine:
             return
         try:
@@ -160,4 +160,4 @@ class Sweeper:
         if balance > self.settings.credit_resume_threshold:
             log.warning("balance %g is above the threshold; resuming dispatch", balance)
             with self.db.transaction() as session:
-                store_dispatch.end_pause_for(session, PauseReason.NO_CREDIT, values=UNPAUSED)
+                store.end_pause_for(session, PauseReason.NO_CREDIT, values=UNPAUSED)

@@ -39,6 +39,7 @@ from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import WebhookDelivery
 from dispatcher.persistence.store import webhooks as rows
+from dispatcher.service.views import job_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,6 @@ class Webhooks:
         """Deliver due webhooks until none is due, the budget is spent or ``stop`` is set;
         returns tries. Returns 0 at once when ``webhook_threads`` threads of this process
         are delivering already: they take this call's work too."""
-        from dispatcher.service.dispatcher import job_to_dict
-
         if self.settings.webhook_secret is None:
             # Without the secret no callback can be asked for (check_callback_url),
             # nor signed: skip the claim's transaction.

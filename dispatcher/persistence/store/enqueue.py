@@ -15,14 +15,15 @@ import time
 from collections.abc import Collection, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select, text
+from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
-from dispatcher.domain.statuses import BatchStatus
+from dispatcher.domain.statuses import BatchStatus, RecipientStatus
 from dispatcher.persistence import dialect
 from dispatcher.persistence.models import Batch, Job, Recipient
 from dispatcher.persistence.store._common import json_rows
+from dispatcher.persistence.store.transitions import record_transitions
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
@@ -247,3 +248,88 @@ def job_by_idempotency_key(session: Session, *, created_by: str, key: str) -> Jo
     return session.execute(
         select(Job).where(Job.created_by == created_by, Job.idempotency_key == key)
     ).scalar_one_or_none()
+
+
+def write_job(
+    session: Session,
+    *,
+    job: Job,
+    groups: Sequence[Sequence[str]],
+    refused: Sequence[tuple[str, str]],
+    due_at: dt.datetime,
+    lane: int,
+    expires_at: dt.datetime | None,
+    now: dt.datetime,
+    actor: str,
+) -> None:
+    """Write ``job``, a batch per group of accepted numbers (queued), the ``refused``
+    (number, detail) pairs (failed with INVALID_NUMBER, in no batch) and each
+    recipient's first status event.
+
+    A small job on PostgreSQL goes in by one statement (``insert_small_job``);
+    any other by separate inserts, which write the same rows.
+    """
+    accepted = sum(len(numbers) for numbers in groups)
+    small = len(groups) <= 1 and accepted + len(refused) <= SMALL_JOB_MAX_ROWS
+    if small and dialect.is_postgresql(session):
+        insert_small_job(
+            session,
+            job=job,
+            accepted=groups[0] if groups else [],
+            refused=refused,
+            due_at=due_at,
+            lane=lane,
+            expires_at=expires_at,
+            now=now,
+            actor=actor,
+        )
+        return
+    insert_job(session, job=job)
+    batch_ids = insert_batches(
+        session,
+        job_id=job.id,
+        count=len(groups),
+        due_at=due_at,
+        lane=lane,
+        expires_at=expires_at,
+        now=now,
+    )
+    rows: list[dict[str, object]] = []
+    for batch_id, numbers in zip(batch_ids, groups, strict=True):
+        rows.extend(
+            {
+                "job_id": job.id,
+                "batch_id": batch_id,
+                "number": number,
+                "status": str(RecipientStatus.QUEUED),
+                "attempts": 0,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for number in numbers
+        )
+    rows.extend(
+        {
+            "job_id": job.id,
+            "batch_id": None,
+            "number": number,
+            "status": str(RecipientStatus.FAILED),
+            "error_code": "INVALID_NUMBER",
+            "error_detail": detail,
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for number, detail in refused
+    )
+    insert_recipients(session, rows=rows)
+    # Each recipient's first event: its status as written, caused by its refusal or
+    # by the enqueue.
+    record_transitions(
+        session,
+        where=Recipient.job_id == job.id,
+        to_status=None,
+        at=now,
+        cause=func.coalesce(Recipient.error_detail, "enqueued"),
+        actor=actor,
+    )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.orm import Session
@@ -227,3 +228,18 @@ def jobs_only_to(session: Session, *, job_ids: Collection[str], number: str) -> 
         Recipient.job_id == Job.id, Recipient.number.not_in([number, *NUMBER_MARKERS])
     )
     return list(session.execute(select(Job.id).where(Job.id.in_(list(job_ids)), ~other)).scalars())
+
+
+RecipientScope: TypeAlias = ColumnElement[bool]
+"""A condition on recipients, as ``store.events_naming_their_number``,
+``store.details_naming_their_number`` and ``store.replace_numbers`` take it."""
+
+
+def recipients_of_jobs(job_ids: Collection[str]) -> RecipientScope:
+    """Every recipient of the jobs ``job_ids``."""
+    return Recipient.job_id.in_(job_ids)
+
+
+def recipients_by_id(ids: Collection[int]) -> RecipientScope:
+    """The recipients ``ids``."""
+    return Recipient.id.in_(ids)
