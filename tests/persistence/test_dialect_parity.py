@@ -36,7 +36,7 @@ from sqlalchemy import Table, delete, event, select
 
 from dispatcher.domain import times
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.persistence import dialect, migrate, store
+from dispatcher.persistence import dialect, migrate
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import (
     Attempt,
@@ -46,6 +46,7 @@ from dispatcher.persistence.models import (
     Recipient,
     StatusEvent,
 )
+from dispatcher.persistence.store import enqueue as store_enqueue
 from dispatcher.service.dispatcher import Claim, Dispatcher
 from support.numbers import number
 from support.reply_shapes import reply_submission
@@ -150,7 +151,7 @@ def take_generic_paths(monkeypatch: pytest.MonkeyPatch) -> None:
                 monkeypatch.setattr(module, name, getattr(generic, name))
     # Whoever writes a job decides whether it is small enough for one statement, by
     # the database it talks to; no job is small for the generic paths.
-    monkeypatch.setattr(store, "SMALL_JOB_MAX_ROWS", 0)
+    monkeypatch.setattr(store_enqueue, "SMALL_JOB_MAX_ROWS", 0)
 
 
 @contextmanager

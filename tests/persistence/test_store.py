@@ -20,9 +20,9 @@ from sqlalchemy.engine import make_url
 from dispatcher.domain.statuses import AttemptOutcome, BatchStatus, RecipientStatus
 from dispatcher.domain.times import utcnow
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import Batch
+from dispatcher.persistence.store import enqueue as store_enqueue
 from dispatcher.service import dispatcher as service_module
 from dispatcher.service.dispatcher import Claim, Dispatcher
 from support.numbers import number
@@ -471,7 +471,7 @@ def test_a_small_job_in_one_statement_writes_what_the_separate_inserts_write(
         with statements_starting(pg_db, "WITH job AS") as one_statement:
             small = svc.enqueue(numbers, "Ünïcode text", idempotency_key="k1", **options)
             assert len(one_statement) == 1, "the small job went in by one statement"
-            monkeypatch.setattr(store, "SMALL_JOB_MAX_ROWS", 0)
+            monkeypatch.setattr(store_enqueue, "SMALL_JOB_MAX_ROWS", 0)
             general = svc.enqueue(numbers, "Ünïcode text", idempotency_key="k2", **options)
             assert len(one_statement) == 1, "and the other by the separate inserts"
     finally:
