@@ -139,17 +139,8 @@ def create_job(
     senders granted to it and the default sender; another is a 403.
     """
     service = _service(request)
-    numbers = body.to.split(",") if isinstance(body.to, str) else list(body.to)
-    cap = service.settings.max_recipients_per_job
-    if len(numbers) > cap:
-        raise ApiError(
-            422,
-            "too_many_recipients",
-            f"{len(numbers)} numbers in one job; at most {cap} "
-            "(DISPATCHER_MAX_RECIPIENTS_PER_JOB): split the request",
-        )
-    result = service.enqueue(
-        numbers,
+    send_request = service.send_request(
+        body.to,
         body.text,
         sender=body.sender,
         maxconcat=body.maxconcat,
@@ -160,6 +151,9 @@ def create_job(
         idempotency_key=idempotency_key,
         reference=body.reference,
         callback_url=body.callback_url,
+    )
+    result = service.enqueue_request(
+        send_request,
         actor=api_actor(key),
         allowed_senders=key.allowed_senders,
         owner_key_id=key.id,

@@ -72,7 +72,8 @@ def send(
     require_schema()
 
     numbers = [n for item in to for n in item.split(",")]
-    result = runtime.service().enqueue(
+    service = runtime.service()
+    request = service.send_request(
         numbers,
         text,
         sender=sender,
@@ -82,8 +83,8 @@ def send(
         priority=priority,
         valid_for_s=valid_for_s,
         reference=reference,
-        actor="cli",
     )
+    result = service.enqueue_request(request, actor="cli")
     if as_json:
         emit_json(
             {

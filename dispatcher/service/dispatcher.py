@@ -17,12 +17,12 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from dispatcher.config import Settings
 from dispatcher.domain.backoff import RetryPolicy
 from dispatcher.domain.limits import CallLimiter
-from dispatcher.domain.request import MAX_LABEL_LENGTH
+from dispatcher.domain.request import MAX_LABEL_LENGTH, SendOptions, SendRequest
 from dispatcher.domain.statuses import RecipientStatus
 from dispatcher.domain.tenancy import EVERY_JOB, Viewer
 from dispatcher.domain.times import utcnow
@@ -136,42 +136,50 @@ class Dispatcher:
 
     # --- enqueue (dispatcher.service.enqueue) ---------------------------------------
 
-    def enqueue(
+    def send_request(
+        self, to: str | Iterable[object], text: str, **options: Unpack[SendOptions]
+    ) -> SendRequest:
+        """A checked send request (``SendRequest.build``) under this deployment's
+        recipient cap (``DISPATCHER_MAX_RECIPIENTS_PER_JOB``): what every producer path
+        builds before ``enqueue_request``."""
+        return SendRequest.build(
+            to, text, max_recipients=self.settings.max_recipients_per_job, **options
+        )
+
+    def enqueue_request(
         self,
-        to: str | Iterable[str],
-        text: str,
+        request: SendRequest,
         *,
-        sender: str | None = None,
-        maxconcat: int = 1,
-        kind: str = "text",
-        send_at: dt.datetime | None = None,
-        priority: str = "normal",
-        valid_for_s: float | None = None,
-        idempotency_key: str | None = None,
-        reference: str | None = None,
-        callback_url: str | None = None,
         actor: str = "python",
         allowed_senders: Sequence[str] | None = None,
         owner_key_id: int | None = None,
     ) -> EnqueueResult:
-        """Validate a send request, write it whole in one transaction, then wake workers
+        """Write a checked send request whole in one transaction, then wake workers
         (``Enqueuer.enqueue``)."""
         return self._enqueuer.enqueue(
-            to,
-            text,
-            sender=sender,
-            maxconcat=maxconcat,
-            kind=kind,
-            send_at=send_at,
-            priority=priority,
-            valid_for_s=valid_for_s,
-            idempotency_key=idempotency_key,
-            reference=reference,
-            callback_url=callback_url,
+            request,
             actor=actor,
             allowed_senders=allowed_senders,
             owner_key_id=owner_key_id,
             clock=utcnow,
+        )
+
+    def enqueue(
+        self,
+        to: str | Iterable[object],
+        text: str,
+        *,
+        actor: str = "python",
+        allowed_senders: Sequence[str] | None = None,
+        owner_key_id: int | None = None,
+        **options: Unpack[SendOptions],
+    ) -> EnqueueResult:
+        """``send_request`` then ``enqueue_request``, for callers holding plain values."""
+        return self.enqueue_request(
+            self.send_request(to, text, **options),
+            actor=actor,
+            allowed_senders=allowed_senders,
+            owner_key_id=owner_key_id,
         )
 
     # --- dispatch (dispatcher.service.dispatch) -------------------------------------
