@@ -47,6 +47,7 @@ from dispatcher.domain.times import to_utc
 from dispatcher.errors import InvalidNumberError
 from dispatcher.gateway.protocol import MAX_RECIPIENTS_PER_SUBMISSION
 from dispatcher.persistence.store import JobFilter
+from dispatcher.service import views
 from dispatcher.service.audit import ExportKind, export_csv
 from dispatcher.service.dispatcher import MAX_LABEL_LENGTH, Dispatcher
 from dispatcher.service.keys import KeyInfo
@@ -187,7 +188,7 @@ def create_job(
     summary="A job and each recipient's outcome",
     responses=_NOT_FOUND,
 )
-def get_job(request: Request, job_id: JobId, key: ReadKey) -> dict[str, object]:
+def get_job(request: Request, job_id: JobId, key: ReadKey) -> views.JobView:
     """Each recipient's status, gateway message ID, error code and attempts.
 
     A key without `operate` sees only the jobs it enqueued."""

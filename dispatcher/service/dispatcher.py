@@ -39,7 +39,7 @@ from dispatcher.service.operator import OperatorActions, OperatorResult
 from dispatcher.service.privacy import RetentionSchedule
 from dispatcher.service.reply import RECORD_RETRY_BUDGET_S, ReplyRecorder
 from dispatcher.service.sweep import Sweeper
-from dispatcher.service.views import job_status, job_to_dict
+from dispatcher.service.views import JobRow, JobView, job_status, job_to_dict
 from dispatcher.service.wake import Waker, Wakes, no_wake
 from dispatcher.service.webhooks import Webhooks
 
@@ -292,7 +292,7 @@ class Dispatcher:
         """Paused or not (with reason, time and who), and the breaker's state."""
         return views.control(self.db)
 
-    def job_view(self, job_id: str, *, viewer: Viewer = EVERY_JOB) -> dict[str, object]:
+    def job_view(self, job_id: str, *, viewer: Viewer = EVERY_JOB) -> JobView:
         """A job as JSON-ready data; NotFoundError for one ``viewer`` may not see."""
         return views.job_view(self.db, job_id, viewer=viewer)
 
@@ -307,7 +307,7 @@ class Dispatcher:
         number: str | None = None,
         status: RecipientStatus | None = None,
         reference: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[JobRow]:
         """The newest jobs with their recipients per status, newest first."""
         return views.list_jobs(
             self.db, limit=limit, number=number, status=status, reference=reference
@@ -320,7 +320,7 @@ class Dispatcher:
         limit: int,
         after: str | None = None,
         viewer: Viewer = EVERY_JOB,
-    ) -> tuple[list[dict[str, Any]], bool]:
+    ) -> tuple[list[JobRow], bool]:
         """A page of jobs ``viewer`` may see, newest first, with ids below ``after``, and
         whether more follow (``views.list_jobs_page``)."""
         return views.list_jobs_page(
