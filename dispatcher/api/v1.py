@@ -21,9 +21,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Resp
 from fastapi.responses import StreamingResponse
 
 from dispatcher.api.auth import require
-from dispatcher.api.errors import ApiError
 from dispatcher.api.queries import (
-    InvalidCursorError,
     decode_cursor,
     encode_cursor,
     is_job_id,
@@ -44,7 +42,7 @@ from dispatcher.api.schemas import (
 from dispatcher.domain.numbers import normalise
 from dispatcher.domain.statuses import RecipientStatus, Scope
 from dispatcher.domain.times import to_utc
-from dispatcher.errors import InvalidNumberError
+from dispatcher.errors import InvalidOptionError, NotFoundError
 from dispatcher.gateway.protocol import MAX_RECIPIENTS_PER_SUBMISSION
 from dispatcher.persistence.store import JobFilter
 from dispatcher.service import views
@@ -102,7 +100,7 @@ def _known_job(job_id: str) -> str:
     # An id that cannot exist is answered without a query (and a NUL in it never
     # reaches PostgreSQL).
     if not is_job_id(job_id):
-        raise ApiError(404, "not_found", "no job with that id")
+        raise NotFoundError("no job with that id")
     return job_id
 
 
@@ -224,18 +222,14 @@ def get_jobs(
 
     A key without `operate` lists only the jobs it enqueued."""
     service = _service(request)
-    try:
-        after = decode_cursor(cursor) if cursor is not None else None
-    except InvalidCursorError as exc:
-        raise ApiError(400, "invalid_cursor", str(exc)) from None
+    # A cursor, number or reference that no job can match is refused with its reason,
+    # answered from the one table (docs/design.md section 5).
+    after = decode_cursor(cursor) if cursor is not None else None
     wanted_number = None
     if number is not None:
-        try:
-            wanted_number = normalise(number, service.settings.default_region)
-        except InvalidNumberError as exc:
-            raise ApiError(422, "invalid_number", str(exc)) from None
+        wanted_number = normalise(number, service.settings.default_region)
     if reference is not None and not reference.isprintable():
-        raise ApiError(422, "invalid_option", "reference must not contain control characters")
+        raise InvalidOptionError("reference must not contain control characters")
     selection = JobFilter(
         status=status,
         number=wanted_number,
