@@ -272,7 +272,8 @@ class Settings(BaseSettings):
     max_recipients_per_job: int = Field(
         default=10_000,
         ge=1,
-        description="Most numbers one HTTP or drop-in request may name.",
+        description="Most numbers one send request may name, on every producer path: "
+        "send(), `dispatcher send`, POST /v1/jobs and the drop-in.",
     )
     max_body_bytes: int = Field(
         default=1024 * 1024,

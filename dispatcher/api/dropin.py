@@ -134,8 +134,6 @@ def _send(service: Dispatcher, key: KeyInfo, params: dict[str, str]) -> str:
     text = params.get("text", "")
     if not text:
         raise GatewayReply("NO_TEXT")
-    if len(numbers) > service.settings.max_recipients_per_job:
-        raise GatewayReply("INVALID_REQUEST")
     try:
         maxconcat = int(params.get("maxconcat") or 1)
     except ValueError:
@@ -146,13 +144,16 @@ def _send(service: Dispatcher, key: KeyInfo, params: dict[str, str]) -> str:
     if any(not n.isprintable() for n in numbers):
         raise GatewayReply("INVALID_REQUEST")
     try:
-        result = service.enqueue(
+        request = service.send_request(
             numbers,
             text,
             sender=params.get("from") or None,
             maxconcat=maxconcat,
             kind=kind,
             reference=params.get("usercontext") or None,
+        )
+        result = service.enqueue_request(
+            request,
             actor=dropin_actor(key.name),
             allowed_senders=key.allowed_senders,
             owner_key_id=key.id,

@@ -21,9 +21,7 @@ from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Resp
 from fastapi.responses import StreamingResponse
 
 from dispatcher.api.auth import require
-from dispatcher.api.errors import ApiError
 from dispatcher.api.queries import (
-    InvalidCursorError,
     decode_cursor,
     encode_cursor,
     is_job_id,
@@ -44,9 +42,10 @@ from dispatcher.api.schemas import (
 from dispatcher.domain.numbers import normalise
 from dispatcher.domain.statuses import RecipientStatus, Scope
 from dispatcher.domain.times import to_utc
-from dispatcher.errors import InvalidNumberError
+from dispatcher.errors import InvalidOptionError, NotFoundError
 from dispatcher.gateway.protocol import MAX_RECIPIENTS_PER_SUBMISSION
 from dispatcher.persistence.store import JobFilter
+from dispatcher.service import views
 from dispatcher.service.audit import ExportKind, export_csv
 from dispatcher.service.dispatcher import MAX_LABEL_LENGTH, Dispatcher
 from dispatcher.service.keys import KeyInfo
@@ -101,7 +100,7 @@ def _known_job(job_id: str) -> str:
     # An id that cannot exist is answered without a query (and a NUL in it never
     # reaches PostgreSQL).
     if not is_job_id(job_id):
-        raise ApiError(404, "not_found", "no job with that id")
+        raise NotFoundError("no job with that id")
     return job_id
 
 
@@ -139,17 +138,8 @@ def create_job(
     senders granted to it and the default sender; another is a 403.
     """
     service = _service(request)
-    numbers = body.to.split(",") if isinstance(body.to, str) else list(body.to)
-    cap = service.settings.max_recipients_per_job
-    if len(numbers) > cap:
-        raise ApiError(
-            422,
-            "too_many_recipients",
-            f"{len(numbers)} numbers in one job; at most {cap} "
-            "(DISPATCHER_MAX_RECIPIENTS_PER_JOB): split the request",
-        )
-    result = service.enqueue(
-        numbers,
+    send_request = service.send_request(
+        body.to,
         body.text,
         sender=body.sender,
         maxconcat=body.maxconcat,
@@ -160,6 +150,9 @@ def create_job(
         idempotency_key=idempotency_key,
         reference=body.reference,
         callback_url=body.callback_url,
+    )
+    result = service.enqueue_request(
+        send_request,
         actor=api_actor(key),
         allowed_senders=key.allowed_senders,
         owner_key_id=key.id,
@@ -193,7 +186,7 @@ def create_job(
     summary="A job and each recipient's outcome",
     responses=_NOT_FOUND,
 )
-def get_job(request: Request, job_id: JobId, key: ReadKey) -> dict[str, object]:
+def get_job(request: Request, job_id: JobId, key: ReadKey) -> views.JobView:
     """Each recipient's status, gateway message ID, error code and attempts.
 
     A key without `operate` sees only the jobs it enqueued."""
@@ -229,18 +222,14 @@ def get_jobs(
 
     A key without `operate` lists only the jobs it enqueued."""
     service = _service(request)
-    try:
-        after = decode_cursor(cursor) if cursor is not None else None
-    except InvalidCursorError as exc:
-        raise ApiError(400, "invalid_cursor", str(exc)) from None
+    # A cursor, number or reference that no job can match is refused with its reason,
+    # answered from the one table (docs/design.md section 5).
+    after = decode_cursor(cursor) if cursor is not None else None
     wanted_number = None
     if number is not None:
-        try:
-            wanted_number = normalise(number, service.settings.default_region)
-        except InvalidNumberError as exc:
-            raise ApiError(422, "invalid_number", str(exc)) from None
+        wanted_number = normalise(number, service.settings.default_region)
     if reference is not None and not reference.isprintable():
-        raise ApiError(422, "invalid_option", "reference must not contain control characters")
+        raise InvalidOptionError("reference must not contain control characters")
     selection = JobFilter(
         status=status,
         number=wanted_number,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
 
 import click
 
@@ -72,7 +71,8 @@ def send(
     require_schema()
 
     numbers = [n for item in to for n in item.split(",")]
-    result = runtime.service().enqueue(
+    service = runtime.service()
+    request = service.send_request(
         numbers,
         text,
         sender=sender,
@@ -82,8 +82,8 @@ def send(
         priority=priority,
         valid_for_s=valid_for_s,
         reference=reference,
-        actor="cli",
     )
+    result = service.enqueue_request(request, actor="cli")
     if as_json:
         emit_json(
             {
@@ -118,7 +118,7 @@ def status(job_id: str, as_json: bool) -> None:
     if as_json:
         emit_json(view)
         return
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(view["counts"].items()))  # type: ignore[attr-defined]
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(view["counts"].items()))
     click.echo(f"job {view['id']}  {view['status']}  ({counts})")
     click.echo(
         f"created {view['created_at']}  kind {view['kind']}  priority {view['priority']}  "
@@ -128,7 +128,7 @@ def status(job_id: str, as_json: bool) -> None:
         click.echo(f"send at {view['send_at'] or 'once queued'}  expires {view['expires_at']}")
     if view["reference"]:
         click.echo(f"reference {view['reference']}")
-    recipients: list[dict[str, Any]] = view["recipients"]  # type: ignore[assignment]
+    recipients = view["recipients"]
     for r in recipients:
         detail = r["gateway_message_id"] or r["error_code"] or ""
         click.echo(f"  {r['number']:<16} {r['status']:<11} {r['attempts']:>2}  {detail}")

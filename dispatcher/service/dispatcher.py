@@ -17,12 +17,12 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 from dispatcher.config import Settings
 from dispatcher.domain.backoff import RetryPolicy
 from dispatcher.domain.limits import CallLimiter
-from dispatcher.domain.request import MAX_LABEL_LENGTH
+from dispatcher.domain.request import MAX_LABEL_LENGTH, SendOptions, SendRequest
 from dispatcher.domain.statuses import RecipientStatus
 from dispatcher.domain.tenancy import EVERY_JOB, Viewer
 from dispatcher.domain.times import utcnow
@@ -39,7 +39,7 @@ from dispatcher.service.operator import OperatorActions, OperatorResult
 from dispatcher.service.privacy import RetentionSchedule
 from dispatcher.service.reply import RECORD_RETRY_BUDGET_S, ReplyRecorder
 from dispatcher.service.sweep import Sweeper
-from dispatcher.service.views import job_status, job_to_dict
+from dispatcher.service.views import JobRow, JobView, job_status, job_to_dict
 from dispatcher.service.wake import Waker, Wakes, no_wake
 from dispatcher.service.webhooks import Webhooks
 
@@ -136,42 +136,50 @@ class Dispatcher:
 
     # --- enqueue (dispatcher.service.enqueue) ---------------------------------------
 
-    def enqueue(
+    def send_request(
+        self, to: str | Iterable[object], text: str, **options: Unpack[SendOptions]
+    ) -> SendRequest:
+        """A checked send request (``SendRequest.build``) under this deployment's
+        recipient cap (``DISPATCHER_MAX_RECIPIENTS_PER_JOB``): what every producer path
+        builds before ``enqueue_request``."""
+        return SendRequest.build(
+            to, text, max_recipients=self.settings.max_recipients_per_job, **options
+        )
+
+    def enqueue_request(
         self,
-        to: str | Iterable[str],
-        text: str,
+        request: SendRequest,
         *,
-        sender: str | None = None,
-        maxconcat: int = 1,
-        kind: str = "text",
-        send_at: dt.datetime | None = None,
-        priority: str = "normal",
-        valid_for_s: float | None = None,
-        idempotency_key: str | None = None,
-        reference: str | None = None,
-        callback_url: str | None = None,
         actor: str = "python",
         allowed_senders: Sequence[str] | None = None,
         owner_key_id: int | None = None,
     ) -> EnqueueResult:
-        """Validate a send request, write it whole in one transaction, then wake workers
+        """Write a checked send request whole in one transaction, then wake workers
         (``Enqueuer.enqueue``)."""
         return self._enqueuer.enqueue(
-            to,
-            text,
-            sender=sender,
-            maxconcat=maxconcat,
-            kind=kind,
-            send_at=send_at,
-            priority=priority,
-            valid_for_s=valid_for_s,
-            idempotency_key=idempotency_key,
-            reference=reference,
-            callback_url=callback_url,
+            request,
             actor=actor,
             allowed_senders=allowed_senders,
             owner_key_id=owner_key_id,
             clock=utcnow,
+        )
+
+    def enqueue(
+        self,
+        to: str | Iterable[object],
+        text: str,
+        *,
+        actor: str = "python",
+        allowed_senders: Sequence[str] | None = None,
+        owner_key_id: int | None = None,
+        **options: Unpack[SendOptions],
+    ) -> EnqueueResult:
+        """``send_request`` then ``enqueue_request``, for callers holding plain values."""
+        return self.enqueue_request(
+            self.send_request(to, text, **options),
+            actor=actor,
+            allowed_senders=allowed_senders,
+            owner_key_id=owner_key_id,
         )
 
     # --- dispatch (dispatcher.service.dispatch) -------------------------------------
@@ -284,7 +292,7 @@ class Dispatcher:
         """Paused or not (with reason, time and who), and the breaker's state."""
         return views.control(self.db)
 
-    def job_view(self, job_id: str, *, viewer: Viewer = EVERY_JOB) -> dict[str, object]:
+    def job_view(self, job_id: str, *, viewer: Viewer = EVERY_JOB) -> JobView:
         """A job as JSON-ready data; NotFoundError for one ``viewer`` may not see."""
         return views.job_view(self.db, job_id, viewer=viewer)
 
@@ -299,7 +307,7 @@ class Dispatcher:
         number: str | None = None,
         status: RecipientStatus | None = None,
         reference: str | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[JobRow]:
         """The newest jobs with their recipients per status, newest first."""
         return views.list_jobs(
             self.db, limit=limit, number=number, status=status, reference=reference
@@ -312,7 +320,7 @@ class Dispatcher:
         limit: int,
         after: str | None = None,
         viewer: Viewer = EVERY_JOB,
-    ) -> tuple[list[dict[str, Any]], bool]:
+    ) -> tuple[list[JobRow], bool]:
         """A page of jobs ``viewer`` may see, newest first, with ids below ``after``, and
         whether more follow (``views.list_jobs_page``)."""
         return views.list_jobs_page(

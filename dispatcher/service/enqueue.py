@@ -9,25 +9,17 @@ repair (docs/design.md, "Guarantees").
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from dispatcher.config import Settings
-from dispatcher.domain.lanes import Priority, check_priority
+from dispatcher.domain.lanes import Priority
 from dispatcher.domain.message import (
-    Kind,
-    check_kind,
-    check_send_at,
     check_send_at_not_past,
-    check_sender,
-    check_validity,
     sender_for_key,
 )
 from dispatcher.domain.numbers import RecipientList, chunk, prepare
-from dispatcher.domain.parts import TextInfo, check_maxconcat, check_text
-from dispatcher.domain.request import check_label
+from dispatcher.domain.request import SendRequest
 from dispatcher.domain.statuses import RecipientStatus
 from dispatcher.domain.times import utcnow
 from dispatcher.errors import ConflictError, NoRecipientsError
@@ -103,85 +95,45 @@ class Enqueuer:
 
     def enqueue(
         self,
-        to: str | Iterable[str],
-        text: str,
+        request: SendRequest,
         *,
-        sender: str | None = None,
-        maxconcat: int = 1,
-        kind: str = "text",
-        send_at: dt.datetime | None = None,
-        priority: str = "normal",
-        valid_for_s: float | None = None,
-        idempotency_key: str | None = None,
-        reference: str | None = None,
-        callback_url: str | None = None,
         actor: str = "python",
         allowed_senders: Sequence[str] | None = None,
         owner_key_id: int | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> EnqueueResult:
-        """Validate a send request, write it whole in one transaction, then wake workers.
+        """Write a checked send request whole in one transaction, then wake workers.
 
-        ``send_at`` (timezone-aware) holds the job in the database until then;
-        ``priority`` picks its lane; ``valid_for_s`` (default
-        ``DISPATCHER_DEFAULT_VALIDITY_S``) is how long after its send time its
-        recipients may still go out, after which those unsent end ``expired``.
-        With no sender, ``DISPATCHER_DEFAULT_SENDER`` is used. ``allowed_senders``
-        (an API key's grants) restricts the sender to those and the default, raising
-        SenderNotAllowedError; None (Python, the CLI) allows any valid sender.
-        ``owner_key_id`` is the API key enqueuing, which alone (besides operators)
-        will see the job. ``clock`` tells the time.
+        ``request`` holds what the producer asked for, each field checked
+        (``SendRequest.build``); what needs the outside world is decided here. With
+        no sender, ``DISPATCHER_DEFAULT_SENDER`` is used; ``allowed_senders`` (an API
+        key's grants) restricts the sender to those and the default, raising
+        SenderNotAllowedError, and None (Python, the CLI) allows any valid sender. A
+        callback URL's address is checked (UnsafeCallbackError). A job without
+        ``valid_for_s`` takes ``DISPATCHER_DEFAULT_VALIDITY_S``. ``owner_key_id`` is
+        the API key enqueuing, which alone (besides operators) will see the job.
+        ``clock`` tells the time.
 
-        With ``idempotency_key``, a second request from the same ``actor`` with the
+        With an idempotency key, a second request from the same ``actor`` with the
         same key and the same content returns the first job (``replayed``) and
         sends nothing; with different content it raises ConflictError.
 
         Raises a ValidationError subclass, having written nothing, when the request
         cannot be sent to anybody.
         """
-        maxconcat = check_maxconcat(maxconcat)
-        kind_ = check_kind(kind)
-        asked_sender = check_sender(sender)
-        sender = sender_for_key(asked_sender, self.settings.default_sender, allowed_senders)
-        priority_ = check_priority(priority)
-        send_at = check_send_at(send_at)
-        asked_validity = check_validity(valid_for_s)
-        validity_s = asked_validity or self.settings.default_validity_s
-        info = check_text(text, maxconcat)
-        reference = check_label("reference", reference)
-        callback_url = self.check_url(callback_url)
-        idempotency_key = check_label("idempotency_key", idempotency_key)
-        if isinstance(to, str):
-            raw_numbers: list[object] = list(to.split(","))
-        elif to is None or not isinstance(to, Iterable):
-            raise NoRecipientsError("to must be a number, comma-separated numbers, or a list")
-        else:
-            raw_numbers = list(to)
-        # Options added later join the hash only when set, so keys stored before
-        # they existed still match their replays.
-        later = {
-            "send_at": send_at.isoformat() if send_at else None,
-            "priority": str(priority_) if priority_ is not Priority.NORMAL else None,
-            "valid_for_s": asked_validity,
-        }
-        request_hash = _request_hash(
-            raw_numbers,
-            text,
-            asked_sender,
-            maxconcat,
-            str(kind_),
-            reference,
-            callback_url,
-            *({k: v} for k, v in later.items() if v is not None),
-        )
-        if idempotency_key is not None:
-            replay = self._replay(actor, idempotency_key, request_hash)
+        sender = sender_for_key(request.sender, self.settings.default_sender, allowed_senders)
+        request = request.with_callback_url(self.check_url(request.callback_url))
+        validity_s = request.valid_for_s or self.settings.default_validity_s
+        request_hash = request.content_hash()
+        key = request.idempotency_key
+        if key is not None:
+            replay = self._replay(actor, key, request_hash)
             if replay is not None:
                 return replay
         # After the replay: a retried request is answered with its job even once
         # its send time has passed.
-        check_send_at_not_past(send_at, clock())
-        prepared = prepare(raw_numbers, self.settings.default_region)
+        check_send_at_not_past(request.send_at, clock())
+        prepared = prepare(list(request.numbers), self.settings.default_region)
         if not prepared.accepted:
             reasons = "; ".join(f"{r.raw!r}: {r.reason}" for r in prepared.refused[:5])
             raise NoRecipientsError(
@@ -191,30 +143,24 @@ class Enqueuer:
         now = clock()
         job_id = store.new_job_id()
         groups = list(chunk(prepared.accepted, protocol.MAX_RECIPIENTS_PER_SUBMISSION))
-        timing = _Timing(now, send_at, priority_, validity_s)
+        timing = _Timing(now, request.send_at, request.priority, validity_s)
         try:
             self._write_job(
                 job_id,
                 timing,
-                text,
+                request,
                 sender,
-                kind_,
-                maxconcat,
-                info,
                 prepared,
                 groups,
                 actor=actor,
-                idempotency_key=idempotency_key,
                 request_hash=request_hash,
-                reference=reference,
-                callback_url=callback_url,
                 owner_key_id=owner_key_id,
             )
         except IntegrityError:
             # Two requests with one idempotency key raced; the loser returns the winner's.
-            if idempotency_key is None:
+            if key is None:
                 raise
-            replay = self._replay(actor, idempotency_key, request_hash)
+            replay = self._replay(actor, key, request_hash)
             if replay is None:
                 raise
             return replay
@@ -222,15 +168,15 @@ class Enqueuer:
         # scheduled for later wakes nobody now: the sweeper wakes workers when it
         # falls due (the database is the schedule, not a broker countdown).
         if timing.due_at <= now:
-            self.wakes.after_commit(len(groups), priority_)
+            self.wakes.after_commit(len(groups), request.priority)
         return EnqueueResult(
             job_id=job_id,
             accepted=prepared.accepted,
             refused=[(r.raw, r.reason) for r in prepared.refused],
             batches=len(groups),
-            parts=info.parts,
-            priority=str(priority_),
-            send_at=send_at,
+            parts=request.info.parts,
+            priority=str(request.priority),
+            send_at=request.send_at,
             expires_at=timing.expires_at,
         )
 
@@ -266,40 +212,34 @@ class Enqueuer:
         self,
         job_id: str,
         timing: _Timing,
-        text: str,
+        request: SendRequest,
         sender: str | None,
-        kind_: Kind,
-        maxconcat: int,
-        info: TextInfo,
         prepared: RecipientList,
         groups: list[Sequence[str]],
         *,
         actor: str,
-        idempotency_key: str | None,
         request_hash: str,
-        reference: str | None,
-        callback_url: str | None,
         owner_key_id: int | None,
     ) -> None:
         now = timing.now
         job = Job(
             id=job_id,
             created_at=now,
-            text=text,
+            text=request.text,
             sender=sender,
-            kind=str(kind_),
-            maxconcat=maxconcat,
-            parts=info.parts,
-            encoding=str(info.encoding),
+            kind=str(request.kind),
+            maxconcat=request.maxconcat,
+            parts=request.info.parts,
+            encoding=str(request.info.encoding),
             recipient_count=len(prepared.accepted),
             refused_count=len(prepared.refused),
             created_by=actor,
             owner_key_id=owner_key_id,
-            idempotency_key=idempotency_key,
+            idempotency_key=request.idempotency_key,
             request_hash=request_hash,
-            reference=reference,
-            callback_url=callback_url,
-            callback_state="waiting" if callback_url else None,
+            reference=request.reference,
+            callback_url=request.callback_url,
+            callback_state="waiting" if request.callback_url else None,
             send_at=timing.send_at,
             priority=str(timing.priority),
             expires_at=timing.expires_at,
@@ -317,11 +257,3 @@ class Enqueuer:
                 now=now,
                 actor=actor,
             )
-
-
-def _request_hash(*parts: object) -> str:
-    """A digest of a send request's content, for idempotent replays."""
-    canonical = json.dumps(parts, default=repr, ensure_ascii=False, separators=(",", ":"))
-    # surrogatepass: a number with a lone surrogate is refused on its own (recorded
-    # as failed), so the hash must not fail on it; valid text encodes as before.
-    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()

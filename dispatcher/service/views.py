@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from dispatcher.domain.statuses import PENDING_STATUSES, RecipientStatus
 from dispatcher.domain.tenancy import EVERY_JOB, Viewer
@@ -19,7 +19,56 @@ from dispatcher.persistence.store import visible_to
 from dispatcher.service.control import control_view
 
 
-def job_view(db: Database, job_id: str, *, viewer: Viewer = EVERY_JOB) -> dict[str, object]:
+class RecipientView(TypedDict):
+    """One recipient of a job, as the CLI, the API and webhooks show it."""
+
+    number: str
+    status: str
+    gateway_message_id: str | None
+    error_code: str | None
+    error_detail: str | None
+    attempts: int
+    next_attempt_at: str | None
+    updated_at: str
+
+
+class JobView(TypedDict):
+    """A job with every recipient (``GET /v1/jobs/{id}``, ``dispatcher status``, webhooks)."""
+
+    id: str
+    status: str
+    created_at: str
+    kind: str
+    sender: str | None
+    maxconcat: int
+    parts: int
+    credits: int
+    encoding: str
+    reference: str | None
+    priority: str
+    send_at: str | None
+    expires_at: str | None
+    created_by: str
+    counts: dict[str, int]
+    recipients: list[RecipientView]
+
+
+class JobRow(TypedDict):
+    """A job in a listing (``GET /v1/jobs``, ``dispatcher jobs``): counts, not recipients."""
+
+    id: str
+    created_at: str
+    status: str
+    reference: str | None
+    priority: str
+    send_at: str | None
+    recipients: int
+    parts: int
+    credits: int
+    counts: dict[str, int]
+
+
+def job_view(db: Database, job_id: str, *, viewer: Viewer = EVERY_JOB) -> JobView:
     """A job as JSON-ready data (docs/design.md, "Interfaces"): id, status, recipients,
     totals.
 
@@ -49,7 +98,7 @@ def list_jobs(
     number: str | None = None,
     status: RecipientStatus | None = None,
     reference: str | None = None,
-) -> list[dict[str, Any]]:
+) -> list[JobRow]:
     """The newest jobs with their recipients per status, newest first."""
     selection = store.JobFilter(status=status, number=number, reference=reference)
     rows, _more = list_jobs_page(db, selection=selection, limit=limit)
@@ -63,7 +112,7 @@ def list_jobs_page(
     limit: int,
     after: str | None = None,
     viewer: Viewer = EVERY_JOB,
-) -> tuple[list[dict[str, Any]], bool]:
+) -> tuple[list[JobRow], bool]:
     """A page of jobs ``viewer`` may see, newest first, with ids below ``after``, and
     whether more follow.
 
@@ -73,7 +122,7 @@ def list_jobs_page(
     with db.transaction() as session:
         jobs, more = store.list_jobs(session, selection=selection, limit=limit, after=after)
         counts = store.status_counts(session, job_ids=[j.id for j in jobs])
-    rows = []
+    rows: list[JobRow] = []
     for job in jobs:
         job_counts = counts.get(job.id, {})
         pending = any(RecipientStatus(s) in PENDING_STATUSES for s in job_counts)
@@ -107,7 +156,7 @@ def job_status(recipients: Sequence[Recipient]) -> str:
     return "completed"
 
 
-def job_to_dict(job: Job, recipients: Sequence[Recipient]) -> dict[str, object]:
+def job_to_dict(job: Job, recipients: Sequence[Recipient]) -> JobView:
     """The JSON shape of a job shared by the CLI and the API."""
     counts: dict[str, int] = defaultdict(int)
     for r in recipients:

@@ -91,6 +91,8 @@ def run(args: argparse.Namespace, database_url: str, data_dir: Path) -> None:
             gateway_allow_http=True,
             gateway_username=config.username,
             gateway_password=config.password,
+            # The bulk run sends every batch in one job, whatever the default cap.
+            max_recipients_per_job=max(args.batches * 100, 1),
         )
         service = Dispatcher(settings, database=database)
         server0 = postgres_cpu_s()

@@ -1157,7 +1157,7 @@ def test_v1_answers_each_refusal_as_the_table_says(
     token = api.key("shop")
     caplog.set_level(logging.INFO)
     for refusal in REFUSALS:
-        monkeypatch.setattr(api.service, "enqueue", refuse_with(refusal))
+        monkeypatch.setattr(api.service, "enqueue_request", refuse_with(refusal))
         response = api.request("POST", "/v1/jobs", token, json={"to": number(1), "text": "hi"})
         answer = answer_for(refusal)
         assert response.status_code == answer.status, (refusal, response.text)

@@ -270,10 +270,12 @@ def test_refusals_answer_with_the_tables_gateway_code(
     ``ERR:<CODE>`` line, the table's gateway code, with HTTP 200 as the gateway answers
     a refusal; a too-many-recipients refusal is INVALID_REQUEST, the gateway's own."""
     for refusal in REFUSALS:
-        monkeypatch.setattr(gateway.api.service, "enqueue", refuse_with(refusal))
+        monkeypatch.setattr(gateway.api.service, "enqueue_request", refuse_with(refusal))
         reply = parse(gateway.post(to=number(1), text="hi", **gateway.login()))
         assert (reply.status, reply.single) == (200, (None, answer_for(refusal).gateway_code))
-    monkeypatch.setattr(gateway.api.service, "enqueue", refuse_with(TooManyRecipientsError("")))
+    monkeypatch.setattr(
+        gateway.api.service, "enqueue_request", refuse_with(TooManyRecipientsError(""))
+    )
     reply = parse(gateway.get(to=number(1), text="hi", **gateway.login()))
     assert reply.single == (None, "INVALID_REQUEST")
     assert row_counts(gateway.db)["jobs"] == 0

@@ -293,3 +293,11 @@ def test_keys_update_errors_are_one_line(migrated_env: DispatcherEnv) -> None:
     ]
     for args, code, needle in cases:
         assert_one_error_line(cli(migrated_env, "keys", "update", *args), code, needle)
+
+
+def test_send_refuses_more_numbers_than_the_cap(migrated_env: DispatcherEnv) -> None:
+    capped = migrated_env.with_vars(max_recipients_per_job="2")
+    done = cli(capped, "send", "--to", "07700900123,07700900456,07700900789", "hi")
+    assert_one_error_line(done, None, "DISPATCHER_MAX_RECIPIENTS_PER_JOB")
+    listed = cli(capped, "jobs", "--json")
+    assert json.loads(listed.stdout) == []

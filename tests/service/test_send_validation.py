@@ -29,6 +29,7 @@ from dispatcher.errors import (
     InvalidSenderError,
     InvalidTextError,
     NoRecipientsError,
+    TooManyRecipientsError,
     ValidationError,
 )
 from dispatcher.persistence import migrate
@@ -431,3 +432,27 @@ def test_public_send_refuses_in_one_readable_line_and_writes_nothing(
     job_id = dispatcher.send(GOOD_TO, "hi")
     assert [r.number for r in recipients_of(db, job_id)] == [number(1), number(2)]
     assert public_send.calls == [1]
+
+
+def test_the_recipient_cap_applies_to_send_as_to_every_producer_path(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``DISPATCHER_MAX_RECIPIENTS_PER_JOB`` is checked where the send request is built,
+    so ``send()`` refuses what ``/v1`` and the drop-in refuse, writing nothing."""
+    monkeypatch.setenv(ENV_PREFIX + "DATABASE_URL", db.url)
+    monkeypatch.setenv(ENV_PREFIX + "MAX_RECIPIENTS_PER_JOB", "3")
+    runtime.reset()
+    waker = CountingWaker()
+    try:
+        runtime.service(waker=waker)
+        before = row_counts(db)
+        with pytest.raises(TooManyRecipientsError) as info:
+            dispatcher.send([number(i) for i in range(1, 5)], "four is one too many")
+        assert_one_readable_line(info.value, "DISPATCHER_MAX_RECIPIENTS_PER_JOB")
+        assert row_counts(db) == before
+        assert waker.calls == []
+
+        job_id = dispatcher.send([number(i) for i in range(1, 4)], "three is the cap")
+        assert len(recipients_of(db, job_id)) == 3
+    finally:
+        runtime.reset()
