@@ -38,6 +38,9 @@ FINAL_STATUSES = frozenset(
     }
 )
 PENDING_STATUSES = frozenset(set(RecipientStatus) - FINAL_STATUSES)
+RETRYABLE_STATUSES = (RecipientStatus.FAILED, RecipientStatus.UNKNOWN)
+"""What an operator's explicit, audited retry may send again (``unknown`` only with
+the risk of a double send confirmed)."""
 WAITING_STATUSES = (RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT)
 """Recipients still to be sent: what a claim takes, what keeps a batch queued, what a
 cancel or an expiry may end. (``submitting`` is pending but not waiting: its call runs.)"""
