@@ -39,12 +39,12 @@ from dispatcher.api.schemas import (
     RetryRequest,
     RetryResult,
 )
+from dispatcher.domain.filters import JobFilter
 from dispatcher.domain.numbers import normalise
 from dispatcher.domain.statuses import RecipientStatus, Scope
 from dispatcher.domain.times import to_utc
 from dispatcher.errors import InvalidOptionError, NotFoundError
 from dispatcher.gateway.protocol import MAX_RECIPIENTS_PER_SUBMISSION
-from dispatcher.persistence.store import JobFilter
 from dispatcher.service import views
 from dispatcher.service.audit import ExportKind, export_csv
 from dispatcher.service.dispatcher import MAX_LABEL_LENGTH, Dispatcher
