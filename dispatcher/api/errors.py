@@ -135,7 +135,22 @@ async def _on_request_validation(request: Request, exc: Exception) -> Response:
         return error_response(
             400, "malformed_json", "the body is not valid JSON: " + _summary(details)
         )
+    refusal = _our_refusal(exc)
+    if refusal is not None:
+        # A field our own checks read (a time, through dispatcher.domain.times) is
+        # answered as the same refusal anywhere else would be: the one table's row.
+        answer = answer_for(refusal)
+        return error_response(answer.status, answer.code, str(refusal))
     return error_response(422, "invalid_request", _summary(details), details=details)
+
+
+def _our_refusal(exc: RequestValidationError) -> DispatcherError | None:
+    """The DispatcherError a field's validator raised, when it is the only problem."""
+    errors = list(exc.errors())
+    if len(errors) != 1:
+        return None
+    cause = (errors[0].get("ctx") or {}).get("error")
+    return cause if isinstance(cause, DispatcherError) else None
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:

@@ -14,7 +14,6 @@ which narrows the query; no route checks ownership itself.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
@@ -30,6 +29,7 @@ from dispatcher.api.queries import (
 from dispatcher.api.schemas import (
     CancelResult,
     ErrorBody,
+    FilterTime,
     JobCreate,
     JobCreated,
     JobPage,
@@ -39,12 +39,11 @@ from dispatcher.api.schemas import (
     RetryRequest,
     RetryResult,
 )
+from dispatcher.domain.filters import JobFilter
 from dispatcher.domain.numbers import normalise
 from dispatcher.domain.statuses import RecipientStatus, Scope
-from dispatcher.domain.times import to_utc
 from dispatcher.errors import InvalidOptionError, NotFoundError
 from dispatcher.gateway.protocol import MAX_RECIPIENTS_PER_SUBMISSION
-from dispatcher.persistence.store import JobFilter
 from dispatcher.service import views
 from dispatcher.service.audit import ExportKind, export_csv
 from dispatcher.service.dispatcher import MAX_LABEL_LENGTH, Dispatcher
@@ -210,9 +209,9 @@ def get_jobs(
     ] = None,
     reference: Annotated[str | None, Query(max_length=MAX_LABEL_LENGTH)] = None,
     since: Annotated[
-        dt.datetime | None, Query(description="Created at or after (ISO 8601; UTC if no zone).")
+        FilterTime, Query(description="Created at or after (ISO 8601; UTC if no zone).")
     ] = None,
-    until: Annotated[dt.datetime | None, Query(description="Created before.")] = None,
+    until: Annotated[FilterTime, Query(description="Created before.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[
         str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
@@ -234,8 +233,8 @@ def get_jobs(
         status=status,
         number=wanted_number,
         reference=reference.strip() if reference is not None else None,
-        since=_utc(since),
-        until=_utc(until),
+        since=since,
+        until=until,
     )
     jobs, more = service.list_jobs_page(
         selection=selection, limit=limit, after=after, viewer=key.viewer
@@ -304,9 +303,9 @@ def audit_csv(
     request: Request,
     key: ExportKey,
     since: Annotated[
-        dt.datetime | None, Query(description="From this time (ISO 8601; UTC if no zone).")
+        FilterTime, Query(description="From this time (ISO 8601; UTC if no zone).")
     ] = None,
-    until: Annotated[dt.datetime | None, Query(description="Before this time.")] = None,
+    until: Annotated[FilterTime, Query(description="Before this time.")] = None,
     number: Annotated[
         str | None, Query(max_length=64, description="Only this number (any format).")
     ] = None,
@@ -321,8 +320,8 @@ def audit_csv(
     service = _service(request)
     lines = export_csv(
         service.db,
-        since=_utc(since),
-        until=_utc(until),
+        since=since,
+        until=until,
         number=number,
         job_id=_known_job(job) if job is not None else None,
         kind=kind.value,
@@ -335,9 +334,3 @@ def audit_csv(
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="audit-{kind.value}.csv"'},
     )
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """A time from the query, in UTC (a time without a zone is read as UTC); a time
-    with no UTC equivalent is InvalidOptionError (422)."""
-    return None if value is None else to_utc(value, "the time")

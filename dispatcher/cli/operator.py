@@ -21,6 +21,7 @@ from dispatcher.cli.common import (
     interactive,
     require_schema,
 )
+from dispatcher.domain.statuses import RETRYABLE_STATUSES
 
 
 def _print_control(control: dict[str, Any], as_json: bool) -> None:
@@ -83,7 +84,7 @@ def state(as_json: bool) -> None:
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(["failed", "unknown"]),
+    type=click.Choice([s.value for s in RETRYABLE_STATUSES]),
     default=["failed"],
     show_default=True,
     help="Which recipients; repeatable.",

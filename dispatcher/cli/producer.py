@@ -13,6 +13,8 @@ import click
 
 from dispatcher.cli.common import IsoTime, emit_json, friendly_errors, require_schema
 from dispatcher.domain.lanes import LANE_NAMES
+from dispatcher.domain.numbers import normalise
+from dispatcher.domain.statuses import RecipientStatus
 
 
 @click.command()
@@ -141,9 +143,7 @@ def status(job_id: str, as_json: bool) -> None:
     "--status",
     "status_",
     default=None,
-    type=click.Choice(
-        ["queued", "submitting", "retry_wait", "sent", "failed", "unknown", "cancelled", "expired"]
-    ),
+    type=click.Choice([s.value for s in RecipientStatus]),
     help="Only jobs with a recipient in this status.",
 )
 @click.option("--reference", default=None, help="Only jobs with this reference (exact).")
@@ -156,8 +156,6 @@ def jobs(
     from dispatcher import runtime
 
     require_schema()
-    from dispatcher.domain.numbers import normalise
-    from dispatcher.domain.statuses import RecipientStatus
 
     svc = runtime.service()
     wanted = normalise(number, svc.settings.default_region) if number else None

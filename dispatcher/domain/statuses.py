@@ -8,6 +8,7 @@ may make (docs/design.md section 3). The database stores them as plain strings.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 
 class RecipientStatus(enum.StrEnum):
@@ -38,6 +39,9 @@ FINAL_STATUSES = frozenset(
     }
 )
 PENDING_STATUSES = frozenset(set(RecipientStatus) - FINAL_STATUSES)
+RETRYABLE_STATUSES = (RecipientStatus.FAILED, RecipientStatus.UNKNOWN)
+"""What an operator's explicit, audited retry may send again (``unknown`` only with
+the risk of a double send confirmed)."""
 WAITING_STATUSES = (RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT)
 """Recipients still to be sent: what a claim takes, what keeps a batch queued, what a
 cancel or an expiry may end. (``submitting`` is pending but not waiting: its call runs.)"""
@@ -62,6 +66,18 @@ RECIPIENT_TRANSITIONS: dict[RecipientStatus, frozenset[RecipientStatus]] = {
 def can_transition(old: RecipientStatus, new: RecipientStatus) -> bool:
     """Whether a recipient may move from ``old`` to ``new``."""
     return new in RECIPIENT_TRANSITIONS[old]
+
+
+def check_transitions(olds: Iterable[RecipientStatus], new: RecipientStatus) -> None:
+    """Refuse a status change the table above does not allow, from any of ``olds``.
+
+    The store's one function that moves recipients calls it before any SQL is
+    built, so a move the design forbids (say ``sent`` back to ``queued``) is a bug
+    caught at once, never a row rewritten (docs/design.md section 3).
+    """
+    forbidden = sorted(str(old) for old in olds if not can_transition(old, new))
+    if forbidden:
+        raise ValueError(f"recipients may not move from {', '.join(forbidden)} to {new}")
 
 
 class BatchStatus(enum.StrEnum):

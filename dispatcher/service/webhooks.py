@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from dispatcher.config import Settings
 from dispatcher.domain import redaction
+from dispatcher.domain.backoff import RetryPolicy
 from dispatcher.domain.statuses import DeliveryStatus
 from dispatcher.domain.times import utcnow
 from dispatcher.errors import InvalidOptionError
@@ -98,6 +99,14 @@ class Webhooks:
             deadline_s=settings.webhook_timeout_s, policy=policy, resolver=resolver
         )
         self._threads = threading.BoundedSemaphore(settings.webhook_threads)
+        # The same backoff as a recipient's retries (docs/design.md section 2):
+        # exponential, capped at an hour, half of it random so that deliveries that
+        # failed together (a receiver's outage) do not all come back in one second.
+        self.backoff = RetryPolicy(
+            max_attempts=settings.webhook_max_attempts,
+            backoff_s=settings.webhook_backoff_s,
+            backoff_max_s=3600.0,
+        )
         if settings.webhook_secret is not None:
             redaction.register_secret(settings.webhook_secret.get_secret_value())
 
@@ -202,7 +211,7 @@ class Webhooks:
                 error,
             )
         else:
-            wait_s = min(self.settings.webhook_backoff_s * 2 ** (delivery.attempts - 1), 3600.0)
+            wait_s = self.backoff.delay_s(delivery.attempts)
             values = {"status": DeliveryStatus.QUEUED, "due_at": now + dt.timedelta(seconds=wait_s)}
         with self.db.transaction() as session:
             rows.record_try(

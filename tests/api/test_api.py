@@ -1170,3 +1170,23 @@ def test_v1_answers_each_refusal_as_the_table_says(
     faults = [r for r in caplog.records if r.name == "dispatcher.api.errors" and r.exc_info]
     assert [type(r.exc_info[1]) for r in faults if r.exc_info] == [ConfigurationError]
     assert row_counts(api.db)["jobs"] == 0
+
+
+def test_times_are_read_by_the_one_reader_of_user_times(api: Api) -> None:
+    """The API reads times as send(), the CLI and the dashboard do
+    (``dispatcher.domain.times``): ISO 8601 only, so an epoch number, which
+    pydantic alone would take, is refused with the same answer as any bad time."""
+    token = api.key("times")
+    for send_at in (1893456000, "1893456000"):
+        response = api.request(
+            "POST", "/v1/jobs", token, json={"to": number(1), "text": "hi", "send_at": send_at}
+        )
+        assert response.status_code == 422, response.text
+        assert error_of(response)["code"] == "invalid_option", response.text
+        assert "send_at" in error_of(response)["message"]
+    listed = api.request("GET", "/v1/jobs", token, params={"since": "1700000000"})
+    assert listed.status_code == 422, listed.text
+    assert error_of(listed)["code"] == "invalid_option"
+    assert "ISO 8601" in error_of(listed)["message"]
+    with api.db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0

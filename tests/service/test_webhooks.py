@@ -122,6 +122,29 @@ def test_a_recovering_receiver_gets_it_on_a_later_try(
     assert (delivery.status, delivery.attempts) == (DeliveryStatus.DELIVERED, 2)
 
 
+def test_a_failed_try_waits_as_a_recipients_retry_does(
+    hooked: Dispatcher, receiver: Receiver
+) -> None:
+    """The retry policy of recipients (``domain.backoff.RetryPolicy``) spaces the tries:
+    after try n, between half and all of 30 s x 2^(n-1), the half drawn at random, so
+    deliveries that failed together (a receiver's outage) come back apart."""
+    receiver.statuses = [500, 500, 500, 500]
+    for i in (1, 2):
+        hooked.enqueue(number(i), "hooked", callback_url=receiver.url)
+    hooked.dispatch_due(worker="w")
+    hooked.sweep()
+    waits: list[list[float]] = []
+    for _ in range(2):
+        hooked.webhooks.deliver_due()
+        last_try = {t.delivery_id: t.at for t in tries(hooked.db)}
+        waits.append([(d.due_at - last_try[d.id]).total_seconds() for d in deliveries(hooked.db)])
+        with hooked.db.transaction() as session:
+            session.execute(update(WebhookDelivery).values(due_at=WebhookDelivery.created_at))
+    assert all(15 <= w <= 30 for w in waits[0]), waits
+    assert all(30 <= w <= 60 for w in waits[1]), waits
+    assert len(set(waits[0])) == len(set(waits[1])) == 2, "the same outage, different waits"
+
+
 @pytest.mark.parametrize(
     "url",
     ["ftp://example.com/x", "https://user:pw@example.com/x", "not a url", "https://"],

@@ -15,10 +15,15 @@ from sqlalchemy import select
 from dispatcher import celery_app
 from dispatcher.config import Settings
 from dispatcher.domain.lanes import QUEUE_DISPATCH, Priority
-from dispatcher.domain.statuses import FINAL_STATUSES, AttemptOutcome, RecipientStatus
+from dispatcher.domain.statuses import (
+    FINAL_STATUSES,
+    AttemptOutcome,
+    RecipientStatus,
+    can_transition,
+)
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.persistence.db import Database
-from dispatcher.persistence.models import Attempt, Job, Recipient
+from dispatcher.persistence.models import Attempt, Job, Recipient, StatusEvent
 from dispatcher.service.dispatcher import Dispatcher, EnqueueResult
 from support.reads import wait_for_jobs
 from support.settings import DispatcherEnv
@@ -149,6 +154,16 @@ def check_invariants(
             if RecipientStatus(r.status) not in FINAL_STATUSES
         ]
         assert not pending, f"recipients not final: {pending}"
+
+    # Every status change moved along the one table of allowed transitions.
+    with db.transaction() as session:
+        moves = set(session.execute(select(StatusEvent.from_status, StatusEvent.to_status)).all())
+    illegal = sorted(
+        (str(old), str(new))
+        for old, new in moves
+        if old is not None and not can_transition(RecipientStatus(old), RecipientStatus(new))
+    )
+    assert not illegal, f"status changes the design forbids: {illegal}"
 
     ledger = sim.ledger()
     accepted = Counter((entry["number"], entry["text"]) for entry in ledger)

@@ -18,13 +18,14 @@ from typing import Any
 from fastapi.responses import RedirectResponse
 
 from dispatcher.dashboard.routes.base import DashboardError
+from dispatcher.domain.statuses import RETRYABLE_STATUSES, WAITING_STATUSES
 from dispatcher.domain.times import parse_time
 from dispatcher.errors import DispatcherError, ValidationError, answer_for
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = ("failed", "unknown")
-CANCELLABLE = ("queued", "retry_wait")
+RETRYABLE = tuple(s.value for s in RETRYABLE_STATUSES)
+CANCELLABLE = tuple(s.value for s in WAITING_STATUSES)
 # Larger counts in a ?n= link are not from an action of ours.
 MAX_SHOWN_COUNT = 10**9
 

@@ -24,7 +24,7 @@ from dispatcher.dashboard.routes.params import (
     service_call,
 )
 
-LIST_STATUSES = ("failed", "unknown", "queued", "retry_wait")
+LIST_STATUSES = (*RETRYABLE, *CANCELLABLE)
 
 router = APIRouter(include_in_schema=False)
 

@@ -27,6 +27,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from dispatcher.domain import cursors
 from dispatcher.domain.numbers import normalise
+from dispatcher.domain.statuses import PENDING_STATUSES
 from dispatcher.errors import InvalidNumberError
 from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
@@ -198,7 +199,7 @@ class JobPage:
     @property
     def pending(self) -> bool:
         """True while any recipient may still change by itself."""
-        return any(self.counts.get(s, 0) for s in ("queued", "submitting", "retry_wait"))
+        return any(self.counts.get(s, 0) for s in PENDING_STATUSES)
 
 
 def job_page(

@@ -25,6 +25,7 @@ below are the store's interface.
 
 from __future__ import annotations
 
+from dispatcher.domain.filters import JobFilter
 from dispatcher.persistence.store._common import WORKER_LOST
 from dispatcher.persistence.store.attempts import complete_attempt, insert_attempt, start_attempt
 from dispatcher.persistence.store.audit import (
@@ -71,7 +72,6 @@ from dispatcher.persistence.store.enqueue import (
     write_job,
 )
 from dispatcher.persistence.store.jobs import (
-    JobFilter,
     get_job,
     job_recipients,
     list_jobs,

@@ -6,16 +6,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.orm import Session
 
-from dispatcher.domain.statuses import RecipientStatus
-from dispatcher.domain.storable import check_storable, unstorable
+from dispatcher.domain.filters import JobFilter
+from dispatcher.domain.storable import unstorable
 from dispatcher.persistence.models import Attempt, Job, Recipient
 
 
@@ -48,32 +46,6 @@ def job_recipients(session: Session, *, job_id: str) -> list[Recipient]:
             select(Recipient).where(Recipient.job_id == job_id).order_by(Recipient.id)
         ).scalars()
     )
-
-
-@dataclass(frozen=True, slots=True)
-class JobFilter:
-    """Which jobs a listing holds; every field narrows it."""
-
-    status: RecipientStatus | None = None
-    """Jobs with at least one recipient in this status."""
-    number: str | None = None
-    """Jobs with a recipient of this number (international digits)."""
-    reference: str | None = None
-    """Jobs with exactly this producer reference."""
-    since: dt.datetime | None = None
-    """Created at or after."""
-    until: dt.datetime | None = None
-    """Created before."""
-    owner_key_id: int | None = None
-    """Jobs enqueued by this API key (``dispatcher.domain.tenancy``); None: any."""
-
-    def __post_init__(self) -> None:
-        # No row can hold such a value: refused here as the mistake it is, not as a
-        # driver error from inside the query.
-        for name in ("number", "reference"):
-            value = getattr(self, name)
-            if value is not None:
-                check_storable(value, name)
 
 
 def list_jobs(

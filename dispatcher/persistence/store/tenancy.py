@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TypeVar
 
+from dispatcher.domain.filters import JobFilter
 from dispatcher.domain.tenancy import Viewer
 from dispatcher.persistence.store.audit import AuditSelection
-from dispatcher.persistence.store.jobs import JobFilter
 from dispatcher.persistence.store.operator import RecipientFilter
 
 _S = TypeVar("_S", JobFilter, RecipientFilter, AuditSelection)

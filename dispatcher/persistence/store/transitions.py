@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, String, insert, literal, null, select, type_coerce, update
 from sqlalchemy.orm import Session
 
-from dispatcher.domain.statuses import RecipientStatus
+from dispatcher.domain.statuses import RecipientStatus, check_transitions
 from dispatcher.persistence import dialect
 from dispatcher.persistence.models import Recipient, StatusEvent
 
@@ -97,9 +97,11 @@ def transition(
     status condition (and ``guard``, if given) makes it a compare-and-set: a
     recipient something else has moved meanwhile is left alone.
     """
+    olds = [RecipientStatus(s) for s in from_statuses]
+    check_transitions(olds, to_status)
     if not ids:
         return 0
-    allowed = [str(s) for s in from_statuses]
+    allowed = [str(s) for s in olds]
     where = dialect.id_in(session, Recipient.id, ids) & status_recheck(allowed)
     if guard is not None:
         where = where & guard
