@@ -55,8 +55,10 @@ RECIPIENT_TRANSITIONS: dict[RecipientStatus, frozenset[RecipientStatus]] = {
     _S.FAILED: frozenset({_S.QUEUED}),
     # ...except that the real reply of the very attempt the sweeper gave up on
     # (WORKER_LOST) replaces its guess when it arrives late: the gateway's answer
-    # is the truth, and an accepted ID must not be lost.
-    _S.UNKNOWN: frozenset({_S.QUEUED, _S.SENT, _S.FAILED, _S.RETRY_WAIT}),
+    # is the truth, and an accepted ID must not be lost. A late reply that is itself
+    # ambiguous leaves the recipient unknown, with the reply's cause in place of the
+    # guess's.
+    _S.UNKNOWN: frozenset({_S.QUEUED, _S.SENT, _S.FAILED, _S.RETRY_WAIT, _S.UNKNOWN}),
     _S.SENT: frozenset(),
     _S.CANCELLED: frozenset(),
     _S.EXPIRED: frozenset(),
