@@ -4,7 +4,6 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 WORKDIR /app
 COPY pyproject.toml README.md LICENSE ./
 COPY dispatcher ./dispatcher
-COPY migrations ./migrations
 RUN pip install --no-cache-dir . && useradd --system --uid 10001 dispatcher
 USER dispatcher
 ENTRYPOINT ["dispatcher"]

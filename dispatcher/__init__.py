@@ -34,7 +34,8 @@ def send(
     recorded as failed with the reason, and the rest are sent by the workers.
 
     Raises ``dispatcher.errors.ValidationError`` (and writes nothing) when no
-    number is usable, the text is empty or needs more than ``maxconcat`` parts,
+    number is usable, ``to`` names more numbers than ``DISPATCHER_MAX_RECIPIENTS_PER_JOB``
+    (``TooManyRecipientsError``), the text is empty or needs more than ``maxconcat`` parts,
     ``maxconcat`` is out of range, ``kind`` is not "text" or "voice", or the
     sender is neither up to 11 alphanumerics nor up to 15 digits. With no sender,
     ``DISPATCHER_DEFAULT_SENDER`` is used (if set). ``kind="voice"`` has the
@@ -52,9 +53,13 @@ def send(
     ``dispatcher.errors.ConflictError``. ``reference`` is your own label for the
     job, searchable later (``dispatcher jobs --reference``).
     """
+    # Imported on the first send, not with the package: `import dispatcher.errors`
+    # (or this module's __version__) must not build the settings, the database and
+    # the Celery app of the composition root.
     from dispatcher import runtime
 
-    result = runtime.service().enqueue(
+    service = runtime.service()
+    request = service.send_request(
         to,
         text,
         sender=sender,
@@ -65,6 +70,6 @@ def send(
         valid_for_s=valid_for_s,
         idempotency_key=idempotency_key,
         reference=reference,
-        actor="python",
     )
+    result = service.enqueue_request(request, actor="python")
     return result.job_id

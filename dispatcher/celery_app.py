@@ -1,5 +1,9 @@
 """The Celery application: broker, queues, reliability settings.
 
+``make_celery`` builds an app from a settings object; the composition root
+(``dispatcher.runtime``) calls it once per process, so importing this module reads
+no environment and builds nothing.
+
 Wake-ups travel on one queue per priority lane (``LANE_QUEUES``: high, normal,
 bulk), so a worker started with ``--lanes high`` hears only the high lane's.
 Webhook deliveries have a queue of their own (``QUEUE_WEBHOOKS``), consumed by
@@ -29,8 +33,8 @@ from kombu.transport.redis import PRIORITY_STEPS
 from kombu.transport.redis import Channel as RedisChannel
 from kombu.transport.virtual import Transport as VirtualTransport
 
-from dispatcher.config import LANE_QUEUES, QUEUE_DISPATCH, QUEUE_WEBHOOKS, Settings, get_settings
-from dispatcher.message import Priority
+from dispatcher.config import Settings
+from dispatcher.domain.lanes import LANE_QUEUES, QUEUE_DISPATCH, QUEUE_WEBHOOKS, Priority
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +127,6 @@ def send_heartbeat(celery: Celery, node: str, *, expires_s: float) -> None:
     celery.send_task(
         TASK_HEARTBEAT, args=[node], queue=worker_direct(node).name, expires=expires_s, retry=False
     )
-
-
-app = make_celery(get_settings())
 
 
 def worker_queues(lanes: tuple[str, ...]) -> list[str]:
@@ -248,6 +249,3 @@ def _waiting(connection: Connection, queue: str) -> int:
             return 0
         raise
     return int(declared.message_count)
-
-
-wake = CeleryWaker(app)

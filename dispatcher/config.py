@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
@@ -24,8 +23,12 @@ import urllib3
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from dispatcher import proxies, redaction
+from dispatcher.domain import proxies, redaction
+from dispatcher.domain.lanes import LANE_NAMES
+from dispatcher.domain.message import check_sender
 from dispatcher.errors import ConfigurationError, InvalidSenderError
+from dispatcher.gateway.config import GatewayConfig
+from dispatcher.persistence.db import check_database_url
 
 ENV_PREFIX = "DISPATCHER_"
 DEFAULT_SETTINGS_FILE = "dispatcher.env"
@@ -36,42 +39,6 @@ DEFAULT_DATA_DIR = "dispatcher-data"
 # Margin on top of two full HTTP exchanges (one per host when failing over) before the
 # sweeper may conclude a `submitting` batch was abandoned by a dead worker.
 SUBMITTING_TIMEOUT_MARGIN_S = 10.0
-
-# Celery queue names, stable because workers and producers on different hosts and
-# versions must agree on them. Each priority lane has its own wake-up queue; the
-# normal lane keeps the original name, so workers of earlier versions still serve it.
-QUEUE_DISPATCH = "dispatcher.dispatch"
-QUEUE_DISPATCH_HIGH = "dispatcher.dispatch.high"
-QUEUE_DISPATCH_BULK = "dispatcher.dispatch.bulk"
-LANE_NAMES = ("high", "normal", "bulk")
-"""Priority lanes in claim order: a batch's ``lane`` column is the index here."""
-LANE_QUEUES = {"high": QUEUE_DISPATCH_HIGH, "normal": QUEUE_DISPATCH, "bulk": QUEUE_DISPATCH_BULK}
-# Completion webhooks travel apart from dispatch, so a stalled receiver never holds
-# a thread that a claim is waiting for.
-QUEUE_WEBHOOKS = "dispatcher.webhooks"
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayConfig:
-    """What the gateway client needs, and nothing more."""
-
-    url: str
-    backup_url: str | None
-    username: str
-    password: str
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 30.0
-    pool_idle_s: float = 2.0
-    pool_maxsize: int = 32
-    ca_bundle: str | None = None
-
-    def __repr__(self) -> str:
-        # The password must never surface through a repr in a traceback or a log line.
-        return (
-            f"GatewayConfig(url={self.url!r}, backup_url={self.backup_url!r}, "
-            f"username={self.username!r}, password='***', "
-            f"connect_timeout_s={self.connect_timeout_s}, read_timeout_s={self.read_timeout_s})"
-        )
 
 
 class Settings(BaseSettings):
@@ -256,7 +223,7 @@ class Settings(BaseSettings):
     # NoDecode: the variable is a comma-separated list, not JSON.
     worker_lanes: Annotated[tuple[str, ...], NoDecode] = Field(
         default=LANE_NAMES,
-        description="Priority lanes a worker serves (comma-separated high, normal, bulk): "
+        description=f"Priority lanes a worker serves (comma-separated {', '.join(LANE_NAMES)}): "
         "it consumes their wake-up queues and claims only their batches.",
     )
     worker_concurrency: int = Field(
@@ -305,7 +272,8 @@ class Settings(BaseSettings):
     max_recipients_per_job: int = Field(
         default=10_000,
         ge=1,
-        description="Most numbers one HTTP or drop-in request may name.",
+        description="Most numbers one send request may name, on every producer path: "
+        "send(), `dispatcher send`, POST /v1/jobs and the drop-in.",
     )
     max_body_bytes: int = Field(
         default=1024 * 1024,
@@ -346,14 +314,9 @@ class Settings(BaseSettings):
     def _database_url_parses(cls, value: str | None) -> str | None:
         if not value:
             return value
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
-        try:
-            make_url(value)
-        except (ArgumentError, ValueError):
-            # Not echoed: the URL may hold a password.
-            raise ValueError("is not a well-formed database URL") from None
+        # Not echoed: the URL may hold a password.
+        if not check_database_url(value):
+            raise ValueError("is not a well-formed database URL")
         return value
 
     @field_validator("gateway_ca_bundle", mode="before")
@@ -381,9 +344,6 @@ class Settings(BaseSettings):
     @field_validator("default_sender")
     @classmethod
     def _valid_sender(cls, value: str | None) -> str | None:
-        # Imported here: message.py reads the lane names above at import.
-        from dispatcher.message import check_sender
-
         try:
             return check_sender(value)
         except InvalidSenderError as exc:

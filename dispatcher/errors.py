@@ -5,6 +5,7 @@ DispatcherError
 ├── ValidationError             a send request refused before anything is written
 │   ├── InvalidNumberError        a number that cannot be a phone number
 │   ├── NoRecipientsError         no acceptable recipient left
+│   ├── TooManyRecipientsError    more numbers than one request may name
 │   ├── InvalidTextError          empty text, or more parts than maxconcat allows
 │   ├── InvalidSenderError        neither 11 alphanumerics nor 15 digits
 │   ├── InvalidOptionError        maxconcat, kind or another option out of range
@@ -14,6 +15,7 @@ DispatcherError
 ├── ConflictError               an idempotency key reused for a different request
 ├── AuthenticationError         no such API key, revoked, or lacking the scope
 ├── NotFoundError               no job (or other record) with that id
+├── InvalidCursorError          a page cursor this dispatcher did not hand out
 └── GatewayError                the gateway could not be asked, or its answer says no
     ├── TransientGatewayError     nothing was sent; retrying is safe
     │   └── GatewayConnectError     the connection was never made (failover is safe)
@@ -24,9 +26,17 @@ DispatcherError
 The gateway branch is raised by ``dispatcher.gateway.client`` after it has
 translated ``requests`` exceptions, so nothing above the gateway package needs to
 know which HTTP library is in use.
+
+``ANSWERS`` is the one table from these exceptions to what a caller is told:
+``/v1`` and the dashboard answer with its HTTP status (``/v1`` with its code
+too), the drop-in endpoint with its gateway code, ``ERR:<CODE>``
+(docs/design.md sections 1 and 5). ``answer_for`` walks an exception's MRO, so
+a subclass without a row of its own answers as its parent does.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 
 class DispatcherError(Exception):
@@ -52,6 +62,10 @@ class InvalidNumberError(ValidationError):
 
 class NoRecipientsError(ValidationError):
     """No acceptable recipient remains after validation."""
+
+
+class TooManyRecipientsError(ValidationError):
+    """A request names more numbers than ``DISPATCHER_MAX_RECIPIENTS_PER_JOB``."""
 
 
 class InvalidTextError(ValidationError):
@@ -95,6 +109,10 @@ class NotFoundError(DispatcherError, LookupError):
     """No record exists with the given id."""
 
 
+class InvalidCursorError(DispatcherError, ValueError):
+    """A page cursor that no listing of this dispatcher handed out."""
+
+
 class GatewayError(DispatcherError):
     """The gateway could not be asked, or refused."""
 
@@ -132,3 +150,54 @@ class PermanentGatewayError(GatewayError):
     def __init__(self, message: str, *, code: str, host: str | None = None) -> None:
         super().__init__(message, host=host)
         self.code = code
+
+
+# --- how each is answered --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """How every entry point answers one kind of refusal."""
+
+    status: int
+    """The HTTP status of ``/v1`` and of the dashboard."""
+    code: str
+    """The stable, machine-readable code of ``/v1``'s error body."""
+    gateway_code: str
+    """What the drop-in endpoint answers, ``ERR:<gateway_code>`` in the gateway's own
+    format (docs/design.md section 1): the gateway has no code of its own for most of
+    these, and calls them all a request that was not valid."""
+
+
+ANSWERS: dict[type[DispatcherError], Answer] = {
+    # Only what has no row nearer: the server's own fault, never the caller's.
+    DispatcherError: Answer(500, "internal_error", "INTERNAL_ERROR"),
+    ConfigurationError: Answer(500, "internal_error", "INTERNAL_ERROR"),
+    ValidationError: Answer(422, "invalid_request", "INVALID_REQUEST"),
+    InvalidNumberError: Answer(422, "invalid_number", "INVALID_NUMBER"),
+    NoRecipientsError: Answer(422, "no_recipients", "INVALID_NUMBER"),
+    TooManyRecipientsError: Answer(422, "too_many_recipients", "INVALID_REQUEST"),
+    InvalidTextError: Answer(422, "invalid_text", "INVALID_REQUEST"),
+    InvalidSenderError: Answer(422, "invalid_sender", "INVALID_REQUEST"),
+    InvalidOptionError: Answer(422, "invalid_option", "INVALID_REQUEST"),
+    SenderNotAllowedError: Answer(403, "sender_not_allowed", "INVALID_REQUEST"),
+    ConfirmationRequiredError: Answer(409, "confirmation_required", "INVALID_REQUEST"),
+    ConflictError: Answer(409, "idempotency_conflict", "INVALID_REQUEST"),
+    AuthenticationError: Answer(401, "unauthorized", "LOGIN_INVALID"),
+    NotFoundError: Answer(404, "not_found", "INVALID_REQUEST"),
+    InvalidCursorError: Answer(400, "invalid_cursor", "INVALID_REQUEST"),
+    # The gateway's own trouble: nothing of the caller's request was wrong.
+    GatewayError: Answer(502, "gateway_error", "GATEWAY_ERROR"),
+    # Our account refused: the caller's credentials were fine, so not LOGIN_INVALID.
+    PermanentGatewayError: Answer(502, "gateway_error", "INTERNAL_ERROR"),
+}
+
+
+def answer_for(exc: DispatcherError | type[DispatcherError]) -> Answer:
+    """The row of ``exc`` (an exception or its class): its own, else its nearest
+    ancestor's in the MRO; every DispatcherError has one, the root's at least."""
+    cls = exc if isinstance(exc, type) else type(exc)
+    for ancestor in cls.__mro__:
+        if ancestor in ANSWERS:
+            return ANSWERS[ancestor]
+    raise TypeError(f"{cls.__name__} is not a DispatcherError")

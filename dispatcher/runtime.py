@@ -1,4 +1,10 @@
-"""The process-wide service, built once from settings, for tasks, the CLI and send()."""
+"""The composition root: settings -> database, gateway client, Celery app and services.
+
+One per process, built on first use from the process's settings (the environment's,
+or a Settings object handed to ``use``), for the tasks, the CLI, the HTTP entry
+points and ``send()``. Nothing else reads the environment or builds these parts
+(docs/design.md section 6).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +14,21 @@ import threading
 import time
 from collections.abc import Callable
 
-from dispatcher import redaction
+from celery import Celery
+
+from dispatcher.celery_app import CeleryWaker, make_celery
 from dispatcher.config import Settings, get_settings, load_settings
-from dispatcher.message import Priority
-from dispatcher.service import Dispatcher, Waker
+from dispatcher.domain import redaction
+from dispatcher.domain.lanes import Priority
+from dispatcher.service.dispatcher import Dispatcher, Waker
 
 log = logging.getLogger(__name__)
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _service: Dispatcher | None = None
 _override: Settings | None = None
+_celery: Celery | None = None
+_waker: CeleryWaker | None = None
 
 
 def settings() -> Settings:
@@ -28,36 +39,51 @@ def settings() -> Settings:
 def configure(**overrides: object) -> Settings:
     """Change some settings for this process (command-line options that win over the
     environment, such as ``dispatcher worker --lanes``), validated like the rest."""
+    return use(load_settings(**overrides))
+
+
+def use(current: Settings) -> Settings:
+    """Make ``current`` this process's settings: the parts built so far are closed and
+    built again from it on first use (the demo hands its own settings this way)."""
     global _override
-    current = load_settings(**overrides)
-    reset()
-    _override = current
+    with _lock:
+        reset()
+        _override = current
     return current
 
 
+def celery() -> Celery:
+    """The process's Celery app, built from the settings on first use."""
+    global _celery
+    with _lock:
+        if _celery is None:
+            _celery = make_celery(settings())
+        return _celery
+
+
+def _celery_waker() -> CeleryWaker:
+    global _waker
+    with _lock:
+        if _waker is None:
+            _waker = CeleryWaker(celery())
+        return _waker
+
+
 class _LazyCeleryWaker:
-    """The Celery waker, imported on first use: a process that only reads never
-    builds a Celery app."""
+    """The Celery waker, built on first use: a process that only reads never builds
+    a Celery app nor opens a broker connection."""
 
     def __call__(self, count: int, lane: Priority = Priority.NORMAL) -> None:
-        from dispatcher.celery_app import wake
-
-        wake(count, lane)
+        _celery_waker()(count, lane)
 
     def pending(self, lane: Priority = Priority.NORMAL) -> int:
-        from dispatcher.celery_app import wake
-
-        return wake.pending(lane)
+        return _celery_waker().pending(lane)
 
     def waiting(self, lane: Priority = Priority.NORMAL) -> int | None:
-        from dispatcher.celery_app import wake
-
-        return wake.waiting(lane)
+        return _celery_waker().waiting(lane)
 
     def webhooks(self) -> int:
-        from dispatcher.celery_app import wake
-
-        return wake.webhooks()
+        return _celery_waker().webhooks()
 
 
 def service(waker: Waker | None = None) -> Dispatcher:
@@ -74,12 +100,16 @@ def service(waker: Waker | None = None) -> Dispatcher:
 
 def reset() -> None:
     """Forget the process's service (after settings change, in tests and the demo)."""
-    global _service, _override
+    global _service, _override, _celery, _waker
     with _lock:
         if _service is not None:
             _service.close()
+        if _waker is not None:
+            _waker.close()
         _service = None
         _override = None
+        _celery = None
+        _waker = None
     get_settings.cache_clear()
 
 

@@ -1,4 +1,9 @@
-"""Celery tasks: thin wrappers that call the service. Names are stable on the wire."""
+"""Celery tasks: thin wrappers that call the service. Names are stable on the wire.
+
+They are shared tasks: each Celery app that includes this module (the one the
+composition root builds, ``dispatcher.runtime.celery``) gets them, so no app is built
+at import.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from celery import shared_task
 from celery.signals import (
     worker_process_init,
     worker_ready,
@@ -22,10 +28,10 @@ from dispatcher.celery_app import (
     TASK_HEARTBEAT,
     TASK_SWEEP,
     TASK_WEBHOOKS,
-    app,
     send_heartbeat,
 )
-from dispatcher.heartbeat import STALE_AFTER_BEATS, Heartbeats
+from dispatcher.domain.workers import STALE_AFTER_BEATS
+from dispatcher.service.heartbeat import Heartbeats
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,7 @@ DISPATCH_BUDGET_S = 30.0
 _shutting_down = threading.Event()
 
 
-@app.task(name=TASK_DISPATCH, ignore_result=True)
+@shared_task(name=TASK_DISPATCH, ignore_result=True)
 def dispatch() -> dict[str, Any]:
     """Claim and send due batches until none is due or the time budget is spent."""
     service = runtime.service()
@@ -46,7 +52,7 @@ def dispatch() -> dict[str, Any]:
     return {"batches": report.batches, "outcomes": dict(report.outcomes)}
 
 
-@app.task(name=TASK_WEBHOOKS, ignore_result=True)
+@shared_task(name=TASK_WEBHOOKS, ignore_result=True)
 def deliver_webhooks() -> int:
     """Deliver due completion webhooks on at most ``webhook_threads`` of this worker's
     threads; returns the tries made (0 at once when those threads are all busy)."""
@@ -55,13 +61,13 @@ def deliver_webhooks() -> int:
     return runtime.service().webhooks.deliver_due(budget_s=DISPATCH_BUDGET_S, stop=_shutting_down)
 
 
-@app.task(name=TASK_SWEEP, ignore_result=True)
+@shared_task(name=TASK_SWEEP, ignore_result=True)
 def sweep() -> dict[str, int]:
     """Run one sweep: abandoned batches to unknown, wake-ups for due work."""
     return runtime.service().sweep()
 
 
-@app.task(name=TASK_HEARTBEAT, ignore_result=True)
+@shared_task(name=TASK_HEARTBEAT, ignore_result=True)
 def heartbeat(node: str) -> None:
     """Record that worker ``node`` consumed from the broker (sent to its own queue)."""
     Heartbeats(runtime.service().db, node).consumed()
@@ -97,7 +103,7 @@ class _WorkerBeat:
         with self.lock:
             batches = self.batches
         self.heartbeats.beat(batches=batches)
-        send_heartbeat(app, self.node, expires_s=STALE_AFTER_BEATS * interval_s)
+        send_heartbeat(runtime.celery(), self.node, expires_s=STALE_AFTER_BEATS * interval_s)
 
     def stop(self) -> None:
         if self.heartbeats is not None:
@@ -125,7 +131,7 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
     # every message (the case it exists for).
     node = getattr(sender, "hostname", None) or f"celery@{socket.gethostname()}"
     try:
-        _beat.start(node, list(app.amqp.queues.consume_from or {}))
+        _beat.start(node, list(runtime.celery().amqp.queues.consume_from or {}))
     except Exception:
         log.exception("could not record this worker's heartbeat; carrying on without it")
     interval_s = runtime.settings().sweep_interval_s

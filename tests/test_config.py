@@ -1,4 +1,4 @@
-"""Settings: SPEC section 4 defaults, overrides, the settings file, refusals, secrecy."""
+"""Settings: docs/design.md section 4 defaults, overrides, the settings file, refusals, secrecy."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 from dispatcher.config import (
     DEFAULT_GATEWAY_BACKUP_URL,
     DEFAULT_GATEWAY_URL,
-    GatewayConfig,
     Settings,
     load_settings,
 )
 from dispatcher.errors import ConfigurationError
+from dispatcher.gateway.config import GatewayConfig
 
 
 @pytest.fixture(autouse=True)

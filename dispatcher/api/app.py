@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from dispatcher import __version__, dashboard
+from dispatcher import __version__, dashboard, runtime
 from dispatcher.api import dropin, errors, metrics, v1
 from dispatcher.api.auth import Authenticator
 from dispatcher.api.balance import BalanceCache
@@ -24,8 +24,8 @@ from dispatcher.api.middleware import (
 from dispatcher.api.ratelimit import LocalTokenBucket, NoLimit, RateLimiter, RedisTokenBucket
 from dispatcher.api.schemas import Health
 from dispatcher.config import Settings
-from dispatcher.keys import KeyStore
-from dispatcher.service import Dispatcher
+from dispatcher.service.dispatcher import Dispatcher
+from dispatcher.service.keys import KeyStore
 
 # Redis answers in microseconds; one that takes a second is as good as away.
 REDIS_TIMEOUT_S = 1.0
@@ -63,8 +63,6 @@ def create_app(service: Dispatcher | None = None) -> FastAPI:
     it opens for rate limits and health checks when it shuts down.
     """
     if service is None:
-        from dispatcher import runtime
-
         service = runtime.service()
     settings = service.settings
     client = _redis_client(settings)

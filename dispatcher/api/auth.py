@@ -16,12 +16,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from dispatcher import redaction
 from dispatcher.api.errors import ApiError
 from dispatcher.api.ratelimit import RateLimiter, retry_after
+from dispatcher.domain import redaction
+from dispatcher.domain.statuses import Scope
 from dispatcher.errors import AuthenticationError
-from dispatcher.keys import KeyInfo, KeyStore
-from dispatcher.models import Scope
+from dispatcher.service.keys import KeyInfo, KeyStore
 
 _bearer = HTTPBearer(
     auto_error=False,

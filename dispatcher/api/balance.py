@@ -15,7 +15,7 @@ import threading
 import time
 
 from dispatcher.errors import ConfigurationError, GatewayError, PermanentGatewayError
-from dispatcher.service import Dispatcher
+from dispatcher.service.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 

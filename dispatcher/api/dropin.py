@@ -51,16 +51,13 @@ from starlette.datastructures import UploadFile
 
 from dispatcher.api.auth import Authenticator, GatewayLoginError, authenticator
 from dispatcher.api.balance import BalanceCache
-from dispatcher.api.errors import DROPIN_PREFIX, ApiError, gateway_error
-from dispatcher.errors import (
-    NoRecipientsError,
-    SenderNotAllowedError,
-    ValidationError,
-)
-from dispatcher.gateway.protocol import BALANCE_PATH, SEND_PATH, TYPE_TEXT, TYPE_VOICE
-from dispatcher.keys import KeyInfo
-from dispatcher.models import Scope
-from dispatcher.service import Dispatcher
+from dispatcher.api.errors import DROPIN_PREFIX, ApiError, dropin_refusal, gateway_error
+from dispatcher.domain.message import TYPE_TEXT, TYPE_VOICE
+from dispatcher.domain.statuses import Scope
+from dispatcher.errors import DispatcherError, SenderNotAllowedError
+from dispatcher.gateway.protocol import BALANCE_PATH, SEND_PATH
+from dispatcher.service.dispatcher import Dispatcher
+from dispatcher.service.keys import KeyInfo
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +134,6 @@ def _send(service: Dispatcher, key: KeyInfo, params: dict[str, str]) -> str:
     text = params.get("text", "")
     if not text:
         raise GatewayReply("NO_TEXT")
-    if len(numbers) > service.settings.max_recipients_per_job:
-        raise GatewayReply("INVALID_REQUEST")
     try:
         maxconcat = int(params.get("maxconcat") or 1)
     except ValueError:
@@ -149,26 +144,25 @@ def _send(service: Dispatcher, key: KeyInfo, params: dict[str, str]) -> str:
     if any(not n.isprintable() for n in numbers):
         raise GatewayReply("INVALID_REQUEST")
     try:
-        result = service.enqueue(
+        request = service.send_request(
             numbers,
             text,
             sender=params.get("from") or None,
             maxconcat=maxconcat,
             kind=kind,
             reference=params.get("usercontext") or None,
+        )
+        result = service.enqueue_request(
+            request,
             actor=dropin_actor(key.name),
             allowed_senders=key.allowed_senders,
             owner_key_id=key.id,
         )
-    except NoRecipientsError:
-        raise GatewayReply("INVALID_NUMBER") from None
     except SenderNotAllowedError:
-        # The gateway has no code of its own for a sender the account may not use;
-        # its "the request was not valid" is the closest, and never retried.
+        # Answered from the table like any refusal (INVALID_REQUEST: the gateway has no
+        # code of its own for it); logged, since a client cannot tell it apart.
         log.info("drop-in: key %s asked for a sender it may not use", key.name)
-        raise GatewayReply("INVALID_REQUEST") from None
-    except ValidationError:
-        raise GatewayReply("INVALID_REQUEST") from None
+        raise
     if len(result.accepted) + len(result.refused) == 1 and result.accepted:
         return f"ID:{result.job_id}"
     lines = [f"{number},ID:{result.job_id}" for number in result.accepted]
@@ -193,6 +187,10 @@ async def _handle(request: Request, path: str) -> Response:
         return _text(await run_in_threadpool(balance.answer))
     except GatewayReply as reply:
         return gateway_error(reply.code)
+    except DispatcherError as exc:
+        # The service's refusals, answered with the gateway code of the table every
+        # entry point shares (dispatcher.errors.ANSWERS).
+        return dropin_refusal(exc)
     except ApiError as exc:
         return gateway_error(exc.gateway_code, status=exc.status, headers=exc.headers)
 

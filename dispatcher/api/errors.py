@@ -2,21 +2,16 @@
 
 Every 4xx and 5xx of ``/v1`` is ``{"error": {"code": ..., "message": ...}}``,
 FastAPI's own validation errors included. The service's exceptions are
-translated here, at the boundary, so routes just call the service:
+translated here, at the boundary, so routes just call the service: status and
+code come from ``dispatcher.errors.ANSWERS``, the one table the drop-in and the
+dashboard read too (a ValidationError is a 422 ``invalid_option``,
+``no_recipients``, ... everywhere; a NotFoundError a 404 ``not_found``). What
+the table does not cover is answered here: the database unreachable is a 503
+``unavailable``, anything unexpected a 500 ``internal_error``.
 
-| exception | status | code |
-|---|---|---|
-| NotFoundError | 404 | ``not_found`` |
-| ConfirmationRequiredError | 409 | ``confirmation_required`` |
-| ConflictError | 409 | ``idempotency_conflict`` |
-| SenderNotAllowedError | 403 | ``sender_not_allowed`` |
-| other ValidationError | 422 | ``invalid_number``, ``no_recipients``, ``invalid_text``, ... |
-| AuthenticationError | 401 | ``unauthorized`` |
-| the database unreachable | 503 | ``unavailable`` |
-
-Under the drop-in prefix the same failures answer in the gateway's own format
-(``ERR:INVALID_REQUEST``, ``ERR:INTERNAL_ERROR``), never JSON: a client written
-for the gateway reads nothing else.
+Under the drop-in prefix the same failures answer in the gateway's own format,
+the table's gateway code (``ERR:INVALID_REQUEST``, ``ERR:INTERNAL_ERROR``), never
+JSON: a client written for the gateway reads nothing else.
 """
 
 from __future__ import annotations
@@ -28,23 +23,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dispatcher import redaction
-from dispatcher.errors import (
-    AuthenticationError,
-    ConfirmationRequiredError,
-    ConflictError,
-    InvalidNumberError,
-    InvalidOptionError,
-    InvalidSenderError,
-    InvalidTextError,
-    NoRecipientsError,
-    NotFoundError,
-    SenderNotAllowedError,
-    ValidationError,
-)
+from dispatcher.domain import redaction
+from dispatcher.errors import DispatcherError, answer_for
+from dispatcher.persistence.db import InterfaceError, OperationalError
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +36,9 @@ DROPIN_PREFIX = "/smsgateway"
 UNAVAILABLE_RETRY_AFTER_S = 5
 # Per-field problems listed in one answer; a request can fail in many more places.
 MAX_DETAILS = 20
-
-_VALIDATION_CODES: list[tuple[type[ValidationError], str]] = [
-    (InvalidNumberError, "invalid_number"),
-    (NoRecipientsError, "no_recipients"),
-    (InvalidTextError, "invalid_text"),
-    (InvalidSenderError, "invalid_sender"),
-    (InvalidOptionError, "invalid_option"),
-]
+# A 401 says how to authenticate.
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+_SERVER_FAULT = "the request failed on the server"
 
 
 class ApiError(Exception):
@@ -110,12 +88,13 @@ def _is_dropin(request: Request) -> bool:
     return request.url.path.startswith(DROPIN_PREFIX + "/")
 
 
-def validation_code(exc: ValidationError) -> str:
-    """The stable code of a service ValidationError."""
-    for cls, code in _VALIDATION_CODES:
-        if isinstance(exc, cls):
-            return code
-    return "invalid_request"
+def dropin_refusal(exc: DispatcherError) -> Response:
+    """The drop-in's answer to ``exc``: the table's gateway code, as the gateway answers
+    a refusal (HTTP 200, one ``ERR:<CODE>`` line; docs/design.md section 1)."""
+    answer = answer_for(exc)
+    if answer.status >= 500:
+        log.error("drop-in request failed: %s", type(exc).__name__, exc_info=exc)
+    return gateway_error(answer.gateway_code)
 
 
 def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -156,7 +135,22 @@ async def _on_request_validation(request: Request, exc: Exception) -> Response:
         return error_response(
             400, "malformed_json", "the body is not valid JSON: " + _summary(details)
         )
+    refusal = _our_refusal(exc)
+    if refusal is not None:
+        # A field our own checks read (a time, through dispatcher.domain.times) is
+        # answered as the same refusal anywhere else would be: the one table's row.
+        answer = answer_for(refusal)
+        return error_response(answer.status, answer.code, str(refusal))
     return error_response(422, "invalid_request", _summary(details), details=details)
+
+
+def _our_refusal(exc: RequestValidationError) -> DispatcherError | None:
+    """The DispatcherError a field's validator raised, when it is the only problem."""
+    errors = list(exc.errors())
+    if len(errors) != 1:
+        return None
+    cause = (errors[0].get("ctx") or {}).get("error")
+    return cause if isinstance(cause, DispatcherError) else None
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
@@ -172,23 +166,19 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _on_dispatcher_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, NotFoundError):
-        status, code = 404, "not_found"
-    elif isinstance(exc, ConfirmationRequiredError):
-        status, code = 409, "confirmation_required"
-    elif isinstance(exc, ConflictError):
-        status, code = 409, "idempotency_conflict"
-    elif isinstance(exc, SenderNotAllowedError):
-        status, code = 403, "sender_not_allowed"
-    elif isinstance(exc, ValidationError):
-        status, code = 422, validation_code(exc)
-    elif isinstance(exc, AuthenticationError):
-        return error_response(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
-    else:  # pragma: no cover - the handler is registered for these classes only
-        raise exc
+    assert isinstance(exc, DispatcherError)
     if _is_dropin(request):
-        return gateway_error("INVALID_REQUEST", status=status)
-    return error_response(status, code, str(exc))
+        return dropin_refusal(exc)
+    answer = answer_for(exc)
+    if answer.status >= 500:
+        # The text of a server fault may name hosts or settings: the log has it, not the
+        # answer.
+        log.error(
+            "%s %s failed: %s", request.method, request.url.path, type(exc).__name__, exc_info=exc
+        )
+        return error_response(answer.status, answer.code, _SERVER_FAULT)
+    headers = _CHALLENGE if answer.status == 401 else None
+    return error_response(answer.status, answer.code, str(exc), headers=headers)
 
 
 async def _on_database_away(request: Request, exc: Exception) -> Response:
@@ -210,7 +200,7 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     )
     if _is_dropin(request):
         return gateway_error("INTERNAL_ERROR", status=500)
-    return error_response(500, "internal_error", "the request failed on the server")
+    return error_response(500, "internal_error", _SERVER_FAULT)
 
 
 def install(app: FastAPI) -> None:
@@ -218,8 +208,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
-    for cls in (NotFoundError, ConflictError, ValidationError, AuthenticationError):
-        app.add_exception_handler(cls, _on_dispatcher_error)
+    # Starlette finds a handler along the exception's MRO: one for the whole tree.
+    app.add_exception_handler(DispatcherError, _on_dispatcher_error)
     for away in (OperationalError, InterfaceError):
         app.add_exception_handler(away, _on_database_away)
     app.add_exception_handler(Exception, _on_unexpected)

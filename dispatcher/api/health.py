@@ -15,10 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from sqlalchemy import text
 
 from dispatcher.config import Settings
-from dispatcher.db import Database
+from dispatcher.persistence.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +43,7 @@ class HealthChecker:
         self.timeout_s = timeout_s
 
     def _database(self) -> None:
-        with self.database.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
+        self.database.ping()
 
     def _broker(self) -> None:
         if self.redis is not None:

@@ -27,9 +27,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from dispatcher import stats
-from dispatcher.db import Database
-from dispatcher.models import BreakerState, PauseReason, utcnow
+from dispatcher.domain import metrics as names
+from dispatcher.domain.statuses import BreakerState, PauseReason
+from dispatcher.domain.times import utcnow
+from dispatcher.persistence.db import Database
+from dispatcher.service import stats
 
 PREFIX = "sms_dispatcher_"
 
@@ -44,9 +46,9 @@ def _histogram(
     buckets: list[tuple[str, float]] = []
     seen = 0.0
     for bound in bounds_ms:
-        seen += counts.get(stats.bucket_label(bound), 0.0)
+        seen += counts.get(names.bucket_label(bound), 0.0)
         buckets.append((f"{bound / 1000:g}", seen))
-    seen += counts.get(stats.INF, 0.0)
+    seen += counts.get(names.INF, 0.0)
     buckets.append(("+Inf", seen))
     return HistogramMetricFamily(
         PREFIX + name, documentation, buckets=buckets, sum_value=total_ms / 1000
@@ -82,33 +84,33 @@ def families(snapshot: stats.Snapshot) -> Iterator[Metric]:
         "recipients_total",
         "Recipients that moved into each status (a recipient retried counts again).",
         "status",
-        totals[stats.RECIPIENTS],
+        totals[names.RECIPIENTS],
     )
     yield _counter(
         "recipient_errors_total",
         "Recipients that ended failed or unknown, by error code.",
         "code",
-        totals[stats.ERROR_CODE],
+        totals[names.ERROR_CODE],
     )
     yield _counter(
         "attempts_total",
         "HTTP attempts to the gateway that finished, by outcome.",
         "outcome",
-        totals[stats.ATTEMPTS],
+        totals[names.ATTEMPTS],
     )
     yield _histogram(
         "gateway_latency_seconds",
         "Time of one HTTP attempt to the gateway.",
-        totals[stats.LATENCY_MS],
-        totals[stats.LATENCY_MS_SUM].get(stats.SUM, 0.0),
-        stats.LATENCY_BUCKETS_MS,
+        totals[names.LATENCY_MS],
+        totals[names.LATENCY_MS_SUM].get(names.SUM, 0.0),
+        names.LATENCY_BUCKETS_MS,
     )
     yield _histogram(
         "enqueue_to_accepted_seconds",
         "Time from a job's enqueue (or its send_at) to the gateway accepting a recipient.",
-        totals[stats.ACCEPTED_AFTER_MS],
-        totals[stats.ACCEPTED_AFTER_MS_SUM].get(stats.SUM, 0.0),
-        stats.ENQUEUE_BUCKETS_MS,
+        totals[names.ACCEPTED_AFTER_MS],
+        totals[names.ACCEPTED_AFTER_MS_SUM].get(names.SUM, 0.0),
+        names.ENQUEUE_BUCKETS_MS,
     )
     status = GaugeMetricFamily(
         PREFIX + "recipients", "Recipients in each status at the last rollup.", labels=["status"]

@@ -28,8 +28,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from dispatcher import redaction
 from dispatcher.api.errors import DROPIN_PREFIX
+from dispatcher.domain import redaction
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

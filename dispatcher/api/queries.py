@@ -2,27 +2,24 @@
 
 The listing itself is ``Dispatcher.list_jobs_page`` (shared with the CLI).
 Pagination is by cursor, newest first: the cursor is opaque to clients, a
-version tag and the last job id seen, base64url-encoded.
+version tag and the last job id seen, in the encoding every listing shares
+(``dispatcher.domain.cursors``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 
-from sqlalchemy import exists, select
+from dispatcher.domain import cursors
+from dispatcher.errors import InvalidCursorError
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.reads.jobs import has_pending
 
-from dispatcher.db import Database
-from dispatcher.models import PENDING_STATUSES, Recipient
+__all__ = ["InvalidCursorError", "decode_cursor", "encode_cursor", "is_job_id", "job_status"]
 
-_CURSOR_VERSION = "j1:"
+_CURSOR_TAG = "j1"
 JOB_ID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 """What ``store.new_job_id`` makes: 26 Crockford base32 characters."""
-
-
-class InvalidCursorError(ValueError):
-    """A cursor this API did not hand out."""
 
 
 def is_job_id(value: str) -> bool:
@@ -32,26 +29,19 @@ def is_job_id(value: str) -> bool:
 
 def encode_cursor(job_id: str) -> str:
     """The cursor that continues a listing after ``job_id``."""
-    return base64.urlsafe_b64encode((_CURSOR_VERSION + job_id).encode()).decode().rstrip("=")
+    return cursors.encode(_CURSOR_TAG, job_id)
 
 
 def decode_cursor(cursor: str) -> str:
     """The job id a cursor continues after; InvalidCursorError for anything else."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise InvalidCursorError("the cursor is not one this API gave out") from None
-    job_id = raw.removeprefix(_CURSOR_VERSION)
-    if not raw.startswith(_CURSOR_VERSION) or not is_job_id(job_id):
-        raise InvalidCursorError("the cursor is not one this API gave out")
+    [job_id] = cursors.decode(_CURSOR_TAG, cursor, parts=1)
+    if not is_job_id(job_id):
+        raise InvalidCursorError("the cursor is not one this dispatcher gave out")
     return job_id
 
 
 def job_status(db: Database, job_id: str) -> str:
     """``in_progress`` while any recipient of the job is pending, else ``completed``."""
-    pending = [str(s) for s in PENDING_STATUSES]
     with db.transaction() as session:
-        busy = session.execute(
-            select(exists().where(Recipient.job_id == job_id, Recipient.status.in_(pending)))
-        ).scalar_one()
+        busy = has_pending(session, job_id)
     return "in_progress" if busy else "completed"

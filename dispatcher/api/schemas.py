@@ -10,16 +10,42 @@ words.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from dispatcher.parts import MAXCONCAT_MAX, MAXCONCAT_MIN
-from dispatcher.service import MAX_LABEL_LENGTH
+from dispatcher.domain.lanes import Priority
+from dispatcher.domain.parts import MAXCONCAT_MAX, MAXCONCAT_MIN
+from dispatcher.domain.times import parse_time, to_utc
+from dispatcher.errors import InvalidOptionError
+from dispatcher.service.dispatcher import MAX_LABEL_LENGTH
 
 # The callback URL column's width.
 MAX_CALLBACK_URL_LENGTH = 2000
+
+
+def _time_reader(field: str, *, assume_utc: bool) -> BeforeValidator:
+    """The one reader of user times (``dispatcher.domain.times``) for a field of the
+    API: ISO 8601 text or a datetime, put in UTC; pydantic's own reading (which also
+    takes epoch numbers) never runs on it."""
+
+    def read(value: object) -> object:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return parse_time(value, field, assume_utc=assume_utc)
+        if isinstance(value, dt.datetime):
+            return to_utc(value, field, assume_utc=assume_utc)
+        raise InvalidOptionError(f"{field} must be an ISO 8601 time, not {type(value).__name__}")
+
+    return BeforeValidator(read)
+
+
+SendTime = Annotated[dt.datetime | None, _time_reader("send_at", assume_utc=False)]
+"""``send_at``: a time without an offset is refused (guessing the zone sends hours off)."""
+FilterTime = Annotated[dt.datetime | None, _time_reader("the time", assume_utc=True)]
+"""A filter's bound: a time without an offset is read as UTC."""
 
 
 class _Request(BaseModel):
@@ -71,16 +97,16 @@ class JobCreate(_Request):
     kind: Literal["text", "voice"] = Field(
         default="text", description="`voice`: the gateway reads the text out (type=6)."
     )
-    # Not strict: FastAPI validates the decoded body, where a time is still a string.
-    send_at: dt.datetime | None = Field(
+    send_at: SendTime = Field(
         default=None,
-        strict=False,
         description="Send at this time, ISO 8601 with an offset (`2026-11-24T09:00:00+01:00`, "
         "`...Z`); a time without one is refused. Until then the job waits and can be "
         "cancelled.",
     )
-    priority: Literal["high", "normal", "bulk"] = Field(
-        default="normal",
+    # Not strict, as send_at: the decoded body holds the lane's name, not the enum.
+    priority: Priority = Field(
+        default=Priority.NORMAL,
+        strict=False,
         description="Lane: `high` (one-time passwords) is claimed before `normal`, "
         "`normal` before `bulk`.",
     )
@@ -177,7 +203,7 @@ class RecipientView(_Response):
 
 
 class JobView(_Response):
-    """``GET /v1/jobs/{id}``: a job and each recipient's outcome (SPEC section 5)."""
+    """``GET /v1/jobs/{id}``: a job and each recipient's outcome (docs/design.md section 5)."""
 
     id: str
     status: str

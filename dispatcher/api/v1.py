@@ -1,4 +1,4 @@
-"""``/v1``: the producer and operator API, JSON over bearer API keys (SPEC section 5).
+"""``/v1``: the producer and operator API, JSON over bearer API keys (docs/design.md section 5).
 
 Routes are thin: check the caller, call the service, shape the answer. Every
 refusal is translated in ``dispatcher.api.errors``. The service calls block on
@@ -14,16 +14,13 @@ which narrows the query; no route checks ownership itself.
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from dispatcher.api.auth import require
-from dispatcher.api.errors import ApiError
 from dispatcher.api.queries import (
-    InvalidCursorError,
     decode_cursor,
     encode_cursor,
     is_job_id,
@@ -32,6 +29,7 @@ from dispatcher.api.queries import (
 from dispatcher.api.schemas import (
     CancelResult,
     ErrorBody,
+    FilterTime,
     JobCreate,
     JobCreated,
     JobPage,
@@ -41,15 +39,15 @@ from dispatcher.api.schemas import (
     RetryRequest,
     RetryResult,
 )
-from dispatcher.audit import ExportKind, export_csv
-from dispatcher.errors import InvalidNumberError
+from dispatcher.domain.filters import JobFilter
+from dispatcher.domain.numbers import normalise
+from dispatcher.domain.statuses import RecipientStatus, Scope
+from dispatcher.errors import InvalidOptionError, NotFoundError
 from dispatcher.gateway.protocol import MAX_RECIPIENTS_PER_SUBMISSION
-from dispatcher.keys import KeyInfo
-from dispatcher.models import RecipientStatus, Scope
-from dispatcher.numbers import normalise
-from dispatcher.service import MAX_LABEL_LENGTH, Dispatcher
-from dispatcher.store import JobFilter
-from dispatcher.times import to_utc
+from dispatcher.service import views
+from dispatcher.service.audit import ExportKind, export_csv
+from dispatcher.service.dispatcher import MAX_LABEL_LENGTH, Dispatcher
+from dispatcher.service.keys import KeyInfo
 
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
@@ -101,7 +99,7 @@ def _known_job(job_id: str) -> str:
     # An id that cannot exist is answered without a query (and a NUL in it never
     # reaches PostgreSQL).
     if not is_job_id(job_id):
-        raise ApiError(404, "not_found", "no job with that id")
+        raise NotFoundError("no job with that id")
     return job_id
 
 
@@ -139,17 +137,8 @@ def create_job(
     senders granted to it and the default sender; another is a 403.
     """
     service = _service(request)
-    numbers = body.to.split(",") if isinstance(body.to, str) else list(body.to)
-    cap = service.settings.max_recipients_per_job
-    if len(numbers) > cap:
-        raise ApiError(
-            422,
-            "too_many_recipients",
-            f"{len(numbers)} numbers in one job; at most {cap} "
-            "(DISPATCHER_MAX_RECIPIENTS_PER_JOB): split the request",
-        )
-    result = service.enqueue(
-        numbers,
+    send_request = service.send_request(
+        body.to,
         body.text,
         sender=body.sender,
         maxconcat=body.maxconcat,
@@ -160,6 +149,9 @@ def create_job(
         idempotency_key=idempotency_key,
         reference=body.reference,
         callback_url=body.callback_url,
+    )
+    result = service.enqueue_request(
+        send_request,
         actor=api_actor(key),
         allowed_senders=key.allowed_senders,
         owner_key_id=key.id,
@@ -193,7 +185,7 @@ def create_job(
     summary="A job and each recipient's outcome",
     responses=_NOT_FOUND,
 )
-def get_job(request: Request, job_id: JobId, key: ReadKey) -> dict[str, object]:
+def get_job(request: Request, job_id: JobId, key: ReadKey) -> views.JobView:
     """Each recipient's status, gateway message ID, error code and attempts.
 
     A key without `operate` sees only the jobs it enqueued."""
@@ -217,9 +209,9 @@ def get_jobs(
     ] = None,
     reference: Annotated[str | None, Query(max_length=MAX_LABEL_LENGTH)] = None,
     since: Annotated[
-        dt.datetime | None, Query(description="Created at or after (ISO 8601; UTC if no zone).")
+        FilterTime, Query(description="Created at or after (ISO 8601; UTC if no zone).")
     ] = None,
-    until: Annotated[dt.datetime | None, Query(description="Created before.")] = None,
+    until: Annotated[FilterTime, Query(description="Created before.")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = DEFAULT_PAGE_SIZE,
     cursor: Annotated[
         str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
@@ -229,24 +221,20 @@ def get_jobs(
 
     A key without `operate` lists only the jobs it enqueued."""
     service = _service(request)
-    try:
-        after = decode_cursor(cursor) if cursor is not None else None
-    except InvalidCursorError as exc:
-        raise ApiError(400, "invalid_cursor", str(exc)) from None
+    # A cursor, number or reference that no job can match is refused with its reason,
+    # answered from the one table (docs/design.md section 5).
+    after = decode_cursor(cursor) if cursor is not None else None
     wanted_number = None
     if number is not None:
-        try:
-            wanted_number = normalise(number, service.settings.default_region)
-        except InvalidNumberError as exc:
-            raise ApiError(422, "invalid_number", str(exc)) from None
+        wanted_number = normalise(number, service.settings.default_region)
     if reference is not None and not reference.isprintable():
-        raise ApiError(422, "invalid_option", "reference must not contain control characters")
+        raise InvalidOptionError("reference must not contain control characters")
     selection = JobFilter(
         status=status,
         number=wanted_number,
         reference=reference.strip() if reference is not None else None,
-        since=_utc(since),
-        until=_utc(until),
+        since=since,
+        until=until,
     )
     jobs, more = service.list_jobs_page(
         selection=selection, limit=limit, after=after, viewer=key.viewer
@@ -315,9 +303,9 @@ def audit_csv(
     request: Request,
     key: ExportKey,
     since: Annotated[
-        dt.datetime | None, Query(description="From this time (ISO 8601; UTC if no zone).")
+        FilterTime, Query(description="From this time (ISO 8601; UTC if no zone).")
     ] = None,
-    until: Annotated[dt.datetime | None, Query(description="Before this time.")] = None,
+    until: Annotated[FilterTime, Query(description="Before this time.")] = None,
     number: Annotated[
         str | None, Query(max_length=64, description="Only this number (any format).")
     ] = None,
@@ -332,8 +320,8 @@ def audit_csv(
     service = _service(request)
     lines = export_csv(
         service.db,
-        since=_utc(since),
-        until=_utc(until),
+        since=since,
+        until=until,
         number=number,
         job_id=_known_job(job) if job is not None else None,
         kind=kind.value,
@@ -346,9 +334,3 @@ def audit_csv(
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="audit-{kind.value}.csv"'},
     )
-
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """A time from the query, in UTC (a time without a zone is read as UTC); a time
-    with no UTC equivalent is InvalidOptionError (422)."""
-    return None if value is None else to_utc(value, "the time")

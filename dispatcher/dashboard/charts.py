@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from dispatcher.stats import Series
+from dispatcher.domain.metrics import Series
 
 WIDTH = 600.0
 HEIGHT = 140.0

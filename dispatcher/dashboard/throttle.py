@@ -31,7 +31,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from dispatcher.keys import TOKEN_PREFIX
+from dispatcher.service.keys import TOKEN_PREFIX
 
 OPERATOR_ACCOUNT = "operator"
 _KEY_ACCOUNT_PREFIX = "key:"

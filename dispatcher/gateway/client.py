@@ -30,8 +30,8 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPSConnectionPool
 
-from dispatcher import redaction
-from dispatcher.config import GatewayConfig
+from dispatcher.domain import redaction
+from dispatcher.domain.message import TYPE_TEXT
 from dispatcher.errors import (
     AmbiguousGatewayError,
     GatewayConnectError,
@@ -41,6 +41,7 @@ from dispatcher.errors import (
     TransientGatewayError,
 )
 from dispatcher.gateway import protocol
+from dispatcher.gateway.config import GatewayConfig
 from dispatcher.gateway.protocol import Outcome, RecipientOutcome
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class Message:
     text: str
     sender: str | None = None
     maxconcat: int = 1
-    message_type: int = protocol.TYPE_TEXT
+    message_type: int = TYPE_TEXT
     usercontext: str | None = None
 
 

@@ -2,7 +2,7 @@
 
 No I/O happens here. ``classify_reply`` takes the HTTP status and the raw body bytes
 of one submission and returns exactly one ``RecipientOutcome`` per submitted number,
-in submission order, following the outcome policy of SPEC section 2. It never
+in submission order, following the outcome policy of docs/design.md section 2. It never
 raises on any input, so it can be fuzzed.
 """
 
@@ -13,13 +13,13 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from dispatcher.domain.message import TYPE_TEXT
+
 SEND_PATH = "/sendmsg.aspx"
 BALANCE_PATH = "/getbalance.aspx"
 MAX_RECIPIENTS_PER_SUBMISSION = 100
 REDACTED = "***"
 
-TYPE_TEXT = 1
-TYPE_VOICE = 6
 
 TRANSIENT_CODES = frozenset({"GATEWAY_ERROR", "INTERNAL_ERROR"})
 # 408: the server gave up waiting for our request before it was complete.

@@ -26,11 +26,11 @@ from typing import Any
 import psutil
 from sqlalchemy import event
 
-from dispatcher import migrate
 from dispatcher.config import load_settings
-from dispatcher.db import Database
 from dispatcher.gateway.simulator import GatewaySimulator, SimulatorConfig
-from dispatcher.service import Dispatcher
+from dispatcher.persistence import migrate
+from dispatcher.persistence.db import Database
+from dispatcher.service.dispatcher import Dispatcher
 from ops.bench.api_throughput import scratch_database
 
 
@@ -91,6 +91,8 @@ def run(args: argparse.Namespace, database_url: str, data_dir: Path) -> None:
             gateway_allow_http=True,
             gateway_username=config.username,
             gateway_password=config.password,
+            # The bulk run sends every batch in one job, whatever the default cap.
+            max_recipients_per_job=max(args.batches * 100, 1),
         )
         service = Dispatcher(settings, database=database)
         server0 = postgres_cpu_s()

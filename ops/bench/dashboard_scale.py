@@ -43,12 +43,14 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import event, select
 
-from dispatcher import migrate, rollup
 from dispatcher.config import load_settings
 from dispatcher.dashboard import queries as dashboard_queries
-from dispatcher.db import Database
-from dispatcher.models import Job, Recipient, utcnow
-from dispatcher.service import Dispatcher
+from dispatcher.domain.times import utcnow
+from dispatcher.persistence import migrate
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Job, Recipient
+from dispatcher.service import rollup
+from dispatcher.service.dispatcher import Dispatcher
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ADMIN_DSN = os.environ.get("DISPATCHER_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -284,7 +286,7 @@ def http_pages(service: Dispatcher, sample: dict[str, str]) -> dict[str, Callabl
     from fastapi.testclient import TestClient
 
     from dispatcher.api import create_app
-    from dispatcher.keys import KeyStore
+    from dispatcher.service.keys import KeyStore
 
     token, _info = KeyStore(service.db).create("bench-operator", "operate,read", actor="bench")
     client = TestClient(create_app(service))

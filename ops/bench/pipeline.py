@@ -58,8 +58,8 @@ from celery import Celery
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from dispatcher import migrate
-from dispatcher.db import Database
+from dispatcher.persistence import migrate
+from dispatcher.persistence.db import Database
 from ops.bench import baseline, limit
 from ops.bench.api_throughput import scratch_database, spare_redis
 from ops.bench.simulator_rps import PASSWORD, USERNAME, start_simulator
@@ -779,6 +779,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "DISPATCHER_WORKER_CONCURRENCY": str(concurrency),
                 # The server's 100 connections are shared with everything else here.
                 "DISPATCHER_DATABASE_POOL_SIZE": str(args.database_pool_size),
+                # A bulk job larger than the default cap is the operator's choice here.
+                "DISPATCHER_MAX_RECIPIENTS_PER_JOB": str(max(args.bulk_recipients, 1)),
             }
             baseline_env = {
                 **ours_env,

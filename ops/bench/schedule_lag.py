@@ -33,12 +33,12 @@ import psycopg
 from psycopg import sql
 from sqlalchemy import select
 
-from dispatcher import migrate
 from dispatcher.config import load_settings
-from dispatcher.db import Database
 from dispatcher.gateway.simulator import GatewaySimulator, SimulatorConfig
-from dispatcher.models import Attempt, Job
-from dispatcher.service import Dispatcher
+from dispatcher.persistence import migrate
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Attempt, Job
+from dispatcher.service.dispatcher import Dispatcher
 
 RESULTS = Path(__file__).resolve().parent / "results" / "schedule_lag.json"
 

@@ -24,7 +24,10 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from helpers import Pipeline, number, recipients_of, wait_until
+from support.numbers import number
+from support.pipeline import Pipeline
+from support.polling import wait_until
+from support.reads import recipients_of
 
 pytestmark = [pytest.mark.services, pytest.mark.browser]
 

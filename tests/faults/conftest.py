@@ -2,7 +2,7 @@
 
 The servers are started once per session on spare ports (``services.py``) so a
 test may kill, restart or flush them; each test gets them running and empty.
-The gateway simulator and the worker processes are the root conftest's
+The gateway simulator and the worker processes are the shared fixtures'
 (``simulator``, ``worker_factory``), so worker logs still reach a failed test's
 report.
 """
@@ -19,22 +19,18 @@ from typing import Any
 
 import pytest
 
-from dispatcher import migrate
 from dispatcher.config import ENV_PREFIX
-from dispatcher.db import Database
 from dispatcher.gateway.simulator import GatewaySimulator
-from dispatcher.models import Attempt
+from dispatcher.persistence import migrate
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Attempt
 from faults.invariants import Outcome, check_fault_invariants
 from faults.services import PrivatePostgres, PrivateRedis, ServiceError
-from helpers import (
-    DispatcherEnv,
-    Pipeline,
-    WorkerFactory,
-    WorkerProcess,
-    apply_env,
-    send_requests,
-    truncate_all,
-)
+from support.pipeline import Pipeline
+from support.reads import send_requests
+from support.services import truncate_all
+from support.settings import DispatcherEnv, apply_env
+from support.workers import WorkerFactory, WorkerProcess
 
 # The workers' settings in every fault test (names without the prefix). Gateway
 # timeouts are short so an ambiguous call ends quickly, and the submitting timeout

@@ -1,6 +1,6 @@
 """The pipeline's guarantees after a fault, checked over the database and the ledger.
 
-``helpers.check_invariants`` holds the ledger to exactly the ``sent`` recipients,
+``support.pipeline.check_invariants`` holds the ledger to exactly the ``sent`` recipients,
 which is right when every reply arrived. Under faults the gateway may accept a
 submission whose reply is lost (a hang, a drop, a truncated reply, a worker killed
 mid-call): those recipients are ``unknown`` and may be in the ledger, once. This
@@ -16,16 +16,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from dispatcher.db import Database
-from dispatcher.models import (
-    FINAL_STATUSES,
-    Attempt,
-    AttemptOutcome,
-    Job,
-    Recipient,
-    RecipientStatus,
-    StatusEvent,
-)
+from dispatcher.domain.statuses import FINAL_STATUSES, AttemptOutcome, RecipientStatus
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.models import Attempt, Job, Recipient, StatusEvent
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The broker loses or repeats wake-ups (SPEC section 3, guarantees 1 and 2).
+"""The broker loses or repeats wake-ups (docs/design.md section 3, guarantees 1 and 2).
 
 The database is the schedule and Redis only wakes workers: when Redis forgets
 every message (FLUSHALL, or a restart without persistence) the sweeper in each
@@ -13,11 +13,13 @@ import time
 
 import pytest
 
-from dispatcher.config import QUEUE_DISPATCH
-from dispatcher.models import BatchStatus
-from dispatcher.service import Dispatcher, no_wake
+from dispatcher.domain.lanes import QUEUE_DISPATCH
+from dispatcher.domain.statuses import BatchStatus
+from dispatcher.service.dispatcher import Dispatcher, no_wake
 from faults.conftest import FaultPipeline
-from helpers import attempts_of, batches_of, number, recipients_of, wait_until
+from support.numbers import number
+from support.polling import wait_until
+from support.reads import attempts_of, batches_of, recipients_of
 
 pytestmark = pytest.mark.services
 

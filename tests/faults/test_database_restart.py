@@ -1,4 +1,4 @@
-"""PostgreSQL restarted under running workers (SPEC section 3, guarantees 1 and 3).
+"""PostgreSQL restarted under running workers (docs/design.md section 3, guarantees 1 and 3).
 
 Workers keep their HTTP calls going while the database is away; a reply that
 cannot be written is retried (``Dispatcher.record``) and logged meanwhile, so
@@ -12,9 +12,11 @@ import time
 
 import pytest
 
-from dispatcher.models import AttemptOutcome, BatchStatus
+from dispatcher.domain.statuses import AttemptOutcome, BatchStatus
 from faults.conftest import SUBMITTING_TIMEOUT_S, FaultPipeline
-from helpers import attempts_of, batches_of, number, recipients_of, wait_until
+from support.numbers import number
+from support.polling import wait_until
+from support.reads import attempts_of, batches_of, recipients_of
 
 pytestmark = pytest.mark.services
 

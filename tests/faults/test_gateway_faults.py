@@ -1,4 +1,4 @@
-"""The gateway misbehaving (SPEC section 2): errors, broken replies, outages, a dead host.
+"""The gateway misbehaving (docs/design.md section 2): errors, broken replies, outages, a dead host.
 
 - HTTP 503 means nothing was sent: retried with backoff until accepted.
 - HTTP 500 with an HTML page, garbage bytes, a truncated body, a reply that
@@ -21,11 +21,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from dispatcher.domain.statuses import AttemptOutcome, BatchStatus, RecipientStatus
 from dispatcher.gateway.simulator import GatewaySimulator, SimulatorConfig
-from dispatcher.models import AttemptOutcome, BatchStatus, Recipient, RecipientStatus
+from dispatcher.persistence.models import Recipient
 from faults.conftest import FaultPipeline
 from faults.services import closed_port
-from helpers import attempts_of, batches_of, number, recipients_of, wait_until
+from support.numbers import number
+from support.polling import wait_until
+from support.reads import attempts_of, batches_of, recipients_of
 
 pytestmark = pytest.mark.services
 

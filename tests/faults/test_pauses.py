@@ -1,4 +1,4 @@
-"""Dispatch pausing itself (SPEC section 2): LOGIN_INVALID and INSUFFICIENT_CREDIT.
+"""Dispatch pausing itself (docs/design.md section 2): LOGIN_INVALID and INSUFFICIENT_CREDIT.
 
 Every further submission would fail the same way, so dispatch stops, in the
 database, for every worker: no HTTP call is made and the work waits, visibly
@@ -13,10 +13,11 @@ import time
 
 import pytest
 
+from dispatcher.domain.statuses import AttemptOutcome
 from dispatcher.gateway.protocol import BALANCE_PATH
-from dispatcher.models import AttemptOutcome
 from faults.conftest import FaultPipeline
-from helpers import attempts_of, number, recipients_of
+from support.numbers import number
+from support.reads import attempts_of, recipients_of
 
 pytestmark = pytest.mark.services
 

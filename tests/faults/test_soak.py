@@ -15,9 +15,10 @@ import random
 import pytest
 from sqlalchemy import func, select
 
-from dispatcher.models import Recipient
+from dispatcher.persistence.models import Recipient
 from faults.conftest import SUBMITTING_TIMEOUT_S, FaultPipeline, kill
-from helpers import number, wait_until
+from support.numbers import number
+from support.polling import wait_until
 
 pytestmark = pytest.mark.services
 

@@ -1,4 +1,4 @@
-"""Workers SIGKILLed mid-call (SPEC section 3, guarantee 2).
+"""Workers SIGKILLed mid-call (docs/design.md section 3, guarantee 2).
 
 A worker killed while its HTTP call is in flight leaves the batch ``submitting``
 with an in-flight attempt row. After ``DISPATCHER_SUBMITTING_TIMEOUT_S`` a
@@ -15,9 +15,11 @@ import time
 
 import pytest
 
-from dispatcher.models import AttemptOutcome, BatchStatus
+from dispatcher.domain.statuses import AttemptOutcome, BatchStatus
 from faults.conftest import SUBMITTING_TIMEOUT_S, FaultPipeline, kill
-from helpers import attempts_of, batches_of, number, recipients_of, wait_until
+from support.numbers import number
+from support.polling import wait_until
+from support.reads import attempts_of, batches_of, recipients_of
 
 pytestmark = pytest.mark.services
 

@@ -1,0 +1,169 @@
+"""The operator's commands: ``pause``, ``resume``, ``state``, ``retry`` and ``cancel``.
+
+What the person on call uses when the gateway or a job misbehaves. Every
+action is audited under ``cli_actor()``; a retry of ``unknown`` recipients,
+which may send them twice (docs/design.md section 3), must be confirmed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from dispatcher.cli.common import (
+    IsoTime,
+    cli_actor,
+    emit_json,
+    friendly_errors,
+    interactive,
+    require_schema,
+)
+from dispatcher.domain.statuses import RETRYABLE_STATUSES
+
+
+def _print_control(control: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(control)
+        return
+    if control["paused"]:
+        click.echo(
+            f"dispatch PAUSED ({control['pause_reason']}) since {control['paused_at']} "
+            f"by {control['paused_by']}: {control['pause_detail']}"
+        )
+    else:
+        click.echo("dispatch running")
+    breaker = control["breaker_state"]
+    line = f"circuit breaker {breaker}"
+    if breaker != "closed":
+        line += f" since {control['breaker_opened_at']}; next probe {control['breaker_retry_at']}"
+    click.echo(line)
+    if control["last_balance"] is not None:
+        click.echo(f"last balance {control['last_balance']:g} at {control['credit_checked_at']}")
+
+
+@click.command()
+@click.option("--reason", default="paused by an operator", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def pause(reason: str, as_json: bool) -> None:
+    """Stop every worker claiming work (calls in flight finish); survives restarts."""
+    from dispatcher import runtime
+
+    require_schema()
+    _print_control(runtime.service().pause(actor=cli_actor(), detail=reason), as_json)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def resume(as_json: bool) -> None:
+    """End a pause (manual, LOGIN_INVALID or credit) and wake workers for waiting work."""
+    from dispatcher import runtime
+
+    require_schema()
+    _print_control(runtime.service().resume(actor=cli_actor()), as_json)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def state(as_json: bool) -> None:
+    """Show whether dispatch is paused (and why) and the circuit breaker's state."""
+    from dispatcher import runtime
+
+    require_schema()
+    _print_control(runtime.service().control(), as_json)
+
+
+@click.command()
+@click.option("--job", "job_id", default=None, help="Only this job's recipients.")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice([s.value for s in RETRYABLE_STATUSES]),
+    default=["failed"],
+    show_default=True,
+    help="Which recipients; repeatable.",
+)
+@click.option("--error-code", default=None, help="Only recipients that failed with this code.")
+@click.option("--since", default=None, type=IsoTime(), help="Changed at or after (ISO 8601).")
+@click.option("--until", default=None, type=IsoTime(), help="Changed before (ISO 8601).")
+@click.option("--number", default=None, help="Only recipients with this number (any format).")
+@click.option(
+    "--yes-may-double-send",
+    "confirm_unknown",
+    is_flag=True,
+    help="Confirm retrying `unknown` recipients, which the gateway may already have sent.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def retry(
+    job_id: str | None,
+    statuses: Sequence[str],
+    error_code: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    number: str | None,
+    confirm_unknown: bool,
+    as_json: bool,
+) -> None:
+    """Queue failed (or, confirmed, unknown) recipients again; audited.
+
+    Retrying `unknown` recipients may send them twice: it needs
+    --yes-may-double-send, or a yes at the prompt when run at a terminal.
+    """
+    from dispatcher import runtime
+    from dispatcher.domain.numbers import normalise
+    from dispatcher.errors import ConfirmationRequiredError
+
+    require_schema()
+    if job_id is None and not (error_code or since or until or number):
+        raise click.UsageError(
+            "say which recipients: --job, --error-code, --number, --since or --until"
+        )
+    svc = runtime.service()
+    numbers = [normalise(number, svc.settings.default_region)] if number else None
+
+    def run(confirmed: bool) -> Any:
+        return svc.retry(
+            actor=cli_actor(),
+            job_id=job_id,
+            statuses=statuses,
+            error_code=error_code,
+            since=since,
+            until=until,
+            numbers=numbers,
+            confirm_unknown=confirmed,
+        )
+
+    try:
+        result = run(confirm_unknown)
+    except ConfirmationRequiredError as exc:
+        if not interactive():
+            raise ConfirmationRequiredError(f"{exc}: pass --yes-may-double-send") from None
+        click.confirm(f"{exc}. Retry them anyway?", abort=True, err=True)
+        result = run(True)
+    if as_json:
+        emit_json({"retried": result.affected, "jobs": result.jobs})
+        return
+    click.echo(f"queued {result.affected} recipients again in {len(result.jobs)} jobs")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def cancel(job_id: str, as_json: bool) -> None:
+    """Cancel a job's recipients that no worker has claimed yet; audited."""
+    from dispatcher import runtime
+
+    require_schema()
+    result = runtime.service().cancel(job_id, actor=cli_actor())
+    if as_json:
+        emit_json({"cancelled": result.affected, "job": job_id})
+        return
+    click.echo(f"cancelled {result.affected} recipients of {job_id}")

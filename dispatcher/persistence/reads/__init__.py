@@ -1,0 +1,1 @@
+"""Read-side queries: listings, searches, dashboards, statistics and metrics."""

@@ -1,0 +1,126 @@
+"""The audit export's queries: status events and recipients of a time range, a
+number or a job, each with the key that pages it (``keyset``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from dispatcher.persistence.models import Attempt, Job, Recipient, StatusEvent
+from dispatcher.persistence.store.jobs import owned_by
+from dispatcher.persistence.store.keyset import AnySelect, KeyColumn
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSelection:
+    """What an audit export holds: a time range, a number, a job, or several."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    number: str | None = None
+    job_id: str | None = None
+    owner_key_id: int | None = None
+    """Rows of jobs enqueued by this API key (``dispatcher.domain.tenancy``); None: any."""
+
+
+def audit_events_query(
+    selection: AuditSelection,
+) -> tuple[AnySelect, list[KeyColumn]]:
+    """The status events of a selection with their recipient, job and attempt, and the
+    key that pages them.
+
+    Per number, it walks ``recipients(number, created_at)`` and each recipient's
+    events together; per job, the job's events; per range, ``status_events(at)``.
+    """
+    query: AnySelect = (
+        select(
+            StatusEvent.at.label("at"),
+            Job.id.label("job_id"),
+            Job.reference.label("reference"),
+            Job.created_by.label("created_by"),
+            Recipient.id.label("recipient_id"),
+            Recipient.number.label("number"),
+            StatusEvent.from_status.label("from_status"),
+            StatusEvent.to_status.label("to_status"),
+            StatusEvent.cause.label("cause"),
+            StatusEvent.actor.label("actor"),
+            StatusEvent.attempt_id.label("attempt_id"),
+            Attempt.attempt_no.label("attempt_no"),
+            Attempt.host.label("host"),
+            Attempt.http_status.label("http_status"),
+            Recipient.status.label("current_status"),
+            Recipient.gateway_message_id.label("gateway_message_id"),
+            Recipient.error_code.label("error_code"),
+            Recipient.attempts.label("attempts"),
+            StatusEvent.id.label("event_id"),
+            Recipient.created_at.label("recipient_created_at"),
+        )
+        .select_from(StatusEvent)
+        .join(Recipient, Recipient.id == StatusEvent.recipient_id)
+        .join(Job, Job.id == StatusEvent.job_id)
+        .outerjoin(Attempt, Attempt.id == StatusEvent.attempt_id)
+        .where(*owned_by(selection.owner_key_id))
+    )
+    key: list[KeyColumn]
+    if selection.number is not None:
+        query = query.where(Recipient.number == selection.number)
+        if selection.until is not None:
+            # Nothing happens to a recipient before it exists.
+            query = query.where(Recipient.created_at < selection.until)
+        key = [Recipient.created_at, Recipient.id, StatusEvent.id]
+    elif selection.job_id is not None:
+        key = [StatusEvent.id]
+    else:
+        key = [StatusEvent.at, StatusEvent.id]
+    if selection.job_id is not None:
+        query = query.where(StatusEvent.job_id == selection.job_id)
+    if selection.since is not None:
+        query = query.where(StatusEvent.at >= selection.since)
+    if selection.until is not None:
+        query = query.where(StatusEvent.at < selection.until)
+    return query, key
+
+
+def audit_recipients_query(
+    selection: AuditSelection,
+) -> tuple[AnySelect, list[KeyColumn]]:
+    """The recipients of a selection (jobs created in its range) with their job, and the
+    key that pages them: per number ``recipients(number, created_at)``, per job its
+    recipients, per range ``jobs(created_at)`` and each job's recipients."""
+    query: AnySelect = select(
+        Recipient.created_at.label("created_at"),
+        Job.id.label("job_id"),
+        Job.reference.label("reference"),
+        Job.created_by.label("created_by"),
+        Recipient.id.label("recipient_id"),
+        Recipient.number.label("number"),
+        Recipient.status.label("status"),
+        Recipient.gateway_message_id.label("gateway_message_id"),
+        Recipient.error_code.label("error_code"),
+        Recipient.error_detail.label("error_detail"),
+        Recipient.attempts.label("attempts"),
+        Recipient.next_attempt_at.label("next_attempt_at"),
+        Recipient.updated_at.label("updated_at"),
+        Job.purged_at.label("purged_at"),
+        Job.created_at.label("job_created_at"),
+    ).join(Job, Job.id == Recipient.job_id)
+    query = query.where(*owned_by(selection.owner_key_id))
+    key: list[KeyColumn]
+    created: KeyColumn = Recipient.created_at
+    if selection.number is not None:
+        query = query.where(Recipient.number == selection.number)
+        key = [Recipient.created_at, Recipient.id]
+    elif selection.job_id is not None:
+        key = [Recipient.id]
+    else:
+        created = Job.created_at
+        key = [Job.created_at, Job.id, Recipient.id]
+    if selection.job_id is not None:
+        query = query.where(Recipient.job_id == selection.job_id)
+    if selection.since is not None:
+        query = query.where(created >= selection.since)
+    if selection.until is not None:
+        query = query.where(created < selection.until)
+    return query, key

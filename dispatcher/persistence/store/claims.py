@@ -1,0 +1,315 @@
+"""Claiming due batches: ``queued`` to ``submitting``, oldest due first, lane by lane.
+
+A claim is committed before its batch's HTTP call, so a duplicate wake-up finds the
+batch taken (docs/design.md, section 3, guarantee 2). The claim's update re-checks
+the status, so two claimers never both win, whatever the database; on PostgreSQL
+``claim_if_open`` also reads the dispatch control row and the batch's recipients in
+the same statement.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, Select, func, select, text, update
+from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import TextClause
+
+from dispatcher.domain.lanes import LANE_NUMBERS
+from dispatcher.domain.statuses import WAITING_STATUSES, BatchStatus, BreakerState, RecipientStatus
+from dispatcher.persistence import dialect
+from dispatcher.persistence.models import CONTROL_ROW_ID, Batch, Job, Recipient, WebhookDelivery
+from dispatcher.persistence.store.transitions import status_recheck
+
+
+def due_batches(now: dt.datetime) -> Select[int]:
+    """Ids of queued batches due at ``now``, oldest due first."""
+    return (
+        select(Batch.id)
+        .where(Batch.status == BatchStatus.QUEUED, Batch.due_at <= now)
+        .order_by(Batch.due_at, Batch.id)
+    )
+
+
+_Claimable = TypeVar("_Claimable", Batch, WebhookDelivery)
+
+
+def oldest_due_query(
+    model: type[_Claimable],
+    *,
+    now: dt.datetime,
+    queued: str,
+    where: Sequence[ColumnElement[bool]] = (),
+) -> Select[int]:
+    """The id of the oldest row of ``model`` due at ``now`` (and matching ``where``)."""
+    return (
+        select(model.id)
+        .where(model.status == queued, model.due_at <= now, *where)
+        .order_by(model.due_at, model.id)
+        .limit(1)
+    )
+
+
+def claim_oldest_due(
+    session: Session,
+    model: type[_Claimable],
+    *,
+    now: dt.datetime,
+    queued: str,
+    claimed: str,
+    where: Sequence[ColumnElement[bool]] = (),
+    **values: Any,
+) -> _Claimable | None:
+    """Claim the oldest row of ``model`` due at ``now``: ``queued`` to ``claimed``.
+
+    The update re-checks the status, so two claimers can never both win, whatever
+    the database; ``values`` are set along with the claim; ``where`` narrows the
+    rows considered (one lane of batches).
+    """
+    query = oldest_due_query(model, now=now, queued=queued, where=where)
+    row_id = session.execute(dialect.skip_locked(session, query)).scalar_one_or_none()
+    if row_id is None:
+        return None
+    return session.execute(
+        update(model)
+        .where(model.id == row_id, model.status == queued)
+        .values(
+            status=claimed,
+            claimed_at=now,
+            attempts=model.attempts + 1,
+            updated_at=now,
+            **values,
+        )
+        .returning(model)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+
+
+ALL_LANES = LANE_NUMBERS
+
+
+def claim_next_batch(
+    session: Session, *, now: dt.datetime, worker: str, lanes: Sequence[int] = ALL_LANES
+) -> Batch | None:
+    """Claim the oldest due batch of the first lane that has one: ``queued`` to ``submitting``.
+
+    Lanes are probed in the order given (high first), one index probe each on
+    ``(lane, due_at) WHERE status = 'queued'``, so due work in a higher lane always
+    goes first, and batches scheduled for later never stand in the way.
+    """
+    for lane in lanes:
+        batch = claim_oldest_due(
+            session,
+            Batch,
+            now=now,
+            queued=BatchStatus.QUEUED,
+            claimed=BatchStatus.SUBMITTING,
+            where=(Batch.lane == lane,),
+            claimed_by=worker,
+        )
+        if batch is not None:
+            return batch
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecipient:
+    """A recipient about to be submitted."""
+
+    id: int
+    number: str
+    attempts: int
+    status: str = RecipientStatus.QUEUED
+    """Its status when claimed (``queued`` or ``retry_wait``): the history's from-status."""
+
+
+def sendable_recipients(session: Session, *, batch_id: int) -> list[PendingRecipient]:
+    """The recipients of a batch still waiting to be sent, in insertion order."""
+    rows = session.execute(
+        select(Recipient.id, Recipient.number, Recipient.attempts, Recipient.status)
+        .where(Recipient.batch_id == batch_id, status_recheck(WAITING_STATUSES))
+        .order_by(Recipient.id)
+    )
+    return [PendingRecipient(r.id, r.number, r.attempts, r.status) for r in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedBatch:
+    """A batch just claimed, with its job's message and its recipients still to send."""
+
+    id: int
+    job_id: str
+    attempts: int
+    """Attempts including this one: this attempt's number."""
+    expires_at: dt.datetime | None
+    text: str
+    sender: str | None
+    kind: str
+    maxconcat: int
+    reference: str | None
+    recipients: list[PendingRecipient]
+    more_due: bool = True
+    """Another batch of the claimed lanes was due when this one was claimed (True
+    when the claim could not tell): the caller claims again, or may stop."""
+
+
+class Gated:
+    """``claim_if_open``'s answer when the control row asks for the careful path."""
+
+
+GATED = Gated()
+
+
+def claim_batch(
+    session: Session, *, now: dt.datetime, worker: str, lanes: Sequence[int] = ALL_LANES
+) -> ClaimedBatch | None:
+    """Claim the oldest due batch (``claim_next_batch``) and read what sending it needs.
+
+    The caller has checked the dispatch control row; any database.
+    """
+    batch = claim_next_batch(session, now=now, worker=worker, lanes=lanes)
+    if batch is None:
+        return None
+    job = session.get(Job, batch.job_id)
+    assert job is not None
+    return ClaimedBatch(
+        id=batch.id,
+        job_id=job.id,
+        attempts=batch.attempts,
+        expires_at=batch.expires_at,
+        text=job.text,
+        sender=job.sender,
+        kind=job.kind,
+        maxconcat=job.maxconcat,
+        reference=job.reference,
+        recipients=sendable_recipients(session, batch_id=batch.id),
+    )
+
+
+def claim_if_open(
+    session: Session, *, now: dt.datetime, worker: str, lanes: Sequence[int] = ALL_LANES
+) -> ClaimedBatch | Gated | None:
+    """On PostgreSQL, claim the oldest due batch in one statement if dispatch is open.
+
+    One round trip reads the control row, claims the batch (``SKIP LOCKED``), reads
+    its job, and locks and reads its recipients still to send. The control row is
+    read by the same statement that claims, so a pause or an open breaker committed
+    before it is honoured exactly as by the separate read it replaces. Returns None
+    when nothing is due, and ``GATED`` when dispatch is paused, the breaker is not
+    closed or the control row is missing: then the caller takes the careful path
+    (``Controls.gate``, then ``claim_batch``), which handles the probe. On other
+    databases it returns ``GATED`` at once, without a statement.
+    """
+    if not dialect.is_postgresql(session):
+        return GATED
+    rows = session.execute(
+        _claim_statement(tuple(lanes)),
+        {"now": now, "worker": worker, "control_id": CONTROL_ROW_ID},
+    ).all()
+    if not rows or rows[0].paused or rows[0].breaker_state != BreakerState.CLOSED:
+        return GATED
+    head = rows[0]
+    if head.batch_id is None:
+        return None
+    return ClaimedBatch(
+        id=head.batch_id,
+        job_id=head.job_id,
+        attempts=head.attempts,
+        expires_at=head.expires_at,
+        text=head.text,
+        sender=head.sender,
+        kind=head.kind,
+        maxconcat=head.maxconcat,
+        reference=head.reference,
+        recipients=[
+            PendingRecipient(r.recipient_id, r.number, r.recipient_attempts, r.recipient_status)
+            for r in rows
+            if r.recipient_id is not None
+        ],
+        more_due=bool(head.more_due),
+    )
+
+
+@functools.cache
+def _claim_statement(lanes: tuple[int, ...]) -> TextClause:
+    # One scalar subquery per lane, high first, under COALESCE: PostgreSQL runs
+    # each as an InitPlan only when the ones before it found nothing, so a lower
+    # lane's row is never locked while a higher lane has work (UNION ALL would
+    # do the same, but refuses FOR UPDATE). Statuses are literals so the partial
+    # (lane, due_at) WHERE status = 'queued' index serves every plan, generic or not.
+    # ``status || ''`` keeps the claim's update on the primary key and the
+    # recipients' lookup on the batch index, whatever the statistics say (see
+    # ``status_recheck``). Only ints are formatted in (S608).
+    probes = ",\n".join(
+        f"""(SELECT id FROM batches
+             WHERE status = 'queued' AND lane = {int(lane)} AND due_at <= :now
+             ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"""  # noqa: S608
+        for lane in lanes
+    )
+    # Whether anything else was due: a task that claimed the last due batch stops
+    # after it instead of making an empty claim to find out. Rows other workers
+    # are claiming still count (no SKIP LOCKED), which only costs that empty claim.
+    others = " OR ".join(
+        f"""EXISTS (SELECT 1 FROM batches
+             WHERE status = 'queued' AND lane = {int(lane)} AND due_at <= :now
+                AND id <> (SELECT id FROM picked))"""  # noqa: S608
+        for lane in lanes
+    )
+    return text(
+        f"""
+        WITH ctl AS (
+            SELECT paused, breaker_state FROM dispatch_control WHERE id = :control_id
+        ),
+        picked AS (
+            SELECT COALESCE({probes}, NULL) AS id
+            WHERE EXISTS (SELECT 1 FROM ctl WHERE NOT paused AND breaker_state = 'closed')
+        ),
+        claimed AS (
+            UPDATE batches SET status = 'submitting', claimed_at = :now,
+                claimed_by = :worker, attempts = batches.attempts + 1, updated_at = :now
+            WHERE batches.id = (SELECT id FROM picked) AND (batches.status || '') = 'queued'
+            RETURNING batches.id, batches.job_id, batches.attempts, batches.expires_at
+        ),
+        waiting AS (
+            SELECT r.id, r.number, r.attempts, r.status FROM recipients r
+            WHERE r.batch_id = (SELECT id FROM claimed)
+                AND (r.status || '') IN ('queued', 'retry_wait')
+            FOR UPDATE
+        )
+        SELECT ctl.paused, ctl.breaker_state,
+            CASE WHEN c.id IS NULL THEN false ELSE ({others}) END AS more_due,
+            c.id AS batch_id, c.job_id, c.attempts, c.expires_at,
+            j.text, j.sender, j.kind, j.maxconcat, j.reference,
+            w.id AS recipient_id, w.number, w.attempts AS recipient_attempts,
+            w.status AS recipient_status
+        FROM ctl
+        LEFT JOIN claimed c ON true
+        LEFT JOIN jobs j ON j.id = c.job_id
+        LEFT JOIN waiting w ON true
+        ORDER BY w.id
+        """  # noqa: S608
+    )
+
+
+def count_due(session: Session, *, now: dt.datetime) -> tuple[int, dt.datetime | None]:
+    """How many queued batches are due, and the oldest due time among them."""
+    row = session.execute(
+        select(func.count(), func.min(Batch.due_at)).where(
+            Batch.status == BatchStatus.QUEUED, Batch.due_at <= now
+        )
+    ).one()
+    return int(row[0]), row[1]
+
+
+def count_due_by_lane(session: Session, *, now: dt.datetime) -> dict[int, int]:
+    """How many queued batches are due, per lane."""
+    rows = session.execute(
+        select(Batch.lane, func.count())
+        .where(Batch.status == BatchStatus.QUEUED, Batch.due_at <= now)
+        .group_by(Batch.lane)
+    )
+    return {int(lane): int(n) for lane, n in rows}

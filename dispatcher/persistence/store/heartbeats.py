@@ -1,0 +1,69 @@
+"""The ``worker_heartbeats`` rows: written by each worker for itself, counted by readers.
+
+What the two timestamps prove is told in ``dispatcher.domain.workers``; the
+transactions belong to ``dispatcher.service.heartbeat``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from dispatcher.domain.workers import RUNNING, STOPPED, WorkerHealth, fresh_after
+from dispatcher.persistence import dialect
+from dispatcher.persistence.models import WorkerHeartbeat
+
+
+def upsert_heartbeat(session: Session, values: dict[str, Any]) -> None:
+    """Insert the row named ``values["name"]``, or replace its other columns."""
+    session.execute(dialect.upsert(session, WorkerHeartbeat, values, key=("name",)))
+
+
+def update_heartbeat(session: Session, name: str, values: dict[str, Any]) -> None:
+    """Set some columns of worker ``name``'s row."""
+    session.execute(
+        update(WorkerHeartbeat)
+        .where(WorkerHeartbeat.name == name)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def health(session: Session, *, now: dt.datetime, interval_s: float) -> WorkerHealth:
+    """Count workers by health as of ``now`` (the table holds one row per worker name)."""
+    fresh = fresh_after(now, interval_s)
+    running = WorkerHeartbeat.state == RUNNING
+    alive = running & (WorkerHeartbeat.seen_at >= fresh)
+    row = session.execute(
+        select(
+            func.count().filter(alive),
+            func.count().filter(alive & (WorkerHeartbeat.consumed_at >= fresh)),
+            func.count().filter(WorkerHeartbeat.state == STOPPED),
+            func.count().filter(running & (WorkerHeartbeat.seen_at < fresh)),
+        )
+    ).one()
+    return WorkerHealth(alive=row[0], consuming=row[1], stopped=row[2], stale=row[3])
+
+
+def workers(session: Session) -> list[dict[str, Any]]:
+    """Every worker's last heartbeat, most recently seen first."""
+    rows = session.execute(
+        select(WorkerHeartbeat).order_by(WorkerHeartbeat.seen_at.desc())
+    ).scalars()
+    return [
+        {
+            "name": w.name,
+            "hostname": w.hostname,
+            "pid": w.pid,
+            "queues": w.queues,
+            "state": w.state,
+            "started_at": w.started_at,
+            "seen_at": w.seen_at,
+            "consumed_at": w.consumed_at,
+            "batches": w.batches,
+        }
+        for w in rows
+    ]

@@ -1,0 +1,176 @@
+"""Operator actions on recipients: the selections they apply to, cancelling what
+still waits, and the audit row each action leaves."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Collection
+from dataclasses import dataclass, replace
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session
+
+from dispatcher.domain.statuses import WAITING_STATUSES, BatchStatus, RecipientStatus
+from dispatcher.domain.storable import check_storable
+from dispatcher.domain.times import utcnow
+from dispatcher.persistence.models import Batch, Job, OperatorAction, Recipient
+from dispatcher.persistence.store.jobs import owned_by
+from dispatcher.persistence.store.privacy import NUMBER_MARKERS
+from dispatcher.persistence.store.replies import settle_batch
+from dispatcher.persistence.store.transitions import transition
+
+
+@dataclass(frozen=True, slots=True)
+class RecipientFilter:
+    """Which recipients an operator action applies to."""
+
+    job_id: str | None = None
+    statuses: list[str] | None = None
+    error_code: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    numbers: list[str] | None = None
+    retryable_only: bool = False
+    """Leave out numbers refused at enqueue (never submitted, not phone numbers) and
+    numbers removed by retention or erasure."""
+    owner_key_id: int | None = None
+    """Recipients of jobs enqueued by this API key (``dispatcher.domain.tenancy``); None: any."""
+
+    def __post_init__(self) -> None:
+        # No row can hold such a value: refused here as the mistake it is, not as a
+        # driver error from inside the query.
+        for name, value in (("job_id", self.job_id), ("error_code", self.error_code)):
+            if value is not None:
+                check_storable(value, name)
+        for number in self.numbers or ():
+            check_storable(number, "a number")
+
+    def only(self, status: str) -> RecipientFilter:
+        """The same selection narrowed to one status."""
+        return replace(self, statuses=[status])
+
+    def conditions(self) -> list[ColumnElement[bool]]:
+        """The WHERE clauses of this selection."""
+        where: list[ColumnElement[bool]] = []
+        if self.job_id is not None:
+            where.append(Recipient.job_id == self.job_id)
+        if self.statuses is not None:
+            where.append(Recipient.status.in_(self.statuses))
+        if self.error_code is not None:
+            where.append(Recipient.error_code == self.error_code)
+        if self.since is not None:
+            where.append(Recipient.updated_at >= self.since)
+        if self.until is not None:
+            where.append(Recipient.updated_at < self.until)
+        if self.numbers is not None:
+            where.append(Recipient.number.in_(self.numbers))
+        if self.retryable_only:
+            # Never submitted (refused at enqueue), or their number is gone (purged,
+            # erased): there is nothing to send them to.
+            where.append(Recipient.batch_id.is_not(None))
+            where.append(Recipient.number.not_in(sorted(NUMBER_MARKERS)))
+        if self.owner_key_id is not None:
+            where.append(Recipient.job_id.in_(select(Job.id).where(*owned_by(self.owner_key_id))))
+        return where
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready parameters for the audit row."""
+        return {
+            "job_id": self.job_id,
+            "statuses": self.statuses,
+            "error_code": self.error_code,
+            "since": self.since.isoformat() if self.since else None,
+            "until": self.until.isoformat() if self.until else None,
+            "numbers": len(self.numbers) if self.numbers is not None else None,
+        }
+
+
+def count_recipients(session: Session, *, selection: RecipientFilter) -> int:
+    """How many recipients a selection holds."""
+    return int(session.execute(select(func.count()).where(*selection.conditions())).scalar_one())
+
+
+def select_recipients(
+    session: Session, *, selection: RecipientFilter
+) -> list[tuple[int, str, str]]:
+    """(id, job id, status) of the recipients a selection holds, in id order."""
+    rows = session.execute(
+        select(Recipient.id, Recipient.job_id, Recipient.status)
+        .where(*selection.conditions())
+        .order_by(Recipient.id)
+    )
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def settle_batch_if_idle(session: Session, *, batch_id: int, now: dt.datetime) -> None:
+    """``settle_batch`` for a batch no worker holds (one that is queued)."""
+    status = session.execute(select(Batch.status).where(Batch.id == batch_id)).scalar_one()
+    if status == BatchStatus.QUEUED:
+        settle_batch(session, batch_id=batch_id, now=now)
+
+
+def record_action(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    target: str | None,
+    detail: dict[str, Any],
+    affected: int,
+) -> None:
+    """Append an operator action to the audit."""
+    session.add(
+        OperatorAction(
+            at=utcnow(),
+            actor=actor[:200],
+            action=action,
+            target=target,
+            detail=json.dumps(detail, default=str),
+            affected=affected,
+        )
+    )
+
+
+def operator_actions(session: Session, *, limit: int = 100) -> list[OperatorAction]:
+    """The newest operator actions."""
+    return list(
+        session.execute(
+            select(OperatorAction).order_by(OperatorAction.id.desc()).limit(limit)
+        ).scalars()
+    )
+
+
+def batches_of(session: Session, *, recipient_ids: Collection[int]) -> list[int]:
+    """The distinct batches holding these recipients."""
+    rows = session.execute(
+        select(Recipient.batch_id)
+        .where(Recipient.id.in_(list(recipient_ids)), Recipient.batch_id.is_not(None))
+        .distinct()
+    ).scalars()
+    return [batch_id for batch_id in rows if batch_id is not None]
+
+
+def cancel_waiting(
+    session: Session, *, ids: Collection[int], at: dt.datetime, cause: str, actor: str
+) -> int:
+    """Cancel those of ``ids`` still waiting to be sent (``queued``, ``retry_wait``), and
+    settle their batches if no worker holds them; returns how many were cancelled."""
+    if not ids:
+        return 0
+    waiting = list(WAITING_STATUSES)
+    batches = batches_of(session, recipient_ids=ids)
+    moved = transition(
+        session,
+        ids=ids,
+        from_statuses=waiting,
+        to_status=RecipientStatus.CANCELLED,
+        at=at,
+        cause=cause,
+        actor=actor,
+        values={"next_attempt_at": None},
+    )
+    for batch_id in batches:
+        settle_batch_if_idle(session, batch_id=batch_id, now=at)
+    return moved

@@ -1,0 +1,123 @@
+"""Recipient status changes, each with its status event: the history is written by
+the same code that changes a status, so no change goes unrecorded.
+
+``transition`` is a compare-and-set on the status (and an optional guard): a
+recipient something else has moved meanwhile is left alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from sqlalchemy import ColumnElement, String, insert, literal, null, select, type_coerce, update
+from sqlalchemy.orm import Session
+
+from dispatcher.domain.statuses import RecipientStatus, check_transitions
+from dispatcher.persistence import dialect
+from dispatcher.persistence.models import Recipient, StatusEvent
+
+
+def record_transitions(
+    session: Session,
+    *,
+    where: ColumnElement[bool],
+    to_status: RecipientStatus | None,
+    at: dt.datetime,
+    cause: str | ColumnElement[Any],
+    actor: str,
+    attempt_id: int | None = None,
+) -> None:
+    """Append a status event for every recipient matching ``where``.
+
+    Called just before the update that changes their status, so ``from_status``
+    is read from the rows as they are. ``to_status=None`` records each row's
+    current status as its first one (at enqueue), with no previous status.
+    """
+    from_known = to_status is not None
+    cause_expr = cause if not isinstance(cause, str) else literal(cause)
+    source = select(
+        Recipient.id,
+        Recipient.job_id,
+        literal(at, type_=StatusEvent.at.type),
+        Recipient.status if from_known else null(),
+        literal(str(to_status)) if to_status is not None else Recipient.status,
+        cause_expr,
+        literal(actor),
+        literal(attempt_id, type_=StatusEvent.attempt_id.type),
+    ).where(where)
+    session.execute(
+        insert(StatusEvent).from_select(
+            [
+                StatusEvent.recipient_id,
+                StatusEvent.job_id,
+                StatusEvent.at,
+                StatusEvent.from_status,
+                StatusEvent.to_status,
+                StatusEvent.cause,
+                StatusEvent.actor,
+                StatusEvent.attempt_id,
+            ],
+            source,
+        )
+    )
+
+
+def status_recheck(statuses: Iterable[str]) -> ColumnElement[bool]:
+    """``status IN statuses`` for rows already found by id or batch, kept off the status index.
+
+    Right after a large job is enqueued the planner's statistics still say that
+    few rows are ``queued``, so it would intersect the id (or batch) lookup with a
+    scan of the (status, updated_at) index over the whole new backlog, on every
+    claim and every reply: measured at 20,000 index entries read to check 100
+    rows. ``status || ''`` is the same test, which no index serves, so the few
+    rows found by the selective condition are just rechecked.
+    """
+    # Typed as plain text: the enum type would check '' as a status.
+    return (type_coerce(Recipient.status, String) + "").in_([str(s) for s in statuses])
+
+
+def transition(
+    session: Session,
+    *,
+    ids: Collection[int],
+    from_statuses: Iterable[RecipientStatus],
+    to_status: RecipientStatus,
+    at: dt.datetime,
+    cause: str,
+    actor: str,
+    attempt_id: int | None = None,
+    values: dict[str, Any] | None = None,
+    guard: ColumnElement[bool] | None = None,
+) -> int:
+    """Move recipients ``ids`` that are in one of ``from_statuses`` to ``to_status``.
+
+    Records one status event per recipient moved; returns how many moved. The
+    status condition (and ``guard``, if given) makes it a compare-and-set: a
+    recipient something else has moved meanwhile is left alone.
+    """
+    olds = [RecipientStatus(s) for s in from_statuses]
+    check_transitions(olds, to_status)
+    if not ids:
+        return 0
+    allowed = [str(s) for s in olds]
+    where = dialect.id_in(session, Recipient.id, ids) & status_recheck(allowed)
+    if guard is not None:
+        where = where & guard
+    record_transitions(
+        session,
+        where=where,
+        to_status=to_status,
+        at=at,
+        cause=cause,
+        actor=actor,
+        attempt_id=attempt_id,
+    )
+    result = session.execute(
+        update(Recipient)
+        .where(where)
+        .values(status=str(to_status), updated_at=at, **(values or {}))
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]

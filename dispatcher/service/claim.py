@@ -1,0 +1,141 @@
+"""The claim: the oldest due batch taken for one HTTP submission, committed before it.
+
+The second step of the commit order (``dispatcher.service.dispatch``): the batch
+goes ``submitting`` with its attempt row written as in flight, and that is
+committed before the call, so a second worker finds nothing to claim and a worker
+killed mid-call leaves evidence the sweeper turns into ``unknown``, never into a
+resend (docs/design.md, "Guarantees"). Expired batches and emptied ones are
+closed on the way, and the pause and breaker are read in the claim's own
+transaction (``dispatcher.service.control``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+from dispatcher.config import Settings
+from dispatcher.domain.lanes import Priority
+from dispatcher.domain.message import check_kind
+from dispatcher.domain.statuses import BreakerState
+from dispatcher.domain.times import utcnow
+from dispatcher.gateway.client import Message
+from dispatcher.persistence import store
+from dispatcher.persistence.db import Database
+from dispatcher.service.control import Controls
+
+
+def worker_name() -> str:
+    """host:pid:thread, enough to find the process that made an attempt."""
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+
+
+def claim_lanes(settings: Settings) -> tuple[int, ...]:
+    """The lanes a process claims from, high first (``DISPATCHER_WORKER_LANES``)."""
+    return tuple(Priority(name).lane for name in settings.worker_lanes)
+
+
+def expiry_cause(expires_at: dt.datetime | None) -> str:
+    """The cause recorded for recipients not sent before their validity ended."""
+    when = expires_at.isoformat() if expires_at else "its expiry"
+    return f"not sent: its validity ended at {when}"
+
+
+@dataclass(slots=True)
+class Claim:
+    """A batch claimed for one HTTP submission, with what it needs to send."""
+
+    batch_id: int
+    attempt_id: int
+    attempt_no: int
+    job_id: str
+    recipients: list[store.PendingRecipient]
+    message: Message
+    probe: bool = False
+    """This batch is the circuit breaker's probe: its result closes or reopens it."""
+    more_due: bool = True
+    """Another batch was due when this one was claimed (True when unknown)."""
+
+
+def _sendable_claim(batch: store.ClaimedBatch, now: dt.datetime) -> bool:
+    """Whether a claimed batch will go out: unexpired, with recipients left to send."""
+    return bool(batch.recipients) and (batch.expires_at is None or batch.expires_at > now)
+
+
+def claim(db: Database, controls: Controls, *, lanes: tuple[int, ...], worker: str) -> Claim | None:
+    """Claim the oldest due batch in ``lanes`` and commit the claim with its in-flight
+    attempt; None when nothing is due, or dispatch is paused or its breaker open."""
+    while True:
+        now = utcnow()
+        with db.transaction() as session:
+            probe, retry_at = False, None
+            # PostgreSQL: control row, claim, job and recipients in one statement
+            # while dispatch is open; the careful path below otherwise.
+            batch = store.claim_if_open(session, now=now, worker=worker, lanes=lanes)
+            if isinstance(batch, store.Gated):
+                gate = controls.gate(session, now)
+                if gate is None:
+                    return None
+                probe, retry_at = gate
+                batch = store.claim_batch(session, now=now, worker=worker, lanes=lanes)
+            if probe and (batch is None or not _sendable_claim(batch, now)):
+                # Nothing to probe with (nothing due, or the batch claimed is
+                # expired or emptied): the next due batch may probe at once, rather
+                # than dispatch waiting out the probe's timeout.
+                store.update_control(
+                    session,
+                    values={"breaker_state": BreakerState.OPEN, "breaker_retry_at": retry_at},
+                )
+            if batch is None:
+                return None
+            if batch.expires_at is not None and batch.expires_at <= now:
+                # Sent now it would arrive too late to matter (an OTP after its
+                # validity): after an outage, nothing stale goes out in a burst.
+                store.expire_batch(
+                    session,
+                    batch_id=batch.id,
+                    now=now,
+                    cause=expiry_cause(batch.expires_at),
+                    actor=worker,
+                )
+                continue
+            if not batch.recipients:
+                # Everything in it was cancelled or settled meanwhile.
+                store.settle_batch(session, batch_id=batch.id, now=now)
+                continue
+            kind = check_kind(batch.kind)
+            request = {
+                "to": ",".join(r.number for r in batch.recipients),
+                "from": batch.sender,
+                "maxconcat": batch.maxconcat,
+                "type": kind.gateway_type,
+                "usercontext": batch.reference,
+            }
+            attempt_id = store.start_attempt(
+                session,
+                batch=batch,
+                request=json.dumps(request),
+                now=now,
+                cause=f"attempt {batch.attempts} claimed",
+                actor=worker,
+            )
+            return Claim(
+                batch_id=batch.id,
+                attempt_id=attempt_id,
+                attempt_no=batch.attempts,
+                job_id=batch.job_id,
+                recipients=batch.recipients,
+                message=Message(
+                    text=batch.text,
+                    sender=batch.sender,
+                    maxconcat=batch.maxconcat,
+                    message_type=kind.gateway_type,
+                    usercontext=batch.reference,
+                ),
+                probe=probe,
+                more_due=batch.more_due,
+            )

@@ -1,0 +1,221 @@
+"""Operator actions: retry, cancel, pause and resume, each audited in operator_actions.
+
+Only an operator's explicit retry moves a recipient out of ``failed`` or
+``unknown``, and retrying an ``unknown`` one needs a confirmation, since the
+gateway may have sent it already (docs/design.md, "Guarantees"). A job the
+acting key may not see is answered as if it did not exist.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from dispatcher.domain.lanes import Priority, check_priority
+from dispatcher.domain.numbers import chunk
+from dispatcher.domain.statuses import WAITING_STATUSES, PauseReason, RecipientStatus
+from dispatcher.domain.storable import check_storable
+from dispatcher.domain.tenancy import EVERY_JOB, Viewer
+from dispatcher.domain.times import utcnow
+from dispatcher.errors import ConfirmationRequiredError, InvalidOptionError, NotFoundError
+from dispatcher.gateway import protocol
+from dispatcher.persistence import store
+from dispatcher.persistence.db import Database
+from dispatcher.persistence.store import visible_to
+from dispatcher.service import views
+from dispatcher.service.control import UNPAUSED, Controls
+from dispatcher.service.wake import Wakes
+
+log = logging.getLogger(__name__)
+
+_S = RecipientStatus
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorResult:
+    """What an operator action touched."""
+
+    affected: int
+    jobs: list[str]
+
+
+class OperatorActions:
+    """The operator's actions on jobs and on dispatch; each owns its transaction."""
+
+    def __init__(self, db: Database, *, controls: Controls, wakes: Wakes) -> None:
+        self.db = db
+        self.controls = controls
+        self.wakes = wakes
+
+    def retry(
+        self,
+        *,
+        actor: str,
+        job_id: str | None = None,
+        statuses: Iterable[RecipientStatus | str] = (RecipientStatus.FAILED,),
+        error_code: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        numbers: Iterable[str] | None = None,
+        confirm_unknown: bool = False,
+        viewer: Viewer = EVERY_JOB,
+    ) -> OperatorResult:
+        """Queue `failed` (and, confirmed, `unknown`) recipients again, audited.
+
+        Retrying an `unknown` recipient may send it twice (the gateway may have
+        accepted it already), so it needs ``confirm_unknown``; without it,
+        ConfirmationRequiredError says how many would be touched. Numbers refused
+        at enqueue are never retried: they are not phone numbers. Only jobs
+        ``viewer`` may see are touched or counted.
+        """
+        wanted = {RecipientStatus(s) for s in statuses}
+        if not wanted or not wanted <= {_S.FAILED, _S.UNKNOWN}:
+            raise InvalidOptionError("retry takes recipients that are failed or unknown")
+        if job_id is not None:
+            self._require_job(job_id, viewer)
+        selection = store.RecipientFilter(
+            job_id=job_id,
+            statuses=[str(s) for s in wanted],
+            error_code=error_code,
+            since=since,
+            until=until,
+            numbers=list(numbers) if numbers is not None else None,
+            retryable_only=True,
+        )
+        selection = visible_to(viewer, selection)
+        now = utcnow()
+        with self.db.transaction() as session:
+            if _S.UNKNOWN in wanted and not confirm_unknown:
+                unknown = store.count_recipients(session, selection=selection.only(str(_S.UNKNOWN)))
+                if unknown:
+                    raise ConfirmationRequiredError(
+                        f"{unknown} recipients are `unknown`: the gateway may already have "
+                        "sent them, so retrying may send them twice; confirm to go ahead"
+                    )
+            rows = store.select_recipients(session, selection=selection)
+            by_job: dict[str, list[tuple[int, str]]] = defaultdict(list)
+            for recipient_id, rjob, status in rows:
+                by_job[rjob].append((recipient_id, status))
+            moved = 0
+            batches: dict[Priority, int] = defaultdict(int)
+            for rjob, members in by_job.items():
+                job = store.get_job(session, job_id=rjob)
+                # The job's lane, but not its expiry: an explicit retry is the
+                # operator's decision to send now.
+                lane = check_priority(job.priority if job else Priority.NORMAL)
+                for group in chunk(members, protocol.MAX_RECIPIENTS_PER_SUBMISSION):
+                    [batch_id] = store.insert_batches(
+                        session, job_id=rjob, count=1, due_at=now, lane=lane.lane
+                    )
+                    batches[lane] += 1
+                    for status in {st for _, st in group}:
+                        moved += store.transition(
+                            session,
+                            ids=[rid for rid, st in group if st == status],
+                            from_statuses=[RecipientStatus(status)],
+                            to_status=_S.QUEUED,
+                            at=now,
+                            cause=f"operator retry (was {status})",
+                            actor=actor,
+                            values={
+                                "batch_id": batch_id,
+                                "attempts": 0,
+                                "error_code": None,
+                                "error_detail": None,
+                                "next_attempt_at": None,
+                                "gateway_message_id": None,
+                            },
+                        )
+            store.record_action(
+                session,
+                actor=actor,
+                action="retry",
+                target=job_id,
+                detail=selection.describe() | {"confirm_unknown": confirm_unknown},
+                affected=moved,
+            )
+        for lane, count in batches.items():
+            self.wakes.wake(count, lane)
+        return OperatorResult(affected=moved, jobs=sorted(by_job))
+
+    def cancel(self, job_id: str, *, actor: str, viewer: Viewer = EVERY_JOB) -> OperatorResult:
+        """Cancel a job's recipients that no worker has claimed; audited.
+
+        Recipients already `submitting` are past the point of no return and keep
+        their course; final ones are left as they are. A job ``viewer`` may not see
+        is NotFoundError.
+        """
+        self._require_job(job_id, viewer)
+        selection = visible_to(viewer, store.RecipientFilter(job_id=job_id))
+        return self.cancel_matching(selection, actor=actor)
+
+    def cancel_matching(self, selection: store.RecipientFilter, *, actor: str) -> OperatorResult:
+        """Cancel the waiting (`queued`, `retry_wait`) recipients of ``selection``; audited.
+
+        ``selection.statuses`` narrows the waiting statuses further; any other status
+        in it is ignored, so nothing claimed or final is ever cancelled.
+        """
+        waiting = [str(s) for s in WAITING_STATUSES]
+        statuses = [s for s in selection.statuses or waiting if s in waiting]
+        now = utcnow()
+        with self.db.transaction() as session:
+            rows = store.select_recipients(session, selection=replace(selection, statuses=statuses))
+            ids = [rid for rid, _job, _status in rows]
+            moved = store.cancel_waiting(
+                session, ids=ids, at=now, cause=f"cancelled by {actor}", actor=actor
+            )
+            store.record_action(
+                session,
+                actor=actor,
+                action="cancel",
+                target=selection.job_id,
+                detail={} if selection.job_id else selection.describe(),
+                affected=moved,
+            )
+        jobs = [selection.job_id] if selection.job_id else sorted({job for _i, job, _s in rows})
+        return OperatorResult(affected=moved, jobs=jobs)
+
+    def _require_job(self, job_id: str, viewer: Viewer) -> None:
+        with self.db.transaction() as session:
+            if store.get_job(session, job_id=job_id, owner_key_id=viewer.owner_key_id) is None:
+                raise NotFoundError(f"no job {job_id!r}")
+
+    def pause(self, *, actor: str, detail: str = "paused by an operator") -> dict[str, Any]:
+        """Stop all claims until ``resume``; calls in flight finish and are recorded."""
+        check_storable(detail, "the reason")
+        with self.db.transaction() as session:
+            changed = self.controls.set_pause(
+                session, reason=PauseReason.MANUAL, detail=detail, actor=actor
+            )
+            store.record_action(
+                session,
+                actor=actor,
+                action="pause",
+                target=None,
+                detail={"detail": detail},
+                affected=int(changed),
+            )
+        return views.control(self.db)
+
+    def resume(self, *, actor: str) -> dict[str, Any]:
+        """End a pause of any reason, and wake workers for the work that waited."""
+        with self.db.transaction() as session:
+            was = store.get_control(session)
+            reason = was.pause_reason
+            store.update_control(session, values=UNPAUSED)
+            store.record_action(
+                session,
+                actor=actor,
+                action="resume",
+                target=None,
+                detail={"was": reason},
+                affected=int(reason is not None),
+            )
+        if reason:
+            log.warning("dispatch resumed by %s (was paused: %s)", actor, reason)
+        self.wakes.due()
+        return views.control(self.db)

@@ -1,0 +1,1 @@
+"""Tests of dispatcher.api over real HTTP: ``/v1``, the drop-in endpoint, ``/metrics``."""

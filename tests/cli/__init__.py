@@ -1,0 +1,1 @@
+"""Tests of dispatcher.cli: the ``dispatcher`` command run as a child process."""

@@ -1,0 +1,1 @@
+"""Tests of dispatcher.dashboard over real HTTP (in a real browser: ``tests/browser``)."""

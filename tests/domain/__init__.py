@@ -1,0 +1,1 @@
+"""Tests of dispatcher.domain: pure values and rules, no database, no network."""

@@ -1,0 +1,1 @@
+"""Tests of dispatcher.service: the use cases driven in-process on SQLite and PostgreSQL."""
