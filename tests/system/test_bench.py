@@ -77,3 +77,42 @@ def test_pipeline_benchmark_quick_is_complete(tmp_path: Path) -> None:
         assert run["ratios"]["ours_over_baseline"] is not None
         assert run["ratios"]["ours_over_limit"] is not None
     assert "| bulk | 0 ms | ours |" in done.stdout
+
+
+@pytest.mark.services
+@pytest.mark.usefixtures("services")
+def test_steady_load_benchmark_quick_is_complete(tmp_path: Path) -> None:
+    """The open-loop OTP benchmark runs: every scheduled job accepted, its latency
+    figures ordered (completeness only; the figures are for the benchmark)."""
+    output = tmp_path / "steady.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ops.bench.steady",
+            "--quick",
+            "--rate",
+            "15",
+            "--duration-s",
+            "2",
+            "--workers",
+            "1",
+            "--worker-concurrency",
+            "4",
+            "--producers",
+            "2",
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steady = json.loads(output.read_text())["steady"]
+    assert steady["complete"], steady
+    assert steady["sent"] == steady["jobs"] == 30
+    assert 0 < steady["p50_ms"] <= steady["p99_ms"] <= steady["max_ms"]
+    assert "p99" in done.stdout
