@@ -138,9 +138,8 @@ async def _on_request_validation(request: Request, exc: Exception) -> Response:
     refusal = _our_refusal(exc)
     if refusal is not None:
         # A field our own checks read (a time, through dispatcher.domain.times) is
-        # answered as the same refusal anywhere else would be: the one table's row.
-        answer = answer_for(refusal)
-        return error_response(answer.status, answer.code, str(refusal))
+        # answered as the same refusal raised anywhere else: by the one handler.
+        return await _on_dispatcher_error(request, refusal)
     return error_response(422, "invalid_request", _summary(details), details=details)
 
 
