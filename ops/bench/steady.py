@@ -44,17 +44,16 @@ from sqlalchemy import text
 from dispatcher.persistence import migrate
 from dispatcher.persistence.db import Database
 from ops.bench.api_throughput import scratch_database, spare_redis
-from ops.bench.pipeline import (
+from ops.bench.harness import (
     RESULTS,
     load_average,
     machine,
     processes,
-    run_ours,
-    transactional,
-    truncate_ours,
     wait_final,
     wait_for_workers,
 )
+from ops.bench.runners import run_ours, truncate_ours
+from ops.bench.scenarios import transactional
 from ops.bench.simulator_rps import PASSWORD, USERNAME, start_simulator
 
 FINAL = "('sent', 'failed', 'unknown', 'cancelled', 'expired')"
