@@ -25,7 +25,7 @@ names, and the SQL that differs is built here. The differences:
   Those paths ask ``is_postgresql``.
 - **Time.** SQLite keeps a datetime as text without a zone: it is stored as
   naive UTC in one fixed form so that text order is time order
-  (``models.UTCDateTime``, via ``is_sqlite``), and truncated and subtracted with
+  (``types.UTCDateTime``, via ``is_sqlite``), and truncated and subtracted with
   ``strftime`` and ``julianday`` where PostgreSQL has ``date_trunc`` and
   ``extract`` (``Functions``).
 - **Schema.** SQLite auto-increments only an ``INTEGER PRIMARY KEY``

@@ -12,13 +12,9 @@ is a data change, not a schema fight).
 from __future__ import annotations
 
 import datetime as dt
-import enum
-from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
-    DateTime,
-    Dialect,
     Float,
     ForeignKey,
     Index,
@@ -26,12 +22,16 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
-    TypeDecorator,
     UniqueConstraint,
+    and_,
+    case,
+    select,
+    type_coerce,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, column_property, mapped_column
 
 from dispatcher.domain.statuses import (
+    WAITING_STATUSES,
     AttemptOutcome,
     BatchStatus,
     BreakerState,
@@ -40,9 +40,8 @@ from dispatcher.domain.statuses import (
     Scope,
 )
 from dispatcher.domain.times import utcnow
-from dispatcher.persistence.dialect import id_type, is_sqlite, partial_index
-
-E = TypeVar("E", bound=enum.StrEnum)
+from dispatcher.persistence.dialect import id_type, partial_index
+from dispatcher.persistence.types import StatusText, UTCDateTime
 
 # Constraint names that Alembic can find again on every database.
 NAMING_CONVENTION = {
@@ -52,48 +51,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-class UTCDateTime(TypeDecorator[dt.datetime]):
-    """Timezone-aware UTC datetimes on every database (SQLite drops the zone)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given; use timezone-aware UTC")
-        value = value.astimezone(dt.UTC)
-        # SQLite compares datetimes as text: one fixed form keeps the ordering right.
-        return value.replace(tzinfo=None) if is_sqlite(dialect) else value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
-        if value is None:
-            return None
-        assert isinstance(value, dt.datetime)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC)
-
-
-class StatusText(TypeDecorator[E]):
-    """A ``str`` enum stored as ``varchar(length)``: a value that is not one of the
-    enum's is refused before it reaches the database, and reads give the enum."""
-
-    impl = String
-    cache_ok = True
-
-    def __init__(self, enum: type[E], length: int) -> None:
-        super().__init__(length)
-        self.enum = enum
-
-    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
-        return None if value is None else self.enum(value).value
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> E | None:
-        return None if value is None else self.enum(value)
 
 
 class Base(DeclarativeBase):
@@ -223,7 +180,10 @@ class Recipient(Base):
     batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"))
     number: Mapped[str] = mapped_column(String(32))
     """International digits, or the input as given when it was refused."""
-    status: Mapped[RecipientStatus] = mapped_column(StatusText(RecipientStatus, 12))
+    stored_status: Mapped[RecipientStatus] = mapped_column(
+        "status", StatusText(RecipientStatus, 12)
+    )
+    """The status as written: never ``submitting`` (see ``status``); writers use this."""
     gateway_message_id: Mapped[str | None] = mapped_column(Text)
     """Exactly as the gateway sent it, however long: an accepted ID is never cut."""
     error_code: Mapped[str | None] = mapped_column(String(64))
@@ -232,6 +192,31 @@ class Recipient(Base):
     next_attempt_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    status: Mapped[RecipientStatus] = column_property(
+        type_coerce(
+            case(
+                (
+                    and_(
+                        stored_status.in_([str(s) for s in WAITING_STATUSES]),
+                        batch_id.in_(
+                            select(Batch.id).where(Batch.status == str(BatchStatus.SUBMITTING))
+                        ),
+                    ),
+                    str(RecipientStatus.SUBMITTING),
+                ),
+                else_=stored_status,
+            ),
+            StatusText(RecipientStatus, 12),
+        )
+    )
+    """The status every reader shows: ``submitting`` while its batch is in flight.
+
+    The claim is recorded per submission (docs/design.md section 3): a recipient
+    waiting in a batch that a worker has claimed keeps its stored ``queued`` or
+    ``retry_wait`` and reads as ``submitting`` through its batch. Read-only: filter
+    with ``dispatcher.persistence.shown.status_in``, which lets an index serve. The
+    batch ids come from an uncorrelated subquery on the small ``submitting`` index,
+    so a scan of many recipients looks them up in one hashed set, not once per row."""
 
     __table_args__ = (
         Index(None, "job_id"),
@@ -240,7 +225,14 @@ class Recipient(Base):
         # Hash, not B-tree, on PostgreSQL: the search is by equality, and a B-tree
         # entry over about 2.7 kB would make recording a long ID fail.
         Index(None, "gateway_message_id", postgresql_using="hash"),
-        Index(None, "status", "updated_at"),
+        # Only the statuses operators open lists of (retries due, failures, unknowns);
+        # queued and sent rows, nearly all of them, never enter it.
+        Index(
+            "ix_recipients_attention",
+            "status",
+            "updated_at",
+            **partial_index("status IN ('retry_wait', 'failed', 'unknown')"),
+        ),
     )
 
 
@@ -268,6 +260,11 @@ class Attempt(Base):
     )
     error: Mapped[str | None] = mapped_column(String(500))
     worker: Mapped[str | None] = mapped_column(String(200))
+    claimed: Mapped[str | None] = mapped_column(Text)
+    """The recipients this submission carries and the status each had before it, as
+    JSON ``[[id, status], ...]`` in submission order: the claim recorded once per
+    submission instead of a row per recipient (docs/design.md section 3). None on
+    attempts made before it was kept; their claims are status events."""
 
     __table_args__ = (
         Index(None, "batch_id"),

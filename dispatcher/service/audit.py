@@ -16,9 +16,8 @@ import datetime as dt
 import enum
 import io
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from dispatcher.domain.numbers import normalise
 from dispatcher.domain.tenancy import EVERY_JOB, Viewer
@@ -27,6 +26,7 @@ from dispatcher.errors import InvalidOptionError, NotFoundError
 from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.store import visible_to
+from dispatcher.service import history
 from dispatcher.service.privacy import erase as erase
 from dispatcher.service.privacy import erase_preview as erase_preview
 from dispatcher.service.privacy import purge as purge
@@ -105,9 +105,8 @@ def _utc(value: dt.datetime | None, name: str) -> dt.datetime | None:
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
-    query: store.AnySelect
-    key: list[store.KeyColumn]
-    columns: tuple[str, ...]
+    kind: ExportKind
+    selection: store.AuditSelection
 
 
 def _plan_export(
@@ -142,11 +141,7 @@ def _plan_export(
     selection = visible_to(
         viewer, store.AuditSelection(since=since, until=until, number=wanted, job_id=job_id)
     )
-    if kind_ is ExportKind.EVENTS:
-        query, key = store.audit_events_query(selection)
-        return _Plan(query, key, EVENT_COLUMNS)
-    query, key = store.audit_recipients_query(selection)
-    return _Plan(query, key, RECIPIENT_COLUMNS)
+    return _Plan(kind_, selection)
 
 
 def export_csv(
@@ -214,17 +209,14 @@ def _stream(db: Database, plan: _Plan) -> Iterator[str]:
         writer.writerow(cells)
         return buffer.getvalue()
 
-    yield line(plan.columns)
-    after: Sequence[Any] | None = None
-    width = len(plan.key)
-    while True:
-        with db.transaction() as session:
-            rows = store.keyset_page(
-                session, query=plan.query, key=plan.key, after=after, limit=EXPORT_PAGE_ROWS
-            )
-        for row in rows:
-            values = row._mapping
-            yield line(safe_cell(values[name]) for name in plan.columns)
-        if len(rows) < EXPORT_PAGE_ROWS:
-            return
-        after = tuple(rows[-1][-width:])
+    columns: tuple[str, ...]
+    if plan.kind is ExportKind.EVENTS:
+        columns = EVENT_COLUMNS
+        rows = history.event_rows(db, plan.selection, page_rows=EXPORT_PAGE_ROWS)
+    else:
+        columns = RECIPIENT_COLUMNS
+        query, key = store.audit_recipients_query(plan.selection)
+        rows = history.pages(db, query, key, page_rows=EXPORT_PAGE_ROWS)
+    yield line(columns)
+    for values in rows:
+        yield line(safe_cell(values[name]) for name in columns)

@@ -120,7 +120,6 @@ def claim(db: Database, controls: Controls, *, lanes: tuple[int, ...], worker: s
                 batch=batch,
                 request=json.dumps(request),
                 now=now,
-                cause=f"attempt {batch.attempts} claimed",
                 actor=worker,
             )
             return Claim(

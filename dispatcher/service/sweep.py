@@ -115,7 +115,7 @@ class Sweeper:
                 values={"error_code": "RETRY_AGE_EXCEEDED", "next_attempt_at": None},
             )
             for batch_id in batches:
-                store.settle_batch(session, batch_id=batch_id, now=now)
+                store.settle_batch_if_idle(session, batch_id=batch_id, now=now)
         if failed:
             log.warning("sweeper failed %d recipients past the maximum retry age", failed)
         return failed

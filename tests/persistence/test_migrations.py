@@ -10,12 +10,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, select, text
 
+from dispatcher.domain.statuses import AttemptOutcome, BatchStatus, RecipientStatus
 from dispatcher.domain.times import utcnow
-from dispatcher.persistence import migrate
+from dispatcher.persistence import migrate, store
 from dispatcher.persistence.db import Database
-from dispatcher.persistence.models import Base
+from dispatcher.persistence.models import Base, Batch, Recipient, StatusEvent
 from support.services import scratch_pg_database
 
 TABLES = {"jobs", "batches", "recipients", "attempts", "status_events"}
@@ -180,3 +181,95 @@ def test_0008_gives_existing_jobs_their_owner_key_and_keeps_long_ids(
         ).scalar_one()
     assert owners == {"JA": 1, "JD": 2, "JP": None, "JX": None}
     assert stored == long_id
+
+
+def _in_flight_at_0008(database: Database, *, stored: str) -> None:
+    """A job whose one batch is in flight, its recipient stored as ``stored``, with its
+    attempt in flight: what a claim wrote before 0009 (``submitting``) or after."""
+    at = utcnow()
+    with database.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, created_at, text, kind, maxconcat, parts, encoding,"
+                " recipient_count, refused_count, created_by) VALUES ('J1', :at, 't', 'text',"
+                " 1, 1, 'GSM-7', 1, 0, 'python')"
+            ),
+            {"at": at},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO batches (id, job_id, status, due_at, attempts, claimed_at,"
+                " created_at, updated_at, lane) VALUES (1, 'J1', 'submitting', :at, 1, :at,"
+                " :at, :at, 1)"
+            ),
+            {"at": at},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO recipients (id, job_id, batch_id, number, status, attempts,"
+                " created_at, updated_at) VALUES (1, 'J1', 1, '447700900001', :status, 0,"
+                " :at, :at)"
+            ),
+            {"at": at, "status": stored},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO attempts (id, batch_id, job_id, attempt_no, numbers, started_at,"
+                " outcome, worker) VALUES (1, 1, 'J1', 1, '447700900001', :at, 'in_flight',"
+                " 'old-worker')"
+            ),
+            {"at": at},
+        )
+
+
+def test_0009_a_recipient_in_flight_across_the_upgrade_is_shown_and_recorded(
+    empty_database: Database,
+) -> None:
+    migrate.upgrade(empty_database, "0008")
+    _in_flight_at_0008(empty_database, stored="submitting")
+
+    migrate.upgrade(empty_database, "head")
+
+    with empty_database.transaction() as session:
+        [recipient] = session.execute(select(Recipient)).scalars()
+        assert recipient.status == RecipientStatus.SUBMITTING
+        moved = store.record_reply(
+            session,
+            attempt_id=1,
+            batch_id=1,
+            attempt={"finished_at": utcnow(), "outcome": AttemptOutcome.ACCEPTED},
+            groups={
+                store.OutcomeGroup(
+                    RecipientStatus.SENT, "ID1", None, "accepted", spent=True, next_attempt_at=None
+                ): [1]
+            },
+            at=utcnow(),
+            actor="new-worker",
+            reset_breaker_failures=False,
+        )
+    assert moved == 1
+    with empty_database.transaction() as session:
+        [recipient] = session.execute(select(Recipient)).scalars()
+        [event] = session.execute(select(StatusEvent)).scalars()
+        status = session.execute(select(Batch.status)).scalar_one()
+    assert (recipient.status, recipient.gateway_message_id, recipient.attempts) == (
+        RecipientStatus.SENT,
+        "ID1",
+        1,
+    )
+    assert (event.from_status, event.to_status) == ("submitting", "sent")
+    assert status == BatchStatus.DONE
+
+
+def test_0009_downgrade_writes_the_status_older_code_reads_in_flight(
+    empty_database: Database,
+) -> None:
+    migrate.upgrade(empty_database, "0008")
+    _in_flight_at_0008(empty_database, stored="queued")
+    migrate.upgrade(empty_database, "head")
+
+    migrate.downgrade(empty_database, "0008")
+
+    with empty_database.engine.begin() as connection:
+        status = connection.execute(text("SELECT status FROM recipients")).scalar_one()
+    assert status == "submitting"

@@ -48,7 +48,7 @@ from dispatcher.service.dispatcher import Dispatcher, job_to_dict
 from dispatcher.service.keys import KeyStore
 from support.numbers import number
 from support.pipeline import Pipeline
-from support.reads import attempts_of, events_of, recipients_of
+from support.reads import attempts_of, claims_of, events_of, recipients_of
 from support.settings import DispatcherEnv, make_settings
 from support.workers import run_cli
 
@@ -162,13 +162,19 @@ def test_export_pages_through_every_row_once(
     monkeypatch.setattr(audit, "EXPORT_PAGE_ROWS", 3)
     jobs = [service.enqueue([number(i), number(i + 50)], SECRET).job_id for i in range(1, 6)]
     service.dispatch_due(worker="w")
-    expected = sum(len(events_of(service.db, job)) for job in jobs)
+    events = sum(len(events_of(service.db, job)) for job in jobs)
+    claims = sum(len(claims_of(service.db, job)) for job in jobs)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
 
     rows = rows_of(audit.export_csv(service.db, since=since, until=None))
 
-    assert len(rows) == expected
-    assert len({r["event_id"] for r in rows}) == expected
+    # Every status event once, and every claim (kept per submission) as a row of its own.
+    assert claims == 10
+    assert len(rows) == events + claims
+    assert len({r["event_id"] for r in rows if r["event_id"]}) == events
+    claimed = [r for r in rows if not r["event_id"]]
+    assert len({(r["attempt_id"], r["recipient_id"]) for r in claimed}) == claims
+    assert {(r["from_status"], r["to_status"]) for r in claimed} == {("queued", "submitting")}
     stamps = [dt.datetime.fromisoformat(r["at"]) for r in rows]
     assert stamps == sorted(stamps)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -101,3 +102,13 @@ def statements_starting(db: Database, prefix: str) -> Iterator[list[str]]:
         yield seen
     finally:
         event.remove(db.engine, "before_cursor_execute", watch)
+
+
+def claims_of(db: Database, job_id: str) -> list[tuple[int, int, str]]:
+    """(attempt id, recipient id, status before) of every claim a job's attempts record
+    (``Attempt.claimed``: the claim is kept per submission, not as status events)."""
+    return [
+        (attempt.id, int(rid), str(status))
+        for attempt in attempts_of(db, job_id)
+        for rid, status in json.loads(attempt.claimed or "[]")
+    ]

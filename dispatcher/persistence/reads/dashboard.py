@@ -27,11 +27,18 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from dispatcher.domain import cursors
 from dispatcher.domain.numbers import normalise
-from dispatcher.domain.statuses import PENDING_STATUSES
+from dispatcher.domain.statuses import PENDING_STATUSES, AttemptOutcome, RecipientStatus
 from dispatcher.errors import InvalidNumberError
 from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import Attempt, Job, OperatorAction, Recipient, StatusEvent
+from dispatcher.persistence.shown import (
+    ClaimEvent,
+    claim_event,
+    claimed_statuses,
+    closes_claim,
+    status_is,
+)
 
 T = TypeVar("T")
 
@@ -170,7 +177,7 @@ class RecipientDetail:
     """A recipient with its history and the attempts that carried it."""
 
     recipient: Recipient
-    events: list[StatusEvent]
+    events: list[StatusEvent | ClaimEvent]
     attempt_ids: list[int]
 
 
@@ -215,7 +222,7 @@ def job_page(
         counts = store.status_counts(session, job_ids=[job_id]).get(job_id, {})
         query = select(Recipient).where(Recipient.job_id == job_id)
         if status:
-            query = query.where(Recipient.status == status)
+            query = query.where(status_is(status))
         if after_id is not None:
             query = query.where(Recipient.id > after_id)
         page = _page(
@@ -233,16 +240,19 @@ def job_page(
                 .order_by(StatusEvent.recipient_id, StatusEvent.at, StatusEvent.id)
             ).scalars():
                 events[event.recipient_id].append(event)
-        attempt_ids = sorted(
-            {e.attempt_id for es in events.values() for e in es if e.attempt_id is not None}
-        )
-        attempts = (
-            list(
-                session.execute(
-                    select(Attempt).where(Attempt.id.in_(attempt_ids)).order_by(Attempt.id)
-                ).scalars()
+        attempt_ids = {e.attempt_id for es in events.values() for e in es if e.attempt_id}
+        # Recipients in flight have no event of this attempt yet: their batch's
+        # in-flight attempt carries them.
+        flying = {r.id: r for r in page.items if _in_flight(r)}
+        carrying: ColumnElement[bool] = Attempt.id.in_(sorted(attempt_ids))
+        if flying:
+            carrying = carrying | (
+                Attempt.batch_id.in_({r.batch_id for r in flying.values()})
+                & (Attempt.outcome == AttemptOutcome.IN_FLIGHT)
             )
-            if attempt_ids
+        attempts = (
+            list(session.execute(select(Attempt).where(carrying).order_by(Attempt.id)).scalars())
+            if attempt_ids or flying
             else []
         )
         actions = list(
@@ -253,11 +263,12 @@ def job_page(
                 .limit(PAGE_SIZE)
             ).scalars()
         )
+    histories = {r.id: _history(r, events[r.id], attempts) for r in page.items}
     details = [
         RecipientDetail(
             recipient=r,
-            events=events[r.id],
-            attempt_ids=sorted({e.attempt_id for e in events[r.id] if e.attempt_id is not None}),
+            events=histories[r.id],
+            attempt_ids=sorted({e.attempt_id for e in histories[r.id] if e.attempt_id}),
         )
         for r in page.items
     ]
@@ -268,6 +279,49 @@ def job_page(
         attempts=attempts,
         actions=actions,
     )
+
+
+def _in_flight(recipient: Recipient) -> bool:
+    """Shown ``submitting`` through its batch (its claim is the attempt's row)."""
+    return (
+        recipient.status == RecipientStatus.SUBMITTING
+        and recipient.stored_status != RecipientStatus.SUBMITTING
+    )
+
+
+def _history(
+    recipient: Recipient, events: list[StatusEvent], attempts: list[Attempt]
+) -> list[StatusEvent | ClaimEvent]:
+    """A recipient's status events with its claims, read from the attempts that
+    carried it, each just before the event that ended it (docs/design.md section 3)."""
+    by_id = {a.id: a for a in attempts}
+    history: list[StatusEvent | ClaimEvent] = []
+    for event in events:
+        attempt = by_id.get(event.attempt_id) if event.attempt_id else None
+        if attempt is not None and closes_claim(event.from_status, attempt.claimed):
+            was = claimed_statuses(attempt.claimed).get(recipient.id, RecipientStatus.QUEUED)
+            history.append(
+                claim_event(
+                    attempt, recipient_id=recipient.id, job_id=recipient.job_id, from_status=was
+                )
+            )
+        history.append(event)
+    if _in_flight(recipient):
+        flying = [
+            a
+            for a in attempts
+            if a.batch_id == recipient.batch_id and a.outcome == AttemptOutcome.IN_FLIGHT
+        ]
+        if flying:
+            history.append(
+                claim_event(
+                    flying[-1],
+                    recipient_id=recipient.id,
+                    job_id=recipient.job_id,
+                    from_status=recipient.stored_status,
+                )
+            )
+    return history
 
 
 # --- lists of recipients and the operator actions ------------------------------------

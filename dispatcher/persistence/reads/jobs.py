@@ -14,6 +14,6 @@ def has_pending(session: Session, job_id: str) -> bool:
     pending = [str(s) for s in PENDING_STATUSES]
     return bool(
         session.execute(
-            select(exists().where(Recipient.job_id == job_id, Recipient.status.in_(pending)))
+            select(exists().where(Recipient.job_id == job_id, Recipient.stored_status.in_(pending)))
         ).scalar_one()
     )

@@ -112,7 +112,7 @@ def due_work(session: Session, *, now: dt.datetime) -> tuple[int, int]:
     recipients = session.execute(
         select(func.count()).where(
             Recipient.batch_id.in_(due),
-            Recipient.status.in_(WAITING_STATUSES),
+            Recipient.stored_status.in_(WAITING_STATUSES),
         )
     ).scalar_one()
     return int(batches), int(recipients)

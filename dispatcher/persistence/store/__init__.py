@@ -27,11 +27,14 @@ from __future__ import annotations
 
 from dispatcher.domain.filters import JobFilter
 from dispatcher.persistence.store._common import WORKER_LOST
-from dispatcher.persistence.store.attempts import complete_attempt, insert_attempt, start_attempt
+from dispatcher.persistence.store.attempts import claimed_json, complete_attempt, start_attempt
 from dispatcher.persistence.store.audit import (
     AuditSelection,
+    audit_claims_query,
     audit_events_query,
+    audit_in_flight_query,
     audit_recipients_query,
+    claimed_recipients,
 )
 from dispatcher.persistence.store.claims import (
     ALL_LANES,
@@ -156,7 +159,9 @@ __all__ = [
     "RecipientScope",
     "abandon_batch",
     "attempt_texts",
+    "audit_claims_query",
     "audit_events_query",
+    "audit_in_flight_query",
     "audit_recipients_query",
     "batches_of",
     "cancel_waiting",
@@ -165,6 +170,8 @@ __all__ = [
     "claim_if_open",
     "claim_next_batch",
     "claim_oldest_due",
+    "claimed_json",
+    "claimed_recipients",
     "complete_attempt",
     "count_breaker_failure",
     "count_due",
@@ -180,7 +187,6 @@ __all__ = [
     "expired_batches",
     "get_control",
     "get_job",
-    "insert_attempt",
     "insert_batches",
     "insert_job",
     "insert_recipients",

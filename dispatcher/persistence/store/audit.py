@@ -4,10 +4,15 @@ number or a job, each with the key that pages it (``keyset``)."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from dispatcher.domain.statuses import WAITING_STATUSES, AttemptOutcome
+from dispatcher.persistence import dialect
 from dispatcher.persistence.models import Attempt, Job, Recipient, StatusEvent
 from dispatcher.persistence.store.jobs import owned_by
 from dispatcher.persistence.store.keyset import AnySelect, KeyColumn
@@ -56,6 +61,10 @@ def audit_events_query(
             Recipient.attempts.label("attempts"),
             StatusEvent.id.label("event_id"),
             Recipient.created_at.label("recipient_created_at"),
+            # What showing the claim an event ends needs (``shown.closes_claim``).
+            Attempt.started_at.label("attempt_started_at"),
+            Attempt.worker.label("attempt_worker"),
+            Attempt.claimed.label("attempt_claimed"),
         )
         .select_from(StatusEvent)
         .join(Recipient, Recipient.id == StatusEvent.recipient_id)
@@ -124,3 +133,90 @@ def audit_recipients_query(
     if selection.until is not None:
         query = query.where(created < selection.until)
     return query, key
+
+
+def audit_in_flight_query(selection: AuditSelection) -> AnySelect:
+    """The recipients of a selection in flight now, with the attempt carrying them:
+    their claims have no status event to show them with yet (``shown.ClaimEvent``).
+    Their stored status is the one they had before the claim."""
+    query: AnySelect = (
+        select(
+            Attempt.started_at.label("at"),
+            Job.id.label("job_id"),
+            Job.reference.label("reference"),
+            Job.created_by.label("created_by"),
+            Recipient.id.label("recipient_id"),
+            Recipient.number.label("number"),
+            Recipient.stored_status.label("from_status"),
+            Attempt.id.label("attempt_id"),
+            Attempt.attempt_no.label("attempt_no"),
+            Attempt.worker.label("actor"),
+            Recipient.status.label("current_status"),
+            Recipient.gateway_message_id.label("gateway_message_id"),
+            Recipient.error_code.label("error_code"),
+            Recipient.attempts.label("attempts"),
+        )
+        .select_from(Attempt)
+        .join(Recipient, Recipient.batch_id == Attempt.batch_id)
+        .join(Job, Job.id == Attempt.job_id)
+        .where(
+            Attempt.outcome == AttemptOutcome.IN_FLIGHT,
+            Attempt.claimed.is_not(None),
+            Recipient.stored_status.in_([str(s) for s in WAITING_STATUSES]),
+            *owned_by(selection.owner_key_id),
+        )
+        .order_by(Attempt.started_at, Attempt.id, Recipient.id)
+    )
+    if selection.number is not None:
+        query = query.where(Recipient.number == selection.number)
+    if selection.job_id is not None:
+        query = query.where(Attempt.job_id == selection.job_id)
+    if selection.since is not None:
+        query = query.where(Attempt.started_at >= selection.since)
+    if selection.until is not None:
+        query = query.where(Attempt.started_at < selection.until)
+    return query
+
+
+def audit_claims_query(selection: AuditSelection) -> tuple[AnySelect, list[KeyColumn]]:
+    """The attempts whose claims (``Attempt.claimed``) a selection by time range or job
+    holds, with their job, and the key that pages them: ``attempts(started_at)`` or
+    ``attempts(job_id)``. Older attempts, whose claims are status events, are left out."""
+    query: AnySelect = (
+        select(
+            Attempt.started_at.label("at"),
+            Attempt.id.label("attempt_id"),
+            Attempt.attempt_no.label("attempt_no"),
+            Attempt.worker.label("actor"),
+            Attempt.claimed.label("claimed"),
+            Attempt.host.label("host"),
+            Attempt.http_status.label("http_status"),
+            Job.id.label("job_id"),
+            Job.reference.label("reference"),
+            Job.created_by.label("created_by"),
+        )
+        .join(Job, Job.id == Attempt.job_id)
+        .where(Attempt.claimed.is_not(None), *owned_by(selection.owner_key_id))
+    )
+    if selection.job_id is not None:
+        query = query.where(Attempt.job_id == selection.job_id)
+    if selection.since is not None:
+        query = query.where(Attempt.started_at >= selection.since)
+    if selection.until is not None:
+        query = query.where(Attempt.started_at < selection.until)
+    return query, [Attempt.started_at, Attempt.id]
+
+
+def claimed_recipients(session: Session, *, ids: Collection[int]) -> dict[int, Any]:
+    """What an export row shows of each recipient ``ids`` names, by id."""
+    rows = session.execute(
+        select(
+            Recipient.id.label("recipient_id"),
+            Recipient.number.label("number"),
+            Recipient.status.label("current_status"),
+            Recipient.gateway_message_id.label("gateway_message_id"),
+            Recipient.error_code.label("error_code"),
+            Recipient.attempts.label("attempts"),
+        ).where(dialect.id_in(session, Recipient.id, ids))
+    )
+    return {row.recipient_id: row._mapping for row in rows}

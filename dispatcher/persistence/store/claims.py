@@ -130,11 +130,11 @@ class PendingRecipient:
 def sendable_recipients(session: Session, *, batch_id: int) -> list[PendingRecipient]:
     """The recipients of a batch still waiting to be sent, in insertion order."""
     rows = session.execute(
-        select(Recipient.id, Recipient.number, Recipient.attempts, Recipient.status)
+        select(Recipient.id, Recipient.number, Recipient.attempts, Recipient.stored_status)
         .where(Recipient.batch_id == batch_id, status_recheck(WAITING_STATUSES))
         .order_by(Recipient.id)
     )
-    return [PendingRecipient(r.id, r.number, r.attempts, r.status) for r in rows]
+    return [PendingRecipient(r.id, r.number, r.attempts, r.stored_status) for r in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +196,9 @@ def claim_if_open(
     """On PostgreSQL, claim the oldest due batch in one statement if dispatch is open.
 
     One round trip reads the control row, claims the batch (``SKIP LOCKED``), reads
-    its job, and locks and reads its recipients still to send. The control row is
+    its job, and reads its recipients still to send. They are not locked: the
+    batch's lock is what every change from a waiting status takes
+    (``transitions.BatchSide``), so none can move them once the claim holds it. The control row is
     read by the same statement that claims, so a pause or an open breaker committed
     before it is honoured exactly as by the separate read it replaces. Returns None
     when nothing is due, and ``GATED`` when dispatch is paused, the breaker is not
@@ -278,7 +280,6 @@ def _claim_statement(lanes: tuple[int, ...]) -> TextClause:
             SELECT r.id, r.number, r.attempts, r.status FROM recipients r
             WHERE r.batch_id = (SELECT id FROM claimed)
                 AND (r.status || '') IN ('queued', 'retry_wait')
-            FOR UPDATE
         )
         SELECT ctl.paused, ctl.breaker_state,
             CASE WHEN c.id IS NULL THEN false ELSE ({others}) END AS more_due,

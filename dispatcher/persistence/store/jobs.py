@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from dispatcher.domain.filters import JobFilter
 from dispatcher.domain.storable import unstorable
 from dispatcher.persistence.models import Attempt, Job, Recipient
+from dispatcher.persistence.shown import status_is
 
 
 def owned_by(owner_key_id: int | None) -> list[ColumnElement[bool]]:
@@ -70,7 +71,7 @@ def list_jobs(
     if selection.number is not None:
         conditions.append(Recipient.number == selection.number)
     if selection.status is not None:
-        conditions.append(Recipient.status == str(selection.status))
+        conditions.append(status_is(selection.status))
     if len(conditions) > 1:
         query = query.where(exists().where(*conditions))
     rows = list(session.execute(query).scalars())

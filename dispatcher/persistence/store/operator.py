@@ -12,10 +12,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from dispatcher.domain.statuses import WAITING_STATUSES, BatchStatus, RecipientStatus
+from dispatcher.domain.statuses import WAITING_STATUSES, RecipientStatus
 from dispatcher.domain.storable import check_storable
 from dispatcher.domain.times import utcnow
-from dispatcher.persistence.models import Batch, Job, OperatorAction, Recipient
+from dispatcher.persistence.models import Job, OperatorAction, Recipient
+from dispatcher.persistence.shown import status_in
 from dispatcher.persistence.store.jobs import owned_by
 from dispatcher.persistence.store.privacy import NUMBER_MARKERS
 from dispatcher.persistence.store.replies import settle_batch
@@ -57,7 +58,7 @@ class RecipientFilter:
         if self.job_id is not None:
             where.append(Recipient.job_id == self.job_id)
         if self.statuses is not None:
-            where.append(Recipient.status.in_(self.statuses))
+            where.append(status_in(self.statuses))
         if self.error_code is not None:
             where.append(Recipient.error_code == self.error_code)
         if self.since is not None:
@@ -106,9 +107,7 @@ def select_recipients(
 
 def settle_batch_if_idle(session: Session, *, batch_id: int, now: dt.datetime) -> None:
     """``settle_batch`` for a batch no worker holds (one that is queued)."""
-    status = session.execute(select(Batch.status).where(Batch.id == batch_id)).scalar_one()
-    if status == BatchStatus.QUEUED:
-        settle_batch(session, batch_id=batch_id, now=now)
+    settle_batch(session, batch_id=batch_id, now=now, only_if_queued=True)
 
 
 def record_action(

@@ -31,7 +31,7 @@ them inside free text would mangle attempt counts and codes."""
 
 def _pending_recipient_of_job() -> ColumnElement[bool]:
     pending = [str(s) for s in RecipientStatus if not s.is_final]
-    return exists().where(Recipient.job_id == Job.id, Recipient.status.in_(pending))
+    return exists().where(Recipient.job_id == Job.id, Recipient.stored_status.in_(pending))
 
 
 def purgeable_jobs(

@@ -13,30 +13,48 @@ import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, case, func, literal, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    case,
+    exists,
+    func,
+    literal,
+    select,
+    text,
+    type_coerce,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.statuses import WAITING_STATUSES, BatchStatus, RecipientStatus
 from dispatcher.persistence import dialect
-from dispatcher.persistence.models import CONTROL_ROW_ID, Batch, Recipient
+from dispatcher.persistence.models import CONTROL_ROW_ID, Attempt, Batch, Recipient
 from dispatcher.persistence.store._common import WORKER_LOST, json_rows
 from dispatcher.persistence.store.attempts import complete_attempt
 from dispatcher.persistence.store.control import reset_failures
 from dispatcher.persistence.store.transitions import status_recheck, transition
 
 
-def settle_batch(session: Session, *, batch_id: int, now: dt.datetime) -> None:
+def settle_batch(
+    session: Session, *, batch_id: int, now: dt.datetime, only_if_queued: bool = False
+) -> None:
     """After an attempt: requeue the batch at its earliest retry, or mark it done.
 
     One statement: the count and the earliest retry time are subqueries of the update.
+    ``only_if_queued`` leaves it alone if a worker has claimed it meanwhile (a
+    compare-and-set, so even a claim that commits while this waits is kept).
     """
     waiting = (Recipient.batch_id == batch_id) & status_recheck(WAITING_STATUSES)
     count = select(func.count()).where(waiting).scalar_subquery()
     next_at = select(func.min(Recipient.next_attempt_at)).where(waiting).scalar_subquery()
     stamp = literal(now, type_=Batch.due_at.type)
+    where = [Batch.id == batch_id]
+    if only_if_queued:
+        where.append(Batch.status == str(BatchStatus.QUEUED))
     session.execute(
         update(Batch)
-        .where(Batch.id == batch_id)
+        .where(*where)
         .values(
             updated_at=now,
             claimed_at=None,
@@ -62,13 +80,28 @@ class OutcomeGroup(NamedTuple):
 RECORDABLE = (RecipientStatus.SUBMITTING, RecipientStatus.UNKNOWN)
 
 
-def record_guard() -> ColumnElement[bool]:
-    """Which recipients a reply may still move: those ``submitting``, and those the
-    sweeper marked ``unknown`` as WORKER_LOST while the reply could not be written (it
-    replaces that guess, but nothing else)."""
-    return (Recipient.status == str(RecipientStatus.SUBMITTING)) | (
-        Recipient.error_code == WORKER_LOST
+def record_guard(attempt_id: int) -> ColumnElement[bool]:
+    """Which recipients a reply of attempt ``attempt_id`` may still move: those its
+    batch still holds in flight under that attempt, and those the sweeper marked
+    ``unknown`` as WORKER_LOST while the reply could not be written (it replaces that
+    guess, but nothing else).
+
+    In flight means stored waiting (or ``submitting``, as written before the claim was
+    kept per submission) in a batch that is ``submitting`` for this very attempt."""
+    in_flight = exists().where(
+        Attempt.id == attempt_id,
+        Batch.id == Attempt.batch_id,
+        Batch.id == Recipient.batch_id,
+        Batch.status == str(BatchStatus.SUBMITTING),
+        Batch.attempts == Attempt.attempt_no,
     )
+    stored = type_coerce(Recipient.stored_status, String)
+    return (stored.in_(_IN_FLIGHT) & in_flight) | (
+        (stored == str(RecipientStatus.UNKNOWN)) & (Recipient.error_code == WORKER_LOST)
+    )
+
+
+_IN_FLIGHT = [str(s) for s in (*WAITING_STATUSES, RecipientStatus.SUBMITTING)]
 
 
 def record_reply(
@@ -151,7 +184,8 @@ def record_outcome(
         session,
         ids=ids,
         from_statuses=RECORDABLE,
-        guard=record_guard(),
+        guard=record_guard(attempt_id),
+        batches="in_flight",
         to_status=group.status,
         at=at,
         cause=group.cause,
@@ -170,7 +204,7 @@ def _attempts_after(*, spent: bool) -> ColumnElement[int]:
     lets only such recipients be ``unknown`` here; ``_RECORD_REPLY`` does the same.
     """
     counted = Recipient.attempts + int(spent)
-    guessed = (Recipient.status == str(RecipientStatus.UNKNOWN)) & (Recipient.attempts > 0)
+    guessed = (Recipient.stored_status == str(RecipientStatus.UNKNOWN)) & (Recipient.attempts > 0)
     return case((guessed, counted - 1), else_=counted)
 
 
@@ -208,12 +242,23 @@ _RECORD_REPLY = text(
             spent int, next_attempt_at timestamptz
         )
     ),
+    held AS (
+        -- The batch first, as the sweeper's abandon locks it before its recipients:
+        -- the two never wait on each other in opposite orders.
+        SELECT b.id FROM batches b JOIN attempts a ON a.id = :attempt_id
+        WHERE b.id = :batch_id AND b.status = 'submitting' AND b.attempts = a.attempt_no
+        FOR UPDATE OF b
+    ),
     current AS (
-        SELECT r.id, r.status FROM recipients r
+        SELECT r.id,
+            CASE WHEN (r.status || '') = 'unknown' THEN 'unknown' ELSE 'submitting' END
+                AS status
+        FROM recipients r
         WHERE r.batch_id = :batch_id AND r.id = ANY (ARRAY(SELECT id FROM result))
-            AND (r.status || '') IN ('submitting', 'unknown')
-            AND ((r.status || '') = 'submitting' OR r.error_code = :worker_lost)
-        FOR UPDATE
+            AND (((r.status || '') IN ('queued', 'retry_wait', 'submitting')
+                    AND EXISTS (SELECT 1 FROM held))
+                OR ((r.status || '') = 'unknown' AND r.error_code = :worker_lost))
+        FOR UPDATE OF r
     ),
     moved AS (
         UPDATE recipients r SET status = g.status, updated_at = :now,

@@ -17,6 +17,7 @@ from dispatcher.domain.statuses import (
 )
 from dispatcher.persistence import columns, dialect
 from dispatcher.persistence.models import Attempt, Batch, Job, Recipient
+from dispatcher.persistence.shown import status_is
 from dispatcher.persistence.store._common import WORKER_LOST
 from dispatcher.persistence.store.attempts import complete_attempt
 from dispatcher.persistence.store.claims import sendable_recipients
@@ -66,10 +67,13 @@ def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: s
                 {"outcome": AttemptOutcome.ABANDONED, "finished_at": now, "error": cause}
             ),
         )
+    # Its recipients still waiting are the ones the call carried (and, on a database
+    # written before the claim was kept per submission, those stored submitting).
     ids = list(
         session.execute(
             select(Recipient.id).where(
-                Recipient.batch_id == batch_id, Recipient.status == RecipientStatus.SUBMITTING
+                Recipient.batch_id == batch_id,
+                Recipient.stored_status.in_([*WAITING_STATUSES, RecipientStatus.SUBMITTING]),
             )
         ).scalars()
     )
@@ -84,6 +88,7 @@ def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: s
         attempt_id=in_flight[-1] if in_flight else None,
         values=columns.fit(Recipient, {"error_code": WORKER_LOST, "error_detail": cause})
         | {"attempts": Recipient.attempts + 1},
+        batches="in_flight",
     )
 
 
@@ -108,7 +113,9 @@ def expired_batches(
 def expire_batch(
     session: Session, *, batch_id: int, now: dt.datetime, cause: str, actor: str
 ) -> int:
-    """End a batch whose validity has passed: its unsent recipients ``expired``, it done."""
+    """End a batch whose validity has passed: its unsent recipients ``expired``, it done.
+
+    The caller holds the batch: the sweeper locked it queued, or a worker claimed it."""
     ids = [r.id for r in sendable_recipients(session, batch_id=batch_id)]
     moved = transition(
         session,
@@ -119,6 +126,7 @@ def expire_batch(
         cause=cause,
         actor=actor,
         values={"error_code": "EXPIRED", "error_detail": cause[:500], "next_attempt_at": None},
+        batches="held",
     )
     settle_batch(session, batch_id=batch_id, now=now)
     return moved
@@ -127,7 +135,8 @@ def expire_batch(
 def overdue_retries(
     session: Session, *, created_before: dt.datetime, limit: int = 1000
 ) -> list[int]:
-    """Recipients still waiting to retry whose job became due before ``created_before``.
+    """Recipients waiting to retry (not in a batch in flight) whose job became due
+    before ``created_before``.
 
     A scheduled job's age counts from its send time, not from when it was queued: a
     job queued days ahead must not fail on its first transient error at its time.
@@ -137,7 +146,7 @@ def overdue_retries(
             select(Recipient.id)
             .join(Job, Job.id == Recipient.job_id)
             .where(
-                Recipient.status == RecipientStatus.RETRY_WAIT,
+                status_is(RecipientStatus.RETRY_WAIT),
                 func.coalesce(Job.send_at, Recipient.created_at) < created_before,
             )
             .limit(limit)

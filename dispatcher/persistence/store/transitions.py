@@ -3,20 +3,54 @@ the same code that changes a status, so no change goes unrecorded.
 
 ``transition`` is a compare-and-set on the status (and an optional guard): a
 recipient something else has moved meanwhile is left alone.
+
+The claim is recorded per submission (docs/design.md section 3): recipients of a
+batch in flight keep their stored ``queued`` or ``retry_wait`` and read as
+``submitting`` (``Recipient.shown_status``). So a change that starts from a waiting
+status must leave alone those whose batch a worker holds: ``transition`` takes the
+batches' side of that by ``batches``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection, Iterable
-from typing import Any
+from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, String, insert, literal, null, select, type_coerce, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    case,
+    insert,
+    literal,
+    null,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.orm import Session
 
-from dispatcher.domain.statuses import RecipientStatus, check_transitions
+from dispatcher.domain.statuses import (
+    WAITING_STATUSES,
+    BatchStatus,
+    RecipientStatus,
+    check_transitions,
+)
 from dispatcher.persistence import dialect
-from dispatcher.persistence.models import Recipient, StatusEvent
+from dispatcher.persistence.models import Batch, Recipient, StatusEvent
+
+BatchSide = Literal["idle", "held", "in_flight"]
+"""Where the recipients' batches stand, for a change from a waiting status:
+
+- ``idle``: only recipients whose batch no worker holds move; the batches are
+  locked (shared, on PostgreSQL) so a claim waits for this change or this change
+  sees the claim;
+- ``held``: the caller holds the batches (it locked or claimed them itself);
+- ``in_flight``: the recipients are those of a submission: a stored waiting status
+  reads, and is recorded, as ``submitting``.
+"""
+
+_WAITING = [str(s) for s in WAITING_STATUSES]
 
 
 def record_transitions(
@@ -28,21 +62,29 @@ def record_transitions(
     cause: str | ColumnElement[Any],
     actor: str,
     attempt_id: int | None = None,
+    in_flight: bool = False,
 ) -> None:
     """Append a status event for every recipient matching ``where``.
 
     Called just before the update that changes their status, so ``from_status``
-    is read from the rows as they are. ``to_status=None`` records each row's
-    current status as its first one (at enqueue), with no previous status.
+    is read from the rows as they are (``submitting`` for a waiting one when
+    ``in_flight``). ``to_status=None`` records each row's current status as its
+    first one (at enqueue), with no previous status.
     """
     from_known = to_status is not None
     cause_expr = cause if not isinstance(cause, str) else literal(cause)
+    stored = type_coerce(Recipient.stored_status, String)
+    from_status: ColumnElement[Any] = (
+        case((stored.in_(_WAITING), str(RecipientStatus.SUBMITTING)), else_=stored)
+        if in_flight
+        else stored
+    )
     source = select(
         Recipient.id,
         Recipient.job_id,
         literal(at, type_=StatusEvent.at.type),
-        Recipient.status if from_known else null(),
-        literal(str(to_status)) if to_status is not None else Recipient.status,
+        from_status if from_known else null(),
+        literal(str(to_status)) if to_status is not None else Recipient.stored_status,
         cause_expr,
         literal(actor),
         literal(attempt_id, type_=StatusEvent.attempt_id.type),
@@ -75,7 +117,7 @@ def status_recheck(statuses: Iterable[str]) -> ColumnElement[bool]:
     rows found by the selective condition are just rechecked.
     """
     # Typed as plain text: the enum type would check '' as a status.
-    return (type_coerce(Recipient.status, String) + "").in_([str(s) for s in statuses])
+    return (type_coerce(Recipient.stored_status, String) + "").in_([str(s) for s in statuses])
 
 
 def transition(
@@ -90,19 +132,26 @@ def transition(
     attempt_id: int | None = None,
     values: dict[str, Any] | None = None,
     guard: ColumnElement[bool] | None = None,
+    batches: BatchSide = "idle",
 ) -> int:
     """Move recipients ``ids`` that are in one of ``from_statuses`` to ``to_status``.
 
     Records one status event per recipient moved; returns how many moved. The
     status condition (and ``guard``, if given) makes it a compare-and-set: a
-    recipient something else has moved meanwhile is left alone.
+    recipient something else has moved meanwhile is left alone. ``from_statuses``
+    are statuses as readers show them; ``batches`` says how the recipients'
+    batches stand (``BatchSide``).
     """
     olds = [RecipientStatus(s) for s in from_statuses]
     check_transitions(olds, to_status)
     if not ids:
         return 0
-    allowed = [str(s) for s in olds]
-    where = dialect.id_in(session, Recipient.id, ids) & status_recheck(allowed)
+    allowed = {str(s) for s in olds}
+    if batches == "in_flight" and RecipientStatus.SUBMITTING in olds:
+        allowed.update(_WAITING)
+    where = dialect.id_in(session, Recipient.id, ids) & status_recheck(sorted(allowed))
+    if batches == "idle" and allowed & set(_WAITING):
+        where = where & _idle_batches(session, ids)
     if guard is not None:
         where = where & guard
     record_transitions(
@@ -113,11 +162,36 @@ def transition(
         cause=cause,
         actor=actor,
         attempt_id=attempt_id,
+        in_flight=batches == "in_flight",
     )
     result = session.execute(
         update(Recipient)
         .where(where)
-        .values(status=str(to_status), updated_at=at, **(values or {}))
+        .values(stored_status=str(to_status), updated_at=at, **(values or {}))
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _idle_batches(session: Session, ids: Collection[int]) -> ColumnElement[bool]:
+    """Recipients whose batch no worker holds, with those batches locked for the rest
+    of the transaction (shared, on PostgreSQL; SQLite has one writer at a time).
+
+    A claim racing this change either committed first (its batch is ``submitting``
+    and left out) or waits for this transaction, and then claims the batch with
+    the recipients this change left waiting.
+    """
+    query = (
+        select(Batch.id)
+        .where(
+            Batch.id.in_(
+                select(Recipient.batch_id).where(dialect.id_in(session, Recipient.id, ids))
+            ),
+            Batch.status != str(BatchStatus.SUBMITTING),
+        )
+        .order_by(Batch.id)
+    )
+    if dialect.is_postgresql(session):
+        query = query.with_for_update(read=True)
+    idle = list(session.execute(query).scalars())
+    return Recipient.batch_id.in_(idle) | Recipient.batch_id.is_(None)

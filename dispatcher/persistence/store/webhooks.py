@@ -22,7 +22,7 @@ def finished_waiting_jobs(session: Session, *, limit: int) -> Sequence[tuple[str
     """(job id, callback URL) of jobs waiting for a webhook whose recipients are all final."""
     pending = exists().where(
         Recipient.job_id == Job.id,
-        Recipient.status.in_([str(s) for s in PENDING_STATUSES]),
+        Recipient.stored_status.in_([str(s) for s in PENDING_STATUSES]),
     )
     rows = session.execute(
         select(Job.id, Job.callback_url)

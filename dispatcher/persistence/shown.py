@@ -1,0 +1,98 @@
+"""What readers show of a claim recorded per submission (docs/design.md section 3).
+
+A claim writes its batch and one attempt row, no recipient row. Readers show the
+recipients as before all the same: ``Recipient.status`` reads ``submitting`` through
+the batch, and a recipient's history shows its move to ``submitting`` from the
+attempt's row (``ClaimEvent``), at the attempt's start, with the status it had.
+
+The shown status is an expression over the stored one and the batch, which no index
+serves: ``status_in`` adds the stored statuses that can show as the ones asked, so
+an index narrows the rows and the expression only decides among them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement
+
+from dispatcher.domain.statuses import WAITING_STATUSES, RecipientStatus
+from dispatcher.persistence.models import Attempt, Recipient
+
+
+def stored_as(statuses: Iterable[RecipientStatus | str]) -> list[str]:
+    """The stored statuses a recipient shown in one of ``statuses`` can have."""
+    wanted = {RecipientStatus(s) for s in statuses}
+    stored = set(wanted)
+    if RecipientStatus.SUBMITTING in wanted:
+        stored.update(WAITING_STATUSES)
+    return sorted(str(s) for s in stored)
+
+
+def status_in(statuses: Iterable[RecipientStatus | str]) -> ColumnElement[bool]:
+    """Recipients shown in one of ``statuses``."""
+    wanted = [str(RecipientStatus(s)) for s in statuses]
+    return Recipient.stored_status.in_(stored_as(wanted)) & Recipient.status.in_(wanted)
+
+
+def status_is(status: RecipientStatus | str) -> ColumnElement[bool]:
+    """Recipients shown in ``status``."""
+    return status_in([status])
+
+
+# --- the claim in a recipient's history -------------------------------------------
+
+
+def claim_cause(attempt_no: int) -> str:
+    """The cause a recipient's move to ``submitting`` shows."""
+    return f"attempt {attempt_no} claimed"
+
+
+def claimed_statuses(claimed: str | None) -> dict[int, RecipientStatus]:
+    """``Attempt.claimed`` read back: each recipient's status before the claim."""
+    if not claimed:
+        return {}
+    return {int(rid): RecipientStatus(status) for rid, status in json.loads(claimed)}
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimEvent:
+    """A recipient's move to ``submitting``, shown in its history as a status event
+    is, but read from its attempt's row: the claim is recorded per submission
+    (``Attempt.claimed``), never per recipient (docs/design.md section 3)."""
+
+    recipient_id: int
+    job_id: str
+    at: dt.datetime
+    from_status: RecipientStatus
+    attempt_id: int
+    cause: str
+    actor: str
+    to_status: RecipientStatus = RecipientStatus.SUBMITTING
+    id: int | None = None
+    """Status events have ids; a claim read from an attempt has none."""
+
+
+def claim_event(
+    attempt: Attempt, *, recipient_id: int, job_id: str, from_status: RecipientStatus
+) -> ClaimEvent:
+    """The claim of ``attempt`` as ``recipient_id``'s history shows it."""
+    return ClaimEvent(
+        recipient_id=recipient_id,
+        job_id=job_id,
+        at=attempt.started_at,
+        from_status=from_status,
+        attempt_id=attempt.id,
+        cause=claim_cause(attempt.attempt_no),
+        actor=attempt.worker or "",
+    )
+
+
+def closes_claim(from_status: str | None, claimed: str | None) -> bool:
+    """Whether a status event ends a claim kept per submission: it leaves
+    ``submitting`` for an attempt whose row lists what it carried (older attempts'
+    claims are status events of their own)."""
+    return from_status == RecipientStatus.SUBMITTING and claimed is not None
