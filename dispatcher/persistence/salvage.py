@@ -220,5 +220,7 @@ def record_reply(session: Session, write: ReplyWrite) -> Salvage:
                 result.refusals.append(Refusal(recipient_id, said, reason, recorded))
             result.moved += moved if isinstance(moved, int) else 0
     if result.settled:
-        store.settle_batch(session, batch_id=write.batch_id, now=write.at)
+        store.settle_batch(
+            session, batch_id=write.batch_id, now=write.at, after_attempt=write.attempt_id
+        )
     return result

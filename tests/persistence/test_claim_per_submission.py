@@ -298,18 +298,6 @@ def test_a_reply_for_a_batch_its_attempt_no_longer_holds_moves_no_recipient(
     assert attempt.outcome == AttemptOutcome.ACCEPTED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "record_reply settles the batch whatever its holder: a reply of attempt 1 "
-        "written again (its first commit not acknowledged) after attempt 2 claimed "
-        "the batch moves no recipient, but requeues the batch attempt 2 holds "
-        "(store/replies.py: settle_batch on SQLite, the `settled` CTE of "
-        "_RECORD_REPLY on PostgreSQL, neither conditioned on `held`); attempt 2's "
-        "recipients then show retry_wait while their call is out, and its reply "
-        "is refused"
-    ),
-)
 def test_a_stale_reply_leaves_the_batch_another_attempt_holds_in_flight(
     service: Dispatcher, simulator: GatewaySimulator, observer: Database
 ) -> None:

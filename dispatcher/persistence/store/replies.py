@@ -37,21 +37,32 @@ from dispatcher.persistence.store.transitions import status_recheck, transition
 
 
 def settle_batch(
-    session: Session, *, batch_id: int, now: dt.datetime, only_if_queued: bool = False
+    session: Session,
+    *,
+    batch_id: int,
+    now: dt.datetime,
+    only_if_queued: bool = False,
+    after_attempt: int | None = None,
 ) -> None:
     """After an attempt: requeue the batch at its earliest retry, or mark it done.
 
     One statement: the count and the earliest retry time are subqueries of the update.
     ``only_if_queued`` leaves it alone if a worker has claimed it meanwhile (a
     compare-and-set, so even a claim that commits while this waits is kept).
+    ``after_attempt`` (a reply's attempt id) leaves it alone while another attempt
+    holds it in flight: a reply written again after its first commit went through
+    unacknowledged must not requeue the batch its next attempt is sending.
     """
     waiting = (Recipient.batch_id == batch_id) & status_recheck(WAITING_STATUSES)
     count = select(func.count()).where(waiting).scalar_subquery()
     next_at = select(func.min(Recipient.next_attempt_at)).where(waiting).scalar_subquery()
     stamp = literal(now, type_=Batch.due_at.type)
-    where = [Batch.id == batch_id]
+    where: list[ColumnElement[bool]] = [Batch.id == batch_id]
     if only_if_queued:
         where.append(Batch.status == str(BatchStatus.QUEUED))
+    if after_attempt is not None:
+        made = select(Attempt.attempt_no).where(Attempt.id == after_attempt).scalar_subquery()
+        where.append((Batch.status != str(BatchStatus.SUBMITTING)) | (Batch.attempts == made))
     session.execute(
         update(Batch)
         .where(*where)
@@ -157,7 +168,7 @@ def record_reply(
         moved += record_outcome(
             session, ids=ids, group=key, attempt_id=attempt_id, at=at, actor=actor
         )
-    settle_batch(session, batch_id=batch_id, now=at)
+    settle_batch(session, batch_id=batch_id, now=at, after_attempt=attempt_id)
     return moved
 
 
@@ -302,6 +313,8 @@ _RECORD_REPLY = text(
                 ELSE batches.due_at END
         FROM waiting
         WHERE batches.id = :batch_id
+            -- Not while another attempt holds it (see settle_batch's after_attempt).
+            AND (batches.status <> 'submitting' OR EXISTS (SELECT 1 FROM held))
     ),
     breaker AS (
         UPDATE dispatch_control SET breaker_failures = 0, updated_at = :now
