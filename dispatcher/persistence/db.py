@@ -35,7 +35,7 @@ from sqlalchemy.orm import sessionmaker
 # can type their transactions and tell a refusal from an outage while only this
 # layer imports SQLAlchemy (docs/design.md, "Layers").
 from dispatcher.domain import redaction
-from dispatcher.persistence.dialect import is_sqlite, name_of
+from dispatcher.persistence.dialect import is_postgresql, is_sqlite, name_of
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -75,7 +75,12 @@ def _sqlite_setup(engine: Engine, *, foreign_keys: bool) -> None:
 
 
 def make_engine(
-    url: str, *, pool_size: int = 10, echo: bool = False, sqlite_foreign_keys: bool = True
+    url: str,
+    *,
+    pool_size: int = 10,
+    echo: bool = False,
+    sqlite_foreign_keys: bool = True,
+    autocommit: bool = False,
 ) -> Engine:
     """An engine for ``url`` with this project's settings for its database.
 
@@ -106,6 +111,9 @@ def make_engine(
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
+        # Set once per connection: switching a pooled connection in and out of
+        # autocommit costs SQLAlchemy round trips of its own.
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
     )
     _ping_idle_connections(engine)
     return engine
@@ -154,6 +162,7 @@ class Database:
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._autocommit: Engine | None = None
 
     def __repr__(self) -> str:
         return f"Database({self.display_url!r})"
@@ -173,6 +182,8 @@ class Database:
         with self._lock:
             if os.getpid() != self._pid:
                 self.engine.dispose(close=False)
+                if self._autocommit is not None:
+                    self._autocommit.dispose(close=False)
                 self._pid = os.getpid()
 
     @contextmanager
@@ -182,6 +193,34 @@ class Database:
         with self.sessions() as session, session.begin():
             yield session
 
+    @contextmanager
+    def one_statement(self) -> Iterator[Session]:
+        """A session for a write that is one statement: on PostgreSQL the statement is
+        its own transaction (autocommit), one round trip instead of three (BEGIN, the
+        statement, COMMIT); on SQLite, ``transaction``. More than one statement in it
+        would commit each by itself: use ``transaction`` for those."""
+        if not is_postgresql(self.engine):
+            with self.transaction() as session:
+                yield session
+            return
+        self.after_fork()
+        with Session(bind=self.autocommit_engine()) as session:
+            yield session
+
+    def engines(self) -> list[Engine]:
+        """Every engine this database's statements go through (to watch them all)."""
+        if not is_postgresql(self.engine):
+            return [self.engine]
+        return [self.engine, self.autocommit_engine()]
+
+    def autocommit_engine(self) -> Engine:
+        """A small pool of autocommit connections, made on first use (a producer of
+        one-recipient jobs; workers never ask)."""
+        with self._lock:
+            if self._autocommit is None:
+                self._autocommit = make_engine(self.url, pool_size=2, autocommit=True)
+            return self._autocommit
+
     def ping(self) -> None:
         """One round trip on a pooled connection; raises what the driver raises if none."""
         with self.engine.connect() as connection:
@@ -190,3 +229,5 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self._autocommit is not None:
+            self._autocommit.dispose()

@@ -168,13 +168,16 @@ def statements_sent(db: Database, monkeypatch: pytest.MonkeyPatch) -> Iterator[l
         seen.append(str(statement))
         return copy(cursor, statement, *args, **kwargs)
 
-    event.listen(db.engine, "before_cursor_execute", watch)
+    engines = db.engines()
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", watch)
     try:
         with monkeypatch.context() as patch:
             patch.setattr(psycopg.Cursor, "copy", counted_copy)
             yield seen
     finally:
-        event.remove(db.engine, "before_cursor_execute", watch)
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", watch)
 
 
 def postgresql_only(statements: Sequence[str]) -> dict[str, int]:

@@ -97,11 +97,13 @@ def statements_starting(db: Database, prefix: str) -> Iterator[list[str]]:
         if statement.lstrip().startswith(prefix):
             seen.append(statement)
 
-    event.listen(db.engine, "before_cursor_execute", watch)
+    for engine in db.engines():
+        event.listen(engine, "before_cursor_execute", watch)
     try:
         yield seen
     finally:
-        event.remove(db.engine, "before_cursor_execute", watch)
+        for engine in db.engines():
+            event.remove(engine, "before_cursor_execute", watch)
 
 
 def claims_of(db: Database, job_id: str) -> list[tuple[int, int, str]]:

@@ -73,6 +73,7 @@ from dispatcher.persistence.store.enqueue import (
     job_by_idempotency_key,
     new_job_id,
     write_job,
+    written_in_one_statement,
 )
 from dispatcher.persistence.store.jobs import (
     get_job,
@@ -234,4 +235,5 @@ __all__ = [
     "update_control",
     "visible_to",
     "write_job",
+    "written_in_one_statement",
 ]

@@ -250,6 +250,16 @@ def job_by_idempotency_key(session: Session, *, created_by: str, key: str) -> Jo
     ).scalar_one_or_none()
 
 
+def written_in_one_statement(
+    target: dialect.Target, *, groups: Sequence[Sequence[str]], refused: Sequence[object]
+) -> bool:
+    """Whether ``write_job`` writes this job by one statement (a small job on
+    PostgreSQL), which may then run as its own transaction (``Database.one_statement``)."""
+    accepted = sum(len(numbers) for numbers in groups)
+    small = len(groups) <= 1 and accepted + len(refused) <= SMALL_JOB_MAX_ROWS
+    return small and dialect.is_postgresql(target)
+
+
 def write_job(
     session: Session,
     *,
@@ -269,9 +279,7 @@ def write_job(
     A small job on PostgreSQL goes in by one statement (``insert_small_job``);
     any other by separate inserts, which write the same rows.
     """
-    accepted = sum(len(numbers) for numbers in groups)
-    small = len(groups) <= 1 and accepted + len(refused) <= SMALL_JOB_MAX_ROWS
-    if small and dialect.is_postgresql(session):
+    if written_in_one_statement(session, groups=groups, refused=refused):
         insert_small_job(
             session,
             job=job,
