@@ -100,6 +100,10 @@ class Job(Base):
     """After this, recipients still unsent end ``expired`` instead of going late."""
     purged_at: Mapped[dt.datetime | None]
     """When retention removed its text and numbers (the counts stay)."""
+    creation_implied: Mapped[bool | None]
+    """True: its accepted recipients' first status event (``queued``, ``enqueued``, by
+    its creator, at its creation) is read from their rows, not written
+    (docs/design.md section 3); None on jobs written before, whose events are rows."""
 
     __table_args__ = (
         Index(None, "created_at"),

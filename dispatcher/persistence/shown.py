@@ -1,9 +1,11 @@
 """What readers show of a claim recorded per submission (docs/design.md section 3).
 
-A claim writes its batch and one attempt row, no recipient row. Readers show the
-recipients as before all the same: ``Recipient.status`` reads ``submitting`` through
-the batch, and a recipient's history shows its move to ``submitting`` from the
-attempt's row (``ClaimEvent``), at the attempt's start, with the status it had.
+A claim writes its batch and one attempt row, no recipient row; an accepted recipient
+is written once, with no status event for its creation. Readers show the recipients
+as before all the same: ``Recipient.status`` reads ``submitting`` through the batch,
+and a recipient's history shows its creation from its row and its move to
+``submitting`` from the attempt's row, at the attempt's start, with the status it had
+(``ImpliedEvent``).
 
 The shown status is an expression over the stored one and the batch, which no index
 serves: ``status_in`` adds the stored statuses that can show as the ones asked, so
@@ -59,36 +61,63 @@ def claimed_statuses(claimed: str | None) -> dict[int, RecipientStatus]:
 
 
 @dataclass(frozen=True, slots=True)
-class ClaimEvent:
-    """A recipient's move to ``submitting``, shown in its history as a status event
-    is, but read from its attempt's row: the claim is recorded per submission
-    (``Attempt.claimed``), never per recipient (docs/design.md section 3)."""
+class ImpliedEvent:
+    """A status change shown in a recipient's history as a status event is, but read
+    from the rows that imply it instead of written as one (docs/design.md section 3):
+    a claim, from its attempt's row (``Attempt.claimed``); an accepted recipient's
+    creation, from its row and its job's (``Job.creation_implied``)."""
 
     recipient_id: int
     job_id: str
     at: dt.datetime
-    from_status: RecipientStatus
-    attempt_id: int
+    from_status: RecipientStatus | None
+    to_status: RecipientStatus
     cause: str
     actor: str
-    to_status: RecipientStatus = RecipientStatus.SUBMITTING
+    attempt_id: int | None = None
     id: int | None = None
-    """Status events have ids; a claim read from an attempt has none."""
+    """Status events have ids; an implied one has none."""
+
+
+CREATION_CAUSE = "enqueued"
+"""The cause an accepted recipient's creation shows."""
+
+
+def creation_event(
+    *, recipient_id: int, job_id: str, created_at: dt.datetime, created_by: str
+) -> ImpliedEvent:
+    """An accepted recipient's first event, as its history shows it."""
+    return ImpliedEvent(
+        recipient_id=recipient_id,
+        job_id=job_id,
+        at=created_at,
+        from_status=None,
+        to_status=RecipientStatus.QUEUED,
+        cause=CREATION_CAUSE,
+        actor=created_by,
+    )
 
 
 def claim_event(
     attempt: Attempt, *, recipient_id: int, job_id: str, from_status: RecipientStatus
-) -> ClaimEvent:
+) -> ImpliedEvent:
     """The claim of ``attempt`` as ``recipient_id``'s history shows it."""
-    return ClaimEvent(
+    return ImpliedEvent(
         recipient_id=recipient_id,
         job_id=job_id,
         at=attempt.started_at,
         from_status=from_status,
-        attempt_id=attempt.id,
+        to_status=RecipientStatus.SUBMITTING,
         cause=claim_cause(attempt.attempt_no),
         actor=attempt.worker or "",
+        attempt_id=attempt.id,
     )
+
+
+def creation_implied(job_implied: bool | None, batch_id: int | None) -> bool:
+    """Whether a recipient's first event is implied by its row: it was accepted (it has
+    a batch) into a job that writes no such event."""
+    return bool(job_implied) and batch_id is not None
 
 
 def closes_claim(from_status: str | None, claimed: str | None) -> bool:

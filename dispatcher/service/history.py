@@ -1,14 +1,17 @@
 """The events export's rows: every status change of a recipient, claims included.
 
-A claim is recorded per submission, in its attempt's row (``Attempt.claimed``), not
-as a status event per recipient (docs/design.md section 3). The export shows it all
-the same, as the row it stands for: its attempt's start, the status the recipient
-had, ``submitting``, ``attempt N claimed``, the worker.
+A claim is recorded per submission, in its attempt's row (``Attempt.claimed``), and an
+accepted recipient's creation in its row (``Job.creation_implied``), not as status
+events per recipient (docs/design.md section 3). The export shows them all the same,
+as the rows they stand for: a claim at its attempt's start, from the status the
+recipient had to ``submitting``, ``attempt N claimed``, by the worker; a creation at
+the recipient's, to ``queued``, ``enqueued``, by the job's creator.
 
-- By time range or job, the claims come from the attempts of that range or job and
-  are merged with the status events in time order.
-- By number, each recipient's story is told whole, in order: a claim is shown just
-  before the event that ended it, and a claim still in flight after the rest.
+- By time range or job, creations and claims come from the recipients and attempts
+  of that range or job and are merged with the status events in time order.
+- By number, each recipient's story is told whole, in order: its creation first, a
+  claim just before the event that ended it, and a claim still in flight after the
+  rest.
 
 Each source is read a page at a time, each page in its own short transaction.
 """
@@ -22,7 +25,12 @@ from typing import Any
 from dispatcher.domain.statuses import RecipientStatus
 from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
-from dispatcher.persistence.shown import claim_cause, claimed_statuses, closes_claim
+from dispatcher.persistence.shown import (
+    CREATION_CAUSE,
+    claim_cause,
+    claimed_statuses,
+    closes_claim,
+)
 
 Row = Mapping[Any, Any]
 
@@ -31,17 +39,42 @@ CLAIM_PAGE_ATTEMPTS = 20
 
 
 def event_rows(db: Database, selection: store.AuditSelection, *, page_rows: int) -> Iterator[Row]:
-    """The status events of ``selection`` with the claims among them, as export rows."""
+    """The status events of ``selection`` with those rows imply among them, as export
+    rows: accepted recipients' creations and claims."""
     events = pages(db, *store.audit_events_query(selection), page_rows=page_rows)
+    creations = (
+        _creation(row)
+        for row in pages(db, *store.audit_creations_query(selection), page_rows=page_rows)
+    )
     if selection.number is not None:
-        yield from _claims_attached(events)
+        # Recipient by recipient, as the events are paged: its creation, then its story.
+        yield from heapq.merge(
+            creations,
+            _claims_attached(events),
+            key=lambda row: (row["recipient_created_at"], row["recipient_id"], row["_after"]),
+        )
         with db.transaction() as session:
             flying = session.execute(store.audit_in_flight_query(selection)).all()
         for row in flying:
             yield _in_flight_claim(row._mapping)
         return
-    # Ties go to the claims (the first source): a claim precedes what it led to.
-    yield from heapq.merge(_claims(db, selection), events, key=lambda row: row["at"])
+    # Ties go to the earlier source: a creation, then a claim, precede what follows.
+    yield from heapq.merge(creations, _claims(db, selection), events, key=lambda row: row["at"])
+
+
+def _creation(row: Row) -> Row:
+    return dict(row) | {
+        "from_status": None,
+        "to_status": RecipientStatus.QUEUED,
+        "cause": CREATION_CAUSE,
+        "actor": row["created_by"],
+        "attempt_id": None,
+        "attempt_no": None,
+        "host": None,
+        "http_status": None,
+        "event_id": None,
+        "_after": 0,
+    }
 
 
 def pages(
@@ -70,8 +103,9 @@ def _claims_attached(events: Iterator[Row]) -> Iterator[Row]:
                 "cause": claim_cause(event["attempt_no"]),
                 "actor": event["attempt_worker"],
                 "event_id": None,
+                "_after": 1,
             }
-        yield event
+        yield dict(event) | {"_after": 1}
 
 
 def _in_flight_claim(row: Row) -> Row:

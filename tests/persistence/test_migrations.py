@@ -273,3 +273,44 @@ def test_0009_downgrade_writes_the_status_older_code_reads_in_flight(
     with empty_database.engine.begin() as connection:
         status = connection.execute(text("SELECT status FROM recipients")).scalar_one()
     assert status == "submitting"
+
+
+def test_0010_downgrade_writes_the_first_events_older_code_reads(
+    empty_database: Database,
+) -> None:
+    migrate.upgrade(empty_database, "head")
+    at = utcnow()
+    with empty_database.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO jobs (id, created_at, text, kind, maxconcat, parts, encoding,"
+                " recipient_count, refused_count, created_by, creation_implied) VALUES"
+                " ('J1', :at, 't', 'text', 1, 1, 'GSM-7', 1, 1, 'api:shop', :implied)"
+            ),
+            {"at": at, "implied": True},
+        )
+        connection.execute(
+            text(
+                "INSERT INTO batches (id, job_id, status, due_at, attempts, created_at,"
+                " updated_at, lane) VALUES (1, 'J1', 'queued', :at, 0, :at, :at, 1)"
+            ),
+            {"at": at},
+        )
+        for rid, batch_id, status in ((1, 1, "queued"), (2, None, "failed")):
+            connection.execute(
+                text(
+                    "INSERT INTO recipients (id, job_id, batch_id, number, status, attempts,"
+                    " created_at, updated_at) VALUES (:id, 'J1', :batch, '447700900001',"
+                    " :status, 0, :at, :at)"
+                ),
+                {"id": rid, "batch": batch_id, "status": status, "at": at},
+            )
+
+    migrate.downgrade(empty_database, "0009")
+
+    with empty_database.engine.begin() as connection:
+        rows = connection.execute(
+            text("SELECT recipient_id, from_status, to_status, cause, actor FROM status_events")
+        ).all()
+    # The accepted recipient's implied event, written; the refused one's was a row.
+    assert [tuple(row) for row in rows] == [(1, None, "queued", "enqueued", "api:shop")]

@@ -164,15 +164,23 @@ def test_export_pages_through_every_row_once(
     service.dispatch_due(worker="w")
     events = sum(len(events_of(service.db, job)) for job in jobs)
     claims = sum(len(claims_of(service.db, job)) for job in jobs)
+    accepted = sum(len(recipients_of(service.db, job)) for job in jobs)
     since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
 
     rows = rows_of(audit.export_csv(service.db, since=since, until=None))
 
-    # Every status event once, and every claim (kept per submission) as a row of its own.
-    assert claims == 10
-    assert len(rows) == events + claims
+    # Every status event once, and each creation and claim (implied by the rows,
+    # docs/design.md section 3) as a row of its own.
+    assert (events, claims, accepted) == (10, 10, 10)
+    assert len(rows) == events + claims + accepted
     assert len({r["event_id"] for r in rows if r["event_id"]}) == events
-    claimed = [r for r in rows if not r["event_id"]]
+    implied = [r for r in rows if not r["event_id"]]
+    created = [r for r in implied if r["to_status"] == "queued"]
+    claimed = [r for r in implied if r["to_status"] == "submitting"]
+    assert len({r["recipient_id"] for r in created}) == accepted
+    assert {(r["from_status"], r["cause"], r["actor"]) for r in created} == {
+        ("", "enqueued", "python")
+    }
     assert len({(r["attempt_id"], r["recipient_id"]) for r in claimed}) == claims
     assert {(r["from_status"], r["to_status"]) for r in claimed} == {("queued", "submitting")}
     stamps = [dt.datetime.fromisoformat(r["at"]) for r in rows]

@@ -99,11 +99,12 @@ def service(db: Database) -> Iterator[Service]:
     settings = load_settings(database_url=db.url)
     svc = Dispatcher(settings, database=db, waker=waker)
     try:
-        svc.enqueue(GOOD_TO, "The job before")
+        # A refused number too: only a refusal writes a status event at enqueue.
+        svc.enqueue([*GOOD_TO, "12"], "The job before")
         assert waker.calls == [1]
         counts = row_counts(db)
         assert counts["jobs"] == 1
-        assert counts["recipients"] == counts["status_events"] == 2
+        assert (counts["recipients"], counts["status_events"]) == (3, 1)
         assert counts["batches"] == 1
         yield Service(svc, waker, db)
     finally:

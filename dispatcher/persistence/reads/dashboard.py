@@ -33,10 +33,12 @@ from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import Attempt, Job, OperatorAction, Recipient, StatusEvent
 from dispatcher.persistence.shown import (
-    ClaimEvent,
+    ImpliedEvent,
     claim_event,
     claimed_statuses,
     closes_claim,
+    creation_event,
+    creation_implied,
     status_is,
 )
 
@@ -177,7 +179,7 @@ class RecipientDetail:
     """A recipient with its history and the attempts that carried it."""
 
     recipient: Recipient
-    events: list[StatusEvent | ClaimEvent]
+    events: list[StatusEvent | ImpliedEvent]
     attempt_ids: list[int]
 
 
@@ -263,7 +265,7 @@ def job_page(
                 .limit(PAGE_SIZE)
             ).scalars()
         )
-    histories = {r.id: _history(r, events[r.id], attempts) for r in page.items}
+    histories = {r.id: _history(job, r, events[r.id], attempts) for r in page.items}
     details = [
         RecipientDetail(
             recipient=r,
@@ -290,12 +292,22 @@ def _in_flight(recipient: Recipient) -> bool:
 
 
 def _history(
-    recipient: Recipient, events: list[StatusEvent], attempts: list[Attempt]
-) -> list[StatusEvent | ClaimEvent]:
-    """A recipient's status events with its claims, read from the attempts that
-    carried it, each just before the event that ended it (docs/design.md section 3)."""
+    job: Job, recipient: Recipient, events: list[StatusEvent], attempts: list[Attempt]
+) -> list[StatusEvent | ImpliedEvent]:
+    """A recipient's status events with those its rows imply (docs/design.md section
+    3): its creation first, and its claims, read from the attempts that carried it,
+    each just before the event that ended it."""
     by_id = {a.id: a for a in attempts}
-    history: list[StatusEvent | ClaimEvent] = []
+    history: list[StatusEvent | ImpliedEvent] = []
+    if creation_implied(job.creation_implied, recipient.batch_id):
+        history.append(
+            creation_event(
+                recipient_id=recipient.id,
+                job_id=job.id,
+                created_at=recipient.created_at,
+                created_by=job.created_by,
+            )
+        )
     for event in events:
         attempt = by_id.get(event.attempt_id) if event.attempt_id else None
         if attempt is not None and closes_claim(event.from_status, attempt.claimed):

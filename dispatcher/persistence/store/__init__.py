@@ -31,6 +31,7 @@ from dispatcher.persistence.store.attempts import claimed_json, complete_attempt
 from dispatcher.persistence.store.audit import (
     AuditSelection,
     audit_claims_query,
+    audit_creations_query,
     audit_events_query,
     audit_in_flight_query,
     audit_recipients_query,
@@ -161,6 +162,7 @@ __all__ = [
     "abandon_batch",
     "attempt_texts",
     "audit_claims_query",
+    "audit_creations_query",
     "audit_events_query",
     "audit_in_flight_query",
     "audit_recipients_query",

@@ -137,7 +137,7 @@ def audit_recipients_query(
 
 def audit_in_flight_query(selection: AuditSelection) -> AnySelect:
     """The recipients of a selection in flight now, with the attempt carrying them:
-    their claims have no status event to show them with yet (``shown.ClaimEvent``).
+    their claims have no status event to show them with yet (``shown.ImpliedEvent``).
     Their stored status is the one they had before the claim."""
     query: AnySelect = (
         select(
@@ -220,3 +220,49 @@ def claimed_recipients(session: Session, *, ids: Collection[int]) -> dict[int, A
         ).where(dialect.id_in(session, Recipient.id, ids))
     )
     return {row.recipient_id: row._mapping for row in rows}
+
+
+def audit_creations_query(selection: AuditSelection) -> tuple[AnySelect, list[KeyColumn]]:
+    """The accepted recipients of a selection whose first status event is implied by
+    their row (``Job.creation_implied``), with the columns of an events export row,
+    and the key that pages them: per number ``recipients(number, created_at)``, per
+    job its recipients, per range ``jobs(created_at)`` and each job's recipients."""
+    query: AnySelect = (
+        select(
+            Recipient.created_at.label("at"),
+            Job.id.label("job_id"),
+            Job.reference.label("reference"),
+            Job.created_by.label("created_by"),
+            Recipient.id.label("recipient_id"),
+            Recipient.number.label("number"),
+            Recipient.status.label("current_status"),
+            Recipient.gateway_message_id.label("gateway_message_id"),
+            Recipient.error_code.label("error_code"),
+            Recipient.attempts.label("attempts"),
+            Recipient.created_at.label("recipient_created_at"),
+        )
+        .join(Job, Job.id == Recipient.job_id)
+        .where(
+            Job.creation_implied.is_(True),
+            Recipient.batch_id.is_not(None),
+            *owned_by(selection.owner_key_id),
+        )
+    )
+    key: list[KeyColumn]
+    created: KeyColumn = Recipient.created_at
+    if selection.number is not None:
+        query = query.where(Recipient.number == selection.number)
+        key = [Recipient.created_at, Recipient.id]
+    elif selection.job_id is not None:
+        key = [Recipient.id]
+    else:
+        # A recipient is created with its job, at the same instant.
+        created = Job.created_at
+        key = [Job.created_at, Job.id, Recipient.id]
+    if selection.job_id is not None:
+        query = query.where(Recipient.job_id == selection.job_id)
+    if selection.since is not None:
+        query = query.where(created >= selection.since)
+    if selection.until is not None:
+        query = query.where(created < selection.until)
+    return query, key

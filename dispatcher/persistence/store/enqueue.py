@@ -173,8 +173,8 @@ def insert_small_job(
 ) -> None:
     """On PostgreSQL, write a job of at most one batch in one statement: the job, its
     batch (when any number was accepted), its recipients (``accepted`` queued,
-    ``refused`` as (number, detail) failed with INVALID_NUMBER) and each one's first
-    status event, the same rows the separate inserts write.
+    ``refused`` as (number, detail) failed with INVALID_NUMBER) and each refused one's
+    first status event, the same rows the separate inserts write.
 
     One round trip instead of four: most of a one-recipient ``send()`` was the
     statements' own cost, not their rows'.
@@ -236,9 +236,9 @@ def _small_job_statement(columns: tuple[str, ...]) -> TextClause:
         )
         INSERT INTO status_events (recipient_id, job_id, at, from_status, to_status, cause,
             actor, attempt_id)
-        SELECT id, :job_id, :now, NULL, status, COALESCE(error_detail, 'enqueued'), :actor,
-            NULL
-        FROM added ORDER BY id
+        SELECT id, :job_id, :now, NULL, status, COALESCE(error_detail, 'refused at enqueue'),
+            :actor, NULL
+        FROM added WHERE status = 'failed' ORDER BY id
         """  # noqa: S608
     )
 
@@ -273,12 +273,14 @@ def write_job(
     actor: str,
 ) -> None:
     """Write ``job``, a batch per group of accepted numbers (queued), the ``refused``
-    (number, detail) pairs (failed with INVALID_NUMBER, in no batch) and each
-    recipient's first status event.
+    (number, detail) pairs (failed with INVALID_NUMBER, in no batch) and each refused
+    recipient's first status event, with its cause. An accepted recipient's first
+    event is implied by its row (``Job.creation_implied``): it is written once.
 
     A small job on PostgreSQL goes in by one statement (``insert_small_job``);
     any other by separate inserts, which write the same rows.
     """
+    job.creation_implied = True
     if written_in_one_statement(session, groups=groups, refused=refused):
         insert_small_job(
             session,
@@ -331,13 +333,13 @@ def write_job(
         for number, detail in refused
     )
     insert_recipients(session, rows=rows)
-    # Each recipient's first event: its status as written, caused by its refusal or
-    # by the enqueue.
-    record_transitions(
-        session,
-        where=Recipient.job_id == job.id,
-        to_status=None,
-        at=now,
-        cause=func.coalesce(Recipient.error_detail, "enqueued"),
-        actor=actor,
-    )
+    if refused:
+        # A refused recipient's first event: failed, caused by its refusal.
+        record_transitions(
+            session,
+            where=(Recipient.job_id == job.id) & Recipient.batch_id.is_(None),
+            to_status=None,
+            at=now,
+            cause=func.coalesce(Recipient.error_detail, "refused at enqueue"),
+            actor=actor,
+        )
