@@ -158,6 +158,7 @@ class Database:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = normalise_url(url)
+        self.pool_size = pool_size
         self.engine = make_engine(self.url, pool_size=pool_size)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._pid = os.getpid()
@@ -214,11 +215,12 @@ class Database:
         return [self.engine, self.autocommit_engine()]
 
     def autocommit_engine(self) -> Engine:
-        """A small pool of autocommit connections, made on first use (a producer of
-        one-recipient jobs; workers never ask)."""
+        """A pool of autocommit connections as large as the main one, made on first use
+        (by producers of small jobs: an API process sends as many at once as it
+        serves requests; workers never ask)."""
         with self._lock:
             if self._autocommit is None:
-                self._autocommit = make_engine(self.url, pool_size=2, autocommit=True)
+                self._autocommit = make_engine(self.url, pool_size=self.pool_size, autocommit=True)
             return self._autocommit
 
     def ping(self) -> None:

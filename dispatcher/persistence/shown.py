@@ -19,10 +19,10 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, select
 
-from dispatcher.domain.statuses import WAITING_STATUSES, RecipientStatus
-from dispatcher.persistence.models import Attempt, Recipient
+from dispatcher.domain.statuses import WAITING_STATUSES, BatchStatus, RecipientStatus
+from dispatcher.persistence.models import Attempt, Batch, Recipient
 
 
 def stored_as(statuses: Iterable[RecipientStatus | str]) -> list[str]:
@@ -35,9 +35,18 @@ def stored_as(statuses: Iterable[RecipientStatus | str]) -> list[str]:
 
 
 def status_in(statuses: Iterable[RecipientStatus | str]) -> ColumnElement[bool]:
-    """Recipients shown in one of ``statuses``."""
+    """Recipients shown in one of ``statuses``.
+
+    ``queued`` and ``submitting`` alone are found through their batches (a recipient
+    stored queued is in a queued or a submitting batch): the statuses' partial index
+    leaves them out, and the batches' partial indexes hold only the ones waiting or
+    in flight, where a scan of every recipient ever sent would not do."""
     wanted = [str(RecipientStatus(s)) for s in statuses]
-    return Recipient.stored_status.in_(stored_as(wanted)) & Recipient.status.in_(wanted)
+    where = Recipient.stored_status.in_(stored_as(wanted)) & Recipient.status.in_(wanted)
+    for only in (BatchStatus.QUEUED, BatchStatus.SUBMITTING):
+        if set(wanted) == {str(only)}:
+            where = where & Recipient.batch_id.in_(select(Batch.id).where(Batch.status == only))
+    return where
 
 
 def status_is(status: RecipientStatus | str) -> ColumnElement[bool]:

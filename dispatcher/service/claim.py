@@ -76,6 +76,8 @@ def claim(db: Database, controls: Controls, *, lanes: tuple[int, ...], worker: s
             # PostgreSQL: control row, claim, job and recipients in one statement
             # while dispatch is open; the careful path below otherwise.
             batch = store.claim_if_open(session, now=now, worker=worker, lanes=lanes)
+            if isinstance(batch, store.Raced):
+                continue
             if isinstance(batch, store.Gated):
                 gate = controls.gate(session, now)
                 if gate is None:

@@ -18,6 +18,7 @@ Each source is read a page at a time, each page in its own short transaction.
 
 from __future__ import annotations
 
+import datetime as dt
 import heapq
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -41,18 +42,22 @@ CLAIM_PAGE_ATTEMPTS = 20
 def event_rows(db: Database, selection: store.AuditSelection, *, page_rows: int) -> Iterator[Row]:
     """The status events of ``selection`` with those rows imply among them, as export
     rows: accepted recipients' creations and claims."""
-    events = pages(db, *store.audit_events_query(selection), page_rows=page_rows)
+    by_number = selection.number is not None
+    query, key = store.audit_events_query(selection, cut_by_time=not by_number)
+    events = pages(db, query, key, page_rows=page_rows)
     creations = (
         _creation(row)
         for row in pages(db, *store.audit_creations_query(selection), page_rows=page_rows)
     )
-    if selection.number is not None:
-        # Recipient by recipient, as the events are paged: its creation, then its story.
-        yield from heapq.merge(
+    if by_number:
+        # Recipient by recipient, as the events are paged: its creation, then its story,
+        # each row, a claim as much as an event, cut by its own time.
+        story = heapq.merge(
             creations,
             _claims_attached(events),
             key=lambda row: (row["recipient_created_at"], row["recipient_id"], row["_after"]),
         )
+        yield from (row for row in story if _within(row["at"], selection))
         with db.transaction() as session:
             flying = session.execute(store.audit_in_flight_query(selection)).all()
         for row in flying:
@@ -60,6 +65,12 @@ def event_rows(db: Database, selection: store.AuditSelection, *, page_rows: int)
         return
     # Ties go to the earlier source: a creation, then a claim, precede what follows.
     yield from heapq.merge(creations, _claims(db, selection), events, key=lambda row: row["at"])
+
+
+def _within(at: dt.datetime, selection: store.AuditSelection) -> bool:
+    return (selection.since is None or at >= selection.since) and (
+        selection.until is None or at < selection.until
+    )
 
 
 def _creation(row: Row) -> Row:

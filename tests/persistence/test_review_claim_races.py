@@ -1,15 +1,15 @@
-"""Review of the claim recorded per submission (4645bdc..32b67fc): races and paths
-that the claim's new shape opened. Each test is a strict xfail recording a bug.
+"""Races and paths the claim recorded per submission opened (4645bdc..32b67fc), found
+by review and fixed; each test failed before its fix.
 
-- PostgreSQL: a reply racing the sweeper's abandon of its batch no longer replaces
-  the WORKER_LOST guess: the accepted IDs stay on the attempt's raw reply only;
+- PostgreSQL: a reply racing the sweeper's abandon of its batch must still replace
+  the WORKER_LOST guess (the reply locks and rereads its recipients);
 - PostgreSQL: the one-statement claim reads the batch's recipients from its statement
-  snapshot without locking them, so a change committed between the statement's
-  start and its lock on the batch (a partial cancel, an erasure) is not seen, and
-  the claim sends a recipient that is already cancelled;
+  snapshot without locking them, so a change committed between the statement's start
+  and its lock on the batch (a partial cancel, an erasure) must make it claim again;
+- two changes from a waiting status on one batch must queue up, not deadlock;
 - the careful (salvage) path that leaves its batch ``submitting``: recipients whose
-  outcome it did record as waiting read as ``submitting`` and the sweeper turns them
-  into ``unknown``.
+  outcome it did record must not be turned into ``unknown`` by the sweeper;
+- the events export by number, cut by time, cuts each claim by its own time.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -73,13 +73,6 @@ def _set_claimed_at(database: Database, batch_id: int, age_s: float) -> None:
 
 
 @pytest.mark.services
-@pytest.mark.xfail(
-    strict=True,
-    reason="_RECORD_REPLY: once held's FOR UPDATE waited for the sweeper, held is empty "
-    "and `current` reads the recipients from the statement's snapshot (stored queued), "
-    "so neither branch matches and no row is locked and rechecked: the reply that "
-    "should replace the WORKER_LOST guess moves nothing; the accepted IDs are lost",
-)
 def test_a_reply_that_waited_for_the_sweepers_abandon_still_replaces_its_guess(
     pg_db: Database, simulator: GatewaySimulator, tmp_path: Path
 ) -> None:
@@ -160,13 +153,6 @@ def _claim_statement_delayed(monkeypatch: pytest.MonkeyPatch, nap_s: float) -> I
 
 
 @pytest.mark.services
-@pytest.mark.xfail(
-    strict=True,
-    reason="claim_if_open's `waiting` CTE reads recipients unlocked from the statement "
-    "snapshot; a cancel committed after that snapshot but before the claim locked the "
-    "batch (the batch's lock is free by then, its new version still queued and due) "
-    "is not seen: the cancelled recipient is submitted",
-)
 def test_the_claim_never_carries_a_recipient_cancelled_before_it_took_the_batch(
     pg_db: Database,
     simulator: GatewaySimulator,
@@ -216,12 +202,6 @@ def test_the_claim_never_carries_a_recipient_cancelled_before_it_took_the_batch(
 
 
 @pytest.mark.services
-@pytest.mark.xfail(
-    strict=True,
-    reason="as above, with an erasure: the claim, whose snapshot predates the erasure's "
-    "commit, submits the erased number (cancelled and scrubbed from its row) and writes "
-    "it into the new attempt's numbers and request, after the erasure",
-)
 def test_the_claim_never_submits_a_number_erased_before_it_took_the_batch(
     pg_db: Database,
     simulator: GatewaySimulator,
@@ -302,13 +282,6 @@ def _refusing_sent(database: Database, number_: str) -> Iterator[None]:
                 connection.exec_driver_sql(statement)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="salvage leaves the batch submitting when one outcome cannot be written; a "
-    "recipient whose transient outcome was recorded (stored retry_wait) then reads as "
-    "submitting, and abandon_batch takes every stored waiting recipient of the batch, "
-    "so the sweeper marks it unknown/WORKER_LOST although the gateway said nothing was sent",
-)
 def test_a_recorded_retry_in_a_batch_left_submitting_is_not_called_unknown(
     service: Dispatcher, database: Database
 ) -> None:
@@ -330,25 +303,27 @@ def test_a_recorded_retry_in_a_batch_left_submitting_is_not_called_unknown(
 
     retried, stuck = recipients_of(service.db, job)
     assert stuck.status == "unknown"
-    # Observed: ("submitting", 2, "unknown", "WORKER_LOST", 2).
-    assert (
-        shown_before_sweep,
-        abandoned,
-        retried.status,
-        retried.error_code,
-        retried.attempts,
-    ) == ("retry_wait", 1, "retry_wait", "GATEWAY_ERROR", 1)
+    # Observed before the fix: (2, "unknown", "WORKER_LOST", 2).
+    assert (abandoned, retried.status, retried.error_code, retried.attempts) == (
+        1,
+        "retry_wait",
+        "GATEWAY_ERROR",
+        1,
+    )
+    # It waits to be sent again: its batch is queued, due at its retry time.
+    [batch] = batches_of(service.db, job)
+    assert batch.status == "queued"
+    assert retried.next_attempt_at is not None
+    assert batch.due_at == retried.next_attempt_at
+    assert shown_before_sweep == "submitting", (
+        "known and left (issue 15's note): while the batch is left submitting, a "
+        "recipient already answered shows submitting until the sweeper closes it"
+    )
 
 
 # --- 4. the events export by number, cut by time -----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="history.event_rows by number attaches each claim to the status event that "
-    "ended it and filters only that event by [since, until): a claim before `until` whose "
-    "reply came after it is missing, one before `since` whose reply came after is shown",
-)
 @pytest.mark.parametrize("cut", ["until", "since"])
 def test_the_export_by_number_cut_by_time_shows_the_claims_in_that_time(
     service: Dispatcher, cut: str
@@ -391,13 +366,6 @@ def test_the_export_by_number_cut_by_time_shows_the_claims_in_that_time(
 
 
 @pytest.mark.services
-@pytest.mark.xfail(
-    strict=True,
-    reason="transition's _idle_batches takes FOR SHARE on the batch, and settle_batch_if_idle "
-    "then updates that batch in the same transaction: two such transactions on one batch "
-    "(two cancels or erasures, a cancel and the retry-age sweep, two workers' sweeps) "
-    "each wait for the other's share lock: deadlock, one aborted",
-)
 def test_two_cancels_on_one_batch_both_go_through(
     pg_db: Database,
     simulator: GatewaySimulator,
@@ -408,13 +376,16 @@ def test_two_cancels_on_one_batch_both_go_through(
     try:
         job = svc.enqueue([number(1), number(2), number(3)], "two cancels").job_id
         first, second, _kept = (r.id for r in recipients_of(pg_db, job))
-        both_hold = threading.Barrier(2, timeout=10)
+        both_hold = threading.Barrier(2, timeout=3)
         idle_batches = transitions_module._idle_batches
 
-        def idle_then_meet(session: Any, ids: Any) -> Any:
-            # Both transactions have share-locked the batch before either goes on.
-            where = idle_batches(session, ids)
-            both_hold.wait()
+        def idle_then_meet(session: Any, ids: Any, at: Any) -> Any:
+            # Where both can lock the batch at once (a shared lock), both have before
+            # either goes on; an exclusive lock makes the second wait for the first to
+            # commit, so they never meet, and the first goes on once the wait times out.
+            where = idle_batches(session, ids, at)
+            with suppress(threading.BrokenBarrierError):
+                both_hold.wait()
             return where
 
         monkeypatch.setattr(transitions_module, "_idle_batches", idle_then_meet)

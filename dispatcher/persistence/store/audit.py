@@ -31,13 +31,15 @@ class AuditSelection:
 
 
 def audit_events_query(
-    selection: AuditSelection,
+    selection: AuditSelection, *, cut_by_time: bool = True
 ) -> tuple[AnySelect, list[KeyColumn]]:
     """The status events of a selection with their recipient, job and attempt, and the
     key that pages them.
 
     Per number, it walks ``recipients(number, created_at)`` and each recipient's
     events together; per job, the job's events; per range, ``status_events(at)``.
+    ``cut_by_time=False`` leaves the events of the selection's time range uncut (by
+    number, where a claim is shown with the event after it and is cut by its own time).
     """
     query: AnySelect = (
         select(
@@ -85,9 +87,9 @@ def audit_events_query(
         key = [StatusEvent.at, StatusEvent.id]
     if selection.job_id is not None:
         query = query.where(StatusEvent.job_id == selection.job_id)
-    if selection.since is not None:
+    if cut_by_time and selection.since is not None:
         query = query.where(StatusEvent.at >= selection.since)
-    if selection.until is not None:
+    if cut_by_time and selection.until is not None:
         query = query.where(StatusEvent.at < selection.until)
     return query, key
 

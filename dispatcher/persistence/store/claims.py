@@ -164,6 +164,14 @@ class Gated:
 GATED = Gated()
 
 
+class Raced:
+    """``claim_if_open``'s answer when the batch it picked changed after the statement
+    began: nothing was claimed, and a new statement, in a new transaction, may claim."""
+
+
+RACED = Raced()
+
+
 def claim_batch(
     session: Session, *, now: dt.datetime, worker: str, lanes: Sequence[int] = ALL_LANES
 ) -> ClaimedBatch | None:
@@ -192,13 +200,16 @@ def claim_batch(
 
 def claim_if_open(
     session: Session, *, now: dt.datetime, worker: str, lanes: Sequence[int] = ALL_LANES
-) -> ClaimedBatch | Gated | None:
+) -> ClaimedBatch | Gated | Raced | None:
     """On PostgreSQL, claim the oldest due batch in one statement if dispatch is open.
 
     One round trip reads the control row, claims the batch (``SKIP LOCKED``), reads
     its job, and reads its recipients still to send. They are not locked: the
     batch's lock is what every change from a waiting status takes
-    (``transitions.BatchSide``), so none can move them once the claim holds it. The control row is
+    (``transitions.BatchSide``), so none can move them once the claim holds it; and
+    one that committed after this statement began, whose recipients this statement
+    would read as they were, has touched the batch, which is then left unclaimed
+    (``RACED``: claim again). The control row is
     read by the same statement that claims, so a pause or an open breaker committed
     before it is honoured exactly as by the separate read it replaces. Returns None
     when nothing is due, and ``GATED`` when dispatch is paused, the breaker is not
@@ -216,7 +227,7 @@ def claim_if_open(
         return GATED
     head = rows[0]
     if head.batch_id is None:
-        return None
+        return RACED if head.picked_id is not None else None
     return ClaimedBatch(
         id=head.batch_id,
         job_id=head.job_id,
@@ -270,10 +281,17 @@ def _claim_statement(lanes: tuple[int, ...]) -> TextClause:
             SELECT COALESCE({probes}, NULL) AS id
             WHERE EXISTS (SELECT 1 FROM ctl WHERE NOT paused AND breaker_state = 'closed')
         ),
+        seen AS (
+            SELECT xmin FROM batches WHERE id = (SELECT id FROM picked)
+        ),
         claimed AS (
             UPDATE batches SET status = 'submitting', claimed_at = :now,
                 claimed_by = :worker, attempts = batches.attempts + 1, updated_at = :now
             WHERE batches.id = (SELECT id FROM picked) AND (batches.status || '') = 'queued'
+                -- The row as this statement's snapshot has it, or the recipients read
+                -- below may be older than the batch: a change from a waiting status
+                -- that committed since touched it (transitions._idle_batches).
+                AND batches.xmin = (SELECT xmin FROM seen)
             RETURNING batches.id, batches.job_id, batches.attempts, batches.expires_at
         ),
         waiting AS (
@@ -281,7 +299,7 @@ def _claim_statement(lanes: tuple[int, ...]) -> TextClause:
             WHERE r.batch_id = (SELECT id FROM claimed)
                 AND (r.status || '') IN ('queued', 'retry_wait')
         )
-        SELECT ctl.paused, ctl.breaker_state,
+        SELECT ctl.paused, ctl.breaker_state, (SELECT id FROM picked) AS picked_id,
             CASE WHEN c.id IS NULL THEN false ELSE ({others}) END AS more_due,
             c.id AS batch_id, c.job_id, c.attempts, c.expires_at,
             j.text, j.sender, j.kind, j.maxconcat, j.reference,

@@ -195,9 +195,11 @@ def recipients_with_number(
 ) -> list[tuple[int, str, str]]:
     """(id, job id, status) of up to ``limit`` recipients with this number, locked.
 
-    The lock makes a concurrent claim wait for the erasure (and then find the rows
-    cancelled), or the erasure wait for the claim (and then see them submitting), so
-    a number is never scrubbed from a batch on its way to the gateway.
+    The lock keeps two erasures apart. A claim takes no recipient lock: what keeps a
+    number from being scrubbed out of a batch on its way to the gateway is the
+    cancel of the waiting ones, which locks and touches their batches (a claim then
+    waits, or claims again and finds them cancelled) and moves none in flight, which
+    the erasure then refuses (``service.privacy``).
     """
     rows = session.execute(
         select(Recipient.id, Recipient.job_id, Recipient.status)

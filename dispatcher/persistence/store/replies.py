@@ -260,16 +260,22 @@ _RECORD_REPLY = text(
         WHERE b.id = :batch_id AND b.status = 'submitting' AND b.attempts = a.attempt_no
         FOR UPDATE OF b
     ),
-    current AS (
-        SELECT r.id,
-            CASE WHEN (r.status || '') = 'unknown' THEN 'unknown' ELSE 'submitting' END
-                AS status
-        FROM recipients r
+    locked AS (
+        -- Every recipient the reply names that it might move, locked, then read as it
+        -- stands: one the sweeper abandoned while held waited for the batch reads
+        -- unknown here (the lock returns the row's newest version), not queued as this
+        -- statement's snapshot still has it. The held subquery runs first.
+        SELECT r.id, r.status, r.error_code FROM recipients r
         WHERE r.batch_id = :batch_id AND r.id = ANY (ARRAY(SELECT id FROM result))
-            AND (((r.status || '') IN ('queued', 'retry_wait', 'submitting')
-                    AND EXISTS (SELECT 1 FROM held))
-                OR ((r.status || '') = 'unknown' AND r.error_code = :worker_lost))
+            AND (r.status || '') IN ('queued', 'retry_wait', 'submitting', 'unknown')
+            AND (SELECT count(*) FROM held) >= 0
         FOR UPDATE OF r
+    ),
+    current AS (
+        SELECT id, CASE WHEN status = 'unknown' THEN 'unknown' ELSE 'submitting' END AS status
+        FROM locked
+        WHERE (status IN ('queued', 'retry_wait', 'submitting') AND EXISTS (SELECT 1 FROM held))
+            OR (status = 'unknown' AND error_code = :worker_lost)
     ),
     moved AS (
         UPDATE recipients r SET status = g.status, updated_at = :now,

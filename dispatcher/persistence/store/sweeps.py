@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.statuses import (
@@ -16,7 +16,7 @@ from dispatcher.domain.statuses import (
     RecipientStatus,
 )
 from dispatcher.persistence import columns, dialect
-from dispatcher.persistence.models import Attempt, Batch, Job, Recipient
+from dispatcher.persistence.models import Attempt, Batch, Job, Recipient, StatusEvent
 from dispatcher.persistence.shown import status_is
 from dispatcher.persistence.store._common import WORKER_LOST
 from dispatcher.persistence.store.attempts import complete_attempt
@@ -68,16 +68,25 @@ def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: s
             ),
         )
     # Its recipients still waiting are the ones the call carried (and, on a database
-    # written before the claim was kept per submission, those stored submitting).
+    # written before the claim was kept per submission, those stored submitting),
+    # less any whose outcome of that call was written: a reply recorded recipient by
+    # recipient may have left the batch submitting with some of them answered.
+    last = session.execute(
+        select(func.max(Attempt.id)).where(Attempt.batch_id == batch_id)
+    ).scalar_one()
+    answered = exists().where(
+        StatusEvent.recipient_id == Recipient.id, StatusEvent.attempt_id == last
+    )
     ids = list(
         session.execute(
             select(Recipient.id).where(
                 Recipient.batch_id == batch_id,
                 Recipient.stored_status.in_([*WAITING_STATUSES, RecipientStatus.SUBMITTING]),
+                ~answered,
             )
         ).scalars()
     )
-    return transition(
+    lost = transition(
         session,
         ids=ids,
         from_statuses=[RecipientStatus.SUBMITTING],
@@ -90,6 +99,11 @@ def abandon_batch(session: Session, *, batch_id: int, now: dt.datetime, cause: s
         | {"attempts": Recipient.attempts + 1},
         batches="in_flight",
     )
+    if sendable_recipients(session, batch_id=batch_id):
+        # Some the call's reply answered with a retry wait again, at their time; a
+        # batch closed whole keeps its claim time as evidence.
+        settle_batch(session, batch_id=batch_id, now=now)
+    return lost
 
 
 def expired_batches(

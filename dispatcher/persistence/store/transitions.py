@@ -43,8 +43,8 @@ BatchSide = Literal["idle", "held", "in_flight"]
 """Where the recipients' batches stand, for a change from a waiting status:
 
 - ``idle``: only recipients whose batch no worker holds move; the batches are
-  locked (shared, on PostgreSQL) so a claim waits for this change or this change
-  sees the claim;
+  locked and touched (``_idle_batches``) so a claim waits for this change, or this
+  change sees the claim, or the claim sees the change and claims again;
 - ``held``: the caller holds the batches (it locked or claimed them itself);
 - ``in_flight``: the recipients are those of a submission: a stored waiting status
   reads, and is recorded, as ``submitting``.
@@ -151,7 +151,7 @@ def transition(
         allowed.update(_WAITING)
     where = dialect.id_in(session, Recipient.id, ids) & status_recheck(sorted(allowed))
     if batches == "idle" and allowed & set(_WAITING):
-        where = where & _idle_batches(session, ids)
+        where = where & _idle_batches(session, ids, at)
     if guard is not None:
         where = where & guard
     record_transitions(
@@ -173,25 +173,32 @@ def transition(
     return int(result.rowcount)  # type: ignore[attr-defined]
 
 
-def _idle_batches(session: Session, ids: Collection[int]) -> ColumnElement[bool]:
+def _idle_batches(session: Session, ids: Collection[int], at: dt.datetime) -> ColumnElement[bool]:
     """Recipients whose batch no worker holds, with those batches locked for the rest
-    of the transaction (shared, on PostgreSQL; SQLite has one writer at a time).
+    of the transaction and touched (``updated_at``), in id order.
 
     A claim racing this change either committed first (its batch is ``submitting``
-    and left out) or waits for this transaction, and then claims the batch with
-    the recipients this change left waiting.
+    and left out) or finds the batch locked and skips it, or, if it read the batch
+    before this change committed, sees the batch's row changed since and claims again
+    (``claims._claim_statement``), so it never carries what this change moved. An
+    exclusive lock, not a shared one: two such changes on one batch queue up instead
+    of each waiting for the other to give up its share before it can settle it.
     """
-    query = (
+    theirs = select(Recipient.batch_id).where(dialect.id_in(session, Recipient.id, ids))
+    chosen = (
         select(Batch.id)
-        .where(
-            Batch.id.in_(
-                select(Recipient.batch_id).where(dialect.id_in(session, Recipient.id, ids))
-            ),
-            Batch.status != str(BatchStatus.SUBMITTING),
-        )
+        .where(Batch.id.in_(theirs), Batch.status != str(BatchStatus.SUBMITTING))
         .order_by(Batch.id)
     )
     if dialect.is_postgresql(session):
-        query = query.with_for_update(read=True)
-    idle = list(session.execute(query).scalars())
+        chosen = chosen.with_for_update()
+    idle = list(
+        session.execute(
+            update(Batch)
+            .where(Batch.id.in_(chosen))
+            .values(updated_at=at)
+            .returning(Batch.id)
+            .execution_options(synchronize_session=False)
+        ).scalars()
+    )
     return Recipient.batch_id.in_(idle) | Recipient.batch_id.is_(None)
