@@ -118,6 +118,17 @@ def audit_recipients_query(
         Job.created_at.label("job_created_at"),
     ).join(Job, Job.id == Recipient.job_id)
     query = query.where(*owned_by(selection.owner_key_id))
+    return _recipients_of(query, selection)
+
+
+def _recipients_of(
+    query: AnySelect, selection: AuditSelection
+) -> tuple[AnySelect, list[KeyColumn]]:
+    """``query`` (over recipients and their jobs) narrowed to the recipients of
+    ``selection``, and the key that pages them: per number ``recipients(number,
+    created_at)``, per job its recipients, per range ``jobs(created_at)`` and each
+    job's recipients (a recipient is created with its job, at the same instant).
+    """
     key: list[KeyColumn]
     created: KeyColumn = Recipient.created_at
     if selection.number is not None:
@@ -227,8 +238,7 @@ def claimed_recipients(session: Session, *, ids: Collection[int]) -> dict[int, A
 def audit_creations_query(selection: AuditSelection) -> tuple[AnySelect, list[KeyColumn]]:
     """The accepted recipients of a selection whose first status event is implied by
     their row (``Job.creation_implied``), with the columns of an events export row,
-    and the key that pages them: per number ``recipients(number, created_at)``, per
-    job its recipients, per range ``jobs(created_at)`` and each job's recipients."""
+    and the key that pages them (``_recipients_of``)."""
     query: AnySelect = (
         select(
             Recipient.created_at.label("at"),
@@ -250,21 +260,4 @@ def audit_creations_query(selection: AuditSelection) -> tuple[AnySelect, list[Ke
             *owned_by(selection.owner_key_id),
         )
     )
-    key: list[KeyColumn]
-    created: KeyColumn = Recipient.created_at
-    if selection.number is not None:
-        query = query.where(Recipient.number == selection.number)
-        key = [Recipient.created_at, Recipient.id]
-    elif selection.job_id is not None:
-        key = [Recipient.id]
-    else:
-        # A recipient is created with its job, at the same instant.
-        created = Job.created_at
-        key = [Job.created_at, Job.id, Recipient.id]
-    if selection.job_id is not None:
-        query = query.where(Recipient.job_id == selection.job_id)
-    if selection.since is not None:
-        query = query.where(created >= selection.since)
-    if selection.until is not None:
-        query = query.where(created < selection.until)
-    return query, key
+    return _recipients_of(query, selection)
