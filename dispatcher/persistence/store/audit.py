@@ -8,7 +8,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.statuses import WAITING_STATUSES, AttemptOutcome
@@ -28,6 +28,16 @@ class AuditSelection:
     job_id: str | None = None
     owner_key_id: int | None = None
     """Rows of jobs enqueued by this API key (``dispatcher.domain.tenancy``); None: any."""
+
+
+def _recipient_now() -> tuple[ColumnElement[Any], ...]:
+    """The columns an events export row shows of its recipient as it stands now."""
+    return (
+        Recipient.status.label("current_status"),
+        Recipient.gateway_message_id.label("gateway_message_id"),
+        Recipient.error_code.label("error_code"),
+        Recipient.attempts.label("attempts"),
+    )
 
 
 def audit_events_query(
@@ -57,10 +67,7 @@ def audit_events_query(
             Attempt.attempt_no.label("attempt_no"),
             Attempt.host.label("host"),
             Attempt.http_status.label("http_status"),
-            Recipient.status.label("current_status"),
-            Recipient.gateway_message_id.label("gateway_message_id"),
-            Recipient.error_code.label("error_code"),
-            Recipient.attempts.label("attempts"),
+            *_recipient_now(),
             StatusEvent.id.label("event_id"),
             Recipient.created_at.label("recipient_created_at"),
             # What showing the claim an event ends needs (``shown.closes_claim``).
@@ -164,10 +171,7 @@ def audit_in_flight_query(selection: AuditSelection) -> AnySelect:
             Attempt.id.label("attempt_id"),
             Attempt.attempt_no.label("attempt_no"),
             Attempt.worker.label("actor"),
-            Recipient.status.label("current_status"),
-            Recipient.gateway_message_id.label("gateway_message_id"),
-            Recipient.error_code.label("error_code"),
-            Recipient.attempts.label("attempts"),
+            *_recipient_now(),
         )
         .select_from(Attempt)
         .join(Recipient, Recipient.batch_id == Attempt.batch_id)
@@ -226,10 +230,7 @@ def claimed_recipients(session: Session, *, ids: Collection[int]) -> dict[int, A
         select(
             Recipient.id.label("recipient_id"),
             Recipient.number.label("number"),
-            Recipient.status.label("current_status"),
-            Recipient.gateway_message_id.label("gateway_message_id"),
-            Recipient.error_code.label("error_code"),
-            Recipient.attempts.label("attempts"),
+            *_recipient_now(),
         ).where(dialect.id_in(session, Recipient.id, ids))
     )
     return {row.recipient_id: row._mapping for row in rows}
@@ -247,10 +248,7 @@ def audit_creations_query(selection: AuditSelection) -> tuple[AnySelect, list[Ke
             Job.created_by.label("created_by"),
             Recipient.id.label("recipient_id"),
             Recipient.number.label("number"),
-            Recipient.status.label("current_status"),
-            Recipient.gateway_message_id.label("gateway_message_id"),
-            Recipient.error_code.label("error_code"),
-            Recipient.attempts.label("attempts"),
+            *_recipient_now(),
             Recipient.created_at.label("recipient_created_at"),
         )
         .join(Job, Job.id == Recipient.job_id)
