@@ -265,7 +265,8 @@ def job_page(
                 .limit(PAGE_SIZE)
             ).scalars()
         )
-    histories = {r.id: _history(job, r, events[r.id], attempts) for r in page.items}
+    carriers = _Carriers.of(attempts)
+    histories = {r.id: _history(job, r, events[r.id], carriers) for r in page.items}
     details = [
         RecipientDetail(
             recipient=r,
@@ -291,13 +292,32 @@ def _in_flight(recipient: Recipient) -> bool:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Carriers:
+    """The attempts that carried a page's recipients, read once for every history."""
+
+    by_id: dict[int, Attempt]
+    before: dict[int, dict[int, RecipientStatus]]
+    """Per attempt, each recipient's status before its claim (``Attempt.claimed``)."""
+    in_flight: dict[int | None, Attempt]
+    """Per batch, its attempt in flight."""
+
+    @classmethod
+    def of(cls, attempts: list[Attempt]) -> _Carriers:
+        return cls(
+            by_id={a.id: a for a in attempts},
+            before={a.id: claimed_statuses(a.claimed) for a in attempts},
+            # Oldest first, so a batch's newest attempt in flight is the one kept.
+            in_flight={a.batch_id: a for a in attempts if a.outcome == AttemptOutcome.IN_FLIGHT},
+        )
+
+
 def _history(
-    job: Job, recipient: Recipient, events: list[StatusEvent], attempts: list[Attempt]
+    job: Job, recipient: Recipient, events: list[StatusEvent], carriers: _Carriers
 ) -> list[StatusEvent | ImpliedEvent]:
     """A recipient's status events with those its rows imply (docs/design.md section
     3): its creation first, and its claims, read from the attempts that carried it,
     each just before the event that ended it."""
-    by_id = {a.id: a for a in attempts}
     history: list[StatusEvent | ImpliedEvent] = []
     if creation_implied(job.creation_implied, recipient.batch_id):
         history.append(
@@ -309,30 +329,25 @@ def _history(
             )
         )
     for event in events:
-        attempt = by_id.get(event.attempt_id) if event.attempt_id else None
+        attempt = carriers.by_id.get(event.attempt_id) if event.attempt_id else None
         if attempt is not None and closes_claim(event.from_status, attempt.claimed):
-            was = claimed_statuses(attempt.claimed).get(recipient.id, RecipientStatus.QUEUED)
+            was = carriers.before[attempt.id].get(recipient.id, RecipientStatus.QUEUED)
             history.append(
                 claim_event(
                     attempt, recipient_id=recipient.id, job_id=recipient.job_id, from_status=was
                 )
             )
         history.append(event)
-    if _in_flight(recipient):
-        flying = [
-            a
-            for a in attempts
-            if a.batch_id == recipient.batch_id and a.outcome == AttemptOutcome.IN_FLIGHT
-        ]
-        if flying:
-            history.append(
-                claim_event(
-                    flying[-1],
-                    recipient_id=recipient.id,
-                    job_id=recipient.job_id,
-                    from_status=recipient.stored_status,
-                )
+    flying = carriers.in_flight.get(recipient.batch_id) if _in_flight(recipient) else None
+    if flying is not None:
+        history.append(
+            claim_event(
+                flying,
+                recipient_id=recipient.id,
+                job_id=recipient.job_id,
+                from_status=recipient.stored_status,
             )
+        )
     return history
 
 

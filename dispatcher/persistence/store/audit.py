@@ -186,13 +186,7 @@ def audit_in_flight_query(selection: AuditSelection) -> AnySelect:
     )
     if selection.number is not None:
         query = query.where(Recipient.number == selection.number)
-    if selection.job_id is not None:
-        query = query.where(Attempt.job_id == selection.job_id)
-    if selection.since is not None:
-        query = query.where(Attempt.started_at >= selection.since)
-    if selection.until is not None:
-        query = query.where(Attempt.started_at < selection.until)
-    return query
+    return _attempts_of(query, selection)
 
 
 def audit_claims_query(selection: AuditSelection) -> tuple[AnySelect, list[KeyColumn]]:
@@ -215,13 +209,19 @@ def audit_claims_query(selection: AuditSelection) -> tuple[AnySelect, list[KeyCo
         .join(Job, Job.id == Attempt.job_id)
         .where(Attempt.claimed.is_not(None), *owned_by(selection.owner_key_id))
     )
+    return _attempts_of(query, selection), [Attempt.started_at, Attempt.id]
+
+
+def _attempts_of(query: AnySelect, selection: AuditSelection) -> AnySelect:
+    """``query`` (over attempts) narrowed to the attempts of ``selection``'s job that
+    started in its time range."""
     if selection.job_id is not None:
         query = query.where(Attempt.job_id == selection.job_id)
     if selection.since is not None:
         query = query.where(Attempt.started_at >= selection.since)
     if selection.until is not None:
         query = query.where(Attempt.started_at < selection.until)
-    return query, [Attempt.started_at, Attempt.id]
+    return query
 
 
 def claimed_recipients(session: Session, *, ids: Collection[int]) -> dict[int, Any]:
