@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dispatcher.domain.filters import JobFilter
 from dispatcher.persistence.store._common import WORKER_LOST
-from dispatcher.persistence.store.attempts import claimed_json, complete_attempt, start_attempt
+from dispatcher.persistence.store.attempts import complete_attempt, start_attempt
 from dispatcher.persistence.store.audit import (
     AuditSelection,
     audit_claims_query,
@@ -177,7 +177,6 @@ __all__ = [
     "claim_if_open",
     "claim_next_batch",
     "claim_oldest_due",
-    "claimed_json",
     "claimed_recipients",
     "complete_attempt",
     "count_breaker_failure",
