@@ -139,6 +139,11 @@ def worker_queues(lanes: tuple[str, ...]) -> list[str]:
     return queues
 
 
+def awake_key(lane: Priority) -> str:
+    """The Redis key a dispatch loop sets while a claim in ``lane`` is coming."""
+    return f"dispatcher.awake.{lane.queue}"
+
+
 class CeleryWaker:
     """Wakes workers with messages on a lane's queue, and counts those waiting."""
 
@@ -185,6 +190,41 @@ class CeleryWaker:
         finds no queue).
         """
         return self._waiting_in(lane.queue)
+
+    def awake(self, lane: Priority = Priority.NORMAL) -> bool | None:
+        """Whether a worker's dispatch loop has marked ``lane`` awake: a claim follows
+        any commit made now (``dispatcher.service.loop``). None where the broker is not
+        Redis or cannot answer: then wake as ever."""
+        url = self._redis_url()
+        if url is None or time.monotonic() < self._count_again_at:
+            return None
+        try:
+            return bool(self._redis_client(url).exists(awake_key(lane)))
+        except redis.RedisError:
+            log.debug("could not read the awake mark", exc_info=True)
+            self._count_again_at = time.monotonic() + COUNT_RETRY_AFTER_S
+            return None
+
+    def mark_awake(self, lanes: tuple[Priority, ...], ttl_s: float) -> None:
+        """Mark ``lanes`` awake for ``ttl_s`` (a dispatch loop lingering with a free sender)."""
+        url = self._redis_url()
+        if url is None:
+            return
+        with self._redis_client(url).pipeline(transaction=False) as pipe:
+            for lane in lanes:
+                pipe.set(awake_key(lane), b"1", px=max(int(ttl_s * 1000), 1))
+            pipe.execute()
+
+    def clear_awake(self, lanes: tuple[Priority, ...]) -> None:
+        """Take the mark off ``lanes``: producers send wake-ups again."""
+        url = self._redis_url()
+        if url is None:
+            return
+        self._redis_client(url).delete(*(awake_key(lane) for lane in lanes))
+
+    def _redis_url(self) -> str | None:
+        url = str(self.app.conf.broker_url or "")
+        return url if url.startswith(("redis://", "rediss://")) else None
 
     def _waiting_in(self, queue: str) -> int | None:
         url = str(self.app.conf.broker_url or "")

@@ -237,6 +237,36 @@ class Settings(BaseSettings):
         "under load); unset: worker_concurrency. A thread holds one only while it claims "
         "or records, never during its HTTP call, so many threads share few connections.",
     )
+    dispatch_loop: bool = Field(
+        default=True,
+        description="Workers run a dispatch loop (one claimer thread handing batches to "
+        "worker_concurrency sender threads) that keeps claiming while work comes, so a "
+        "stream of jobs needs no wake-up message each; false: each wake-up runs a "
+        "dispatch task that claims until nothing is due.",
+    )
+    dispatch_linger_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=60,
+        description="How long a dispatch loop with nothing due keeps looking before it "
+        "sleeps until a wake-up; meanwhile producers on a Redis broker send none for "
+        "one-batch jobs. 0: sleep at once.",
+    )
+    dispatch_poll_s: float = Field(
+        default=0.025,
+        gt=0,
+        le=5,
+        description="How often a lingering dispatch loop claims again: the most a job "
+        "that sent no wake-up waits before it is claimed.",
+    )
+    reply_batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="Most gateway replies a worker process writes in one transaction: "
+        "its threads hand their replies to one writer, which writes those waiting "
+        "together, without waiting for more; 1: each thread writes its own.",
+    )
     wake_fanout: int = Field(
         default=16,
         ge=1,

@@ -85,6 +85,15 @@ class _LazyCeleryWaker:
     def webhooks(self) -> int:
         return _celery_waker().webhooks()
 
+    def awake(self, lane: Priority = Priority.NORMAL) -> bool | None:
+        return _celery_waker().awake(lane)
+
+    def mark_awake(self, lanes: tuple[Priority, ...], ttl_s: float) -> None:
+        _celery_waker().mark_awake(lanes, ttl_s)
+
+    def clear_awake(self, lanes: tuple[Priority, ...]) -> None:
+        _celery_waker().clear_awake(lanes)
+
 
 def service(waker: Waker | None = None) -> Dispatcher:
     """The process's Dispatcher, built on first use."""

@@ -32,6 +32,7 @@ from dispatcher.celery_app import (
 )
 from dispatcher.domain.workers import STALE_AFTER_BEATS
 from dispatcher.service.heartbeat import Heartbeats
+from dispatcher.service.loop import DispatchLoop
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,12 @@ _shutting_down = threading.Event()
 
 @shared_task(name=TASK_DISPATCH, ignore_result=True)
 def dispatch() -> dict[str, Any]:
-    """Claim and send due batches until none is due or the time budget is spent."""
+    """Wake this worker's dispatch loop; without one, claim and send due batches until
+    none is due or the time budget is spent."""
+    loop = _loop
+    if loop is not None and loop.running:
+        loop.nudge()
+        return {"nudged": True}
     service = runtime.service()
     report = service.dispatch_due(budget_s=DISPATCH_BUDGET_S, stop=_shutting_down)
     _beat.add_batches(report.batches)
@@ -122,6 +128,11 @@ def _after_fork(**_: Any) -> None:
 
 
 _sweeper_stop = threading.Event()
+_loop: DispatchLoop | None = None
+
+# A warm shutdown waits this long for the loop's calls in flight and their replies:
+# longer than a call can take (connect and read timeouts, on the backup too).
+LOOP_DRAIN_S = 120.0
 
 
 @worker_ready.connect
@@ -134,6 +145,12 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
         _beat.start(node, list(runtime.celery().amqp.queues.consume_from or {}))
     except Exception:
         log.exception("could not record this worker's heartbeat; carrying on without it")
+    global _loop
+    if runtime.settings().dispatch_loop:
+        try:
+            _loop = runtime.service().start_loop(on_batch=lambda: _beat.add_batches(1))
+        except Exception:
+            log.exception("could not start the dispatch loop; wake-ups run dispatch tasks")
     interval_s = runtime.settings().sweep_interval_s
     thread = threading.Thread(
         target=runtime.sweep_forever,
@@ -149,11 +166,25 @@ def _start_sweeper(sender: Any = None, **_: Any) -> None:
 def _stop_claiming(**_: Any) -> None:
     # Warm shutdown: calls in flight finish and are recorded; nothing new is claimed.
     _shutting_down.set()
+    if _loop is not None:
+        _loop.stop()
 
 
 @worker_shutdown.connect
 def _stop_sweeper(**_: Any) -> None:
     _sweeper_stop.set()
+    if _loop is not None:
+        _loop.stop()
+        if not _loop.join(LOOP_DRAIN_S):
+            log.error("calls still in flight at shutdown; the sweeper will mark them unknown")
+    # Each dispatch task waits for its own replies before it returns; this is for
+    # any left by a task the pool stopped early (docs/design.md, guarantee 3).
+    try:
+        completer = runtime.service().completer
+        if completer is not None and not completer.close(timeout_s=60.0):
+            log.error("replies still unwritten at shutdown; the sweeper will mark them unknown")
+    except Exception:
+        log.exception("could not write the replies left at shutdown")
     try:
         _beat.stop()
     except Exception:

@@ -53,12 +53,29 @@ class CallLimiter:
     @contextmanager
     def slot(self) -> Iterator[None]:
         """Hold one call's place for the duration of the block."""
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+    @property
+    def unlimited(self) -> bool:
+        """Neither limit is set: places need not be taken one at a time."""
+        return self._slots is None and self._rate <= 0
+
+    def acquire(self) -> None:
+        """Take one call's place (``slot`` split, for a call handed to another thread)."""
         if self._slots is not None:
             self._slots.acquire()
         try:
             if self._rate > 0:
                 self._take_token()
-            yield
-        finally:
-            if self._slots is not None:
-                self._slots.release()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Give back a place ``acquire`` took."""
+        if self._slots is not None:
+            self._slots.release()

@@ -12,7 +12,6 @@ transaction (``dispatcher.service.control``).
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import socket
 import threading
@@ -25,7 +24,7 @@ from dispatcher.domain.statuses import BreakerState
 from dispatcher.domain.times import utcnow
 from dispatcher.gateway.client import Message
 from dispatcher.persistence import store
-from dispatcher.persistence.db import Database
+from dispatcher.persistence.db import Database, Session
 from dispatcher.service.control import Controls
 
 
@@ -69,22 +68,38 @@ def _sendable_claim(batch: store.ClaimedBatch, now: dt.datetime) -> bool:
 def claim(db: Database, controls: Controls, *, lanes: tuple[int, ...], worker: str) -> Claim | None:
     """Claim the oldest due batch in ``lanes`` and commit the claim with its in-flight
     attempt; None when nothing is due, or dispatch is paused or its breaker open."""
+    claims = claim_many(db, controls, lanes=lanes, worker=worker, limit=1)
+    return claims[0] if claims else None
+
+
+def claim_many(
+    db: Database, controls: Controls, *, lanes: tuple[int, ...], worker: str, limit: int
+) -> list[Claim]:
+    """Claim up to ``limit`` of the oldest due batches in ``lanes`` and commit the claims
+    with their in-flight attempts, in one transaction; empty when nothing is due, or
+    dispatch is paused or its breaker open.
+
+    Several only on PostgreSQL with dispatch open (``store.claim_if_open``, one
+    statement); the careful path (another database, a pause, the breaker's probe)
+    claims one.
+    """
     while True:
         now = utcnow()
         with db.transaction() as session:
             probe, retry_at = False, None
-            # PostgreSQL: control row, claim, job and recipients in one statement
-            # while dispatch is open; the careful path below otherwise.
-            batch = store.claim_if_open(session, now=now, worker=worker, lanes=lanes)
-            if isinstance(batch, store.Raced):
+            # PostgreSQL: control row, claims, jobs, recipients and attempt rows in one
+            # statement while dispatch is open; the careful path below otherwise.
+            batches = store.claim_if_open(session, now=now, worker=worker, lanes=lanes, limit=limit)
+            if isinstance(batches, store.Raced):
                 continue
-            if isinstance(batch, store.Gated):
+            if isinstance(batches, store.Gated):
                 gate = controls.gate(session, now)
                 if gate is None:
-                    return None
+                    return []
                 probe, retry_at = gate
-                batch = store.claim_batch(session, now=now, worker=worker, lanes=lanes)
-            if probe and (batch is None or not _sendable_claim(batch, now)):
+                one = store.claim_batch(session, now=now, worker=worker, lanes=lanes)
+                batches = [one] if one is not None else None
+            if probe and (not batches or not _sendable_claim(batches[0], now)):
                 # Nothing to probe with (nothing due, or the batch claimed is
                 # expired or emptied): the next due batch may probe at once, rather
                 # than dispatch waiting out the probe's timeout.
@@ -92,51 +107,61 @@ def claim(db: Database, controls: Controls, *, lanes: tuple[int, ...], worker: s
                     session,
                     values={"breaker_state": BreakerState.OPEN, "breaker_retry_at": retry_at},
                 )
-            if batch is None:
-                return None
-            if batch.expires_at is not None and batch.expires_at <= now:
-                # Sent now it would arrive too late to matter (an OTP after its
-                # validity): after an outage, nothing stale goes out in a burst.
-                store.expire_batch(
-                    session,
-                    batch_id=batch.id,
-                    now=now,
-                    cause=expiry_cause(batch.expires_at),
-                    actor=worker,
-                )
-                continue
-            if not batch.recipients:
-                # Everything in it was cancelled or settled meanwhile.
-                store.settle_batch(session, batch_id=batch.id, now=now)
-                continue
-            kind = check_kind(batch.kind)
-            request = {
-                "to": ",".join(r.number for r in batch.recipients),
-                "from": batch.sender,
-                "maxconcat": batch.maxconcat,
-                "type": kind.gateway_type,
-                "usercontext": batch.reference,
-            }
-            attempt_id = store.start_attempt(
-                session,
-                batch=batch,
-                request=json.dumps(request),
-                now=now,
-                actor=worker,
-            )
-            return Claim(
-                batch_id=batch.id,
-                attempt_id=attempt_id,
-                attempt_no=batch.attempts,
-                job_id=batch.job_id,
-                recipients=batch.recipients,
-                message=Message(
-                    text=batch.text,
-                    sender=batch.sender,
-                    maxconcat=batch.maxconcat,
-                    message_type=kind.gateway_type,
-                    usercontext=batch.reference,
-                ),
-                probe=probe,
-                more_due=batch.more_due,
-            )
+            if not batches:
+                return []
+            claims = [
+                c
+                for batch in batches
+                if (c := _start(session, batch, now=now, worker=worker, probe=probe))
+            ]
+        if claims or not any(batch.more_due for batch in batches):
+            return claims
+        # Every batch claimed was closed on the way (expired, emptied): look again.
+
+
+def _start(
+    session: Session, batch: store.ClaimedBatch, *, now: dt.datetime, worker: str, probe: bool
+) -> Claim | None:
+    """A claimed batch made ready to send, with its attempt row; None when it was
+    closed instead (expired, or emptied meanwhile)."""
+    if batch.expires_at is not None and batch.expires_at <= now:
+        # Sent now it would arrive too late to matter (an OTP after its validity):
+        # after an outage, nothing stale goes out in a burst.
+        store.expire_batch(
+            session,
+            batch_id=batch.id,
+            now=now,
+            cause=expiry_cause(batch.expires_at),
+            actor=worker,
+        )
+        return None
+    if not batch.recipients:
+        # Everything in it was cancelled or settled meanwhile.
+        store.settle_batch(session, batch_id=batch.id, now=now)
+        return None
+    kind = check_kind(batch.kind)
+    attempt_id = batch.attempt_id
+    if attempt_id is None:
+        attempt_id = store.start_attempt(
+            session,
+            batch=batch,
+            request=store.request_json(batch, kind.gateway_type),
+            now=now,
+            actor=worker,
+        )
+    return Claim(
+        batch_id=batch.id,
+        attempt_id=attempt_id,
+        attempt_no=batch.attempts,
+        job_id=batch.job_id,
+        recipients=batch.recipients,
+        message=Message(
+            text=batch.text,
+            sender=batch.sender,
+            maxconcat=batch.maxconcat,
+            message_type=kind.gateway_type,
+            usercontext=batch.reference,
+        ),
+        probe=probe,
+        more_due=batch.more_due,
+    )

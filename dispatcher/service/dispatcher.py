@@ -17,10 +17,11 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Unpack
+from typing import Any, Unpack, cast
 
 from dispatcher.config import Settings
 from dispatcher.domain.backoff import RetryPolicy
+from dispatcher.domain.lanes import Priority
 from dispatcher.domain.limits import CallLimiter
 from dispatcher.domain.request import MAX_LABEL_LENGTH, SendOptions, SendRequest
 from dispatcher.domain.statuses import RecipientStatus
@@ -32,9 +33,11 @@ from dispatcher.persistence.db import Database
 from dispatcher.service import rollup as rollups
 from dispatcher.service import views
 from dispatcher.service.claim import Claim, claim_lanes, worker_name
+from dispatcher.service.completer import Completer
 from dispatcher.service.control import Controls
 from dispatcher.service.dispatch import Dispatch, DispatchReport
 from dispatcher.service.enqueue import Enqueuer, EnqueueResult
+from dispatcher.service.loop import Awake, DispatchLoop
 from dispatcher.service.operator import OperatorActions, OperatorResult
 from dispatcher.service.privacy import RetentionSchedule
 from dispatcher.service.reply import RECORD_RETRY_BUDGET_S, ReplyRecorder
@@ -95,6 +98,11 @@ class Dispatcher:
         wakes = Wakes(settings, self.db, waker)
         self._enqueuer = Enqueuer(settings, self.db, check_url=self.webhooks.check_url, wakes=wakes)
         self._replies = ReplyRecorder(self.db, self.controls, self.policy)
+        self.completer = (
+            Completer(self._replies, max_batch=settings.reply_batch_size)
+            if settings.reply_batch_size > 1
+            else None
+        )
         self._dispatch = Dispatch(
             self.db,
             controls=self.controls,
@@ -103,6 +111,7 @@ class Dispatcher:
             lanes=self.lanes,
             client=lambda: self.client,
             wakes=wakes,
+            completer=self.completer,
         )
         self._operator = OperatorActions(self.db, controls=self.controls, wakes=wakes)
         self._sweeper = Sweeper(
@@ -128,7 +137,9 @@ class Dispatcher:
             return self._client
 
     def close(self) -> None:
-        """Release connections."""
+        """Write the replies still waiting, then release connections."""
+        if self.completer is not None:
+            self.completer.close()
         if self._client is not None:
             self._client.close()
         self.webhooks.close()
@@ -188,6 +199,11 @@ class Dispatcher:
         """Claim the oldest due batch and commit the claim with its in-flight attempt."""
         return self._dispatch.claim(worker=worker or worker_name())
 
+    def claim_many(self, *, limit: int, worker: str | None = None) -> list[Claim]:
+        """Claim up to ``limit`` due batches in one transaction (one statement on
+        PostgreSQL while dispatch is open; one batch otherwise)."""
+        return self._dispatch.claim_many(worker=worker or worker_name(), limit=limit)
+
     def submit(self, claim: Claim) -> Submission:
         """Make the HTTP call for a claimed batch."""
         return self._dispatch.submit(claim)
@@ -222,6 +238,24 @@ class Dispatcher:
             stop=stop,
             record_budget_s=RECORD_RETRY_BUDGET_S,
         )
+
+    def start_loop(self, *, on_batch: Callable[[], None] | None = None) -> DispatchLoop:
+        """Start this process's dispatch loop (``dispatcher.service.loop``), marking its
+        lanes awake through the waker where the waker can (``mark_awake``)."""
+        awake = self.waker if hasattr(self.waker, "mark_awake") else None
+        loop = DispatchLoop(
+            self._dispatch,
+            senders=self.settings.worker_concurrency,
+            lanes=tuple(Priority(name) for name in self.settings.worker_lanes),
+            linger_s=self.settings.dispatch_linger_s,
+            poll_s=self.settings.dispatch_poll_s,
+            record_budget_s=RECORD_RETRY_BUDGET_S,
+            worker=f"{worker_name().rsplit(':', 1)[0]}:dispatch-loop",
+            awake=cast(Awake | None, awake),
+            on_batch=on_batch,
+        )
+        loop.start()
+        return loop
 
     # --- operator actions (dispatcher.service.operator) -----------------------------
 

@@ -128,17 +128,34 @@ class ReplyRecorder:
     def _record_once(self, claim: Claim, submission: Submission, worker: str) -> None:
         with self.db.transaction() as session:
             write = self._prepare_reply(session, claim, submission, worker)
-            moved = store.record_reply(
-                session,
-                attempt_id=write.attempt_id,
-                batch_id=write.batch_id,
-                attempt=write.attempt,
-                groups=write.groups,
-                at=write.at,
-                actor=write.actor,
-                reset_breaker_failures=write.reset_breaker_failures,
-            )
+            moved = self._write(session, write)
         self._after_record(claim, submission, write, moved)
+
+    @staticmethod
+    def _write(session: Session, write: salvage.ReplyWrite) -> int:
+        return store.record_reply(
+            session,
+            attempt_id=write.attempt_id,
+            batch_id=write.batch_id,
+            attempt=write.attempt,
+            groups=write.groups,
+            at=write.at,
+            actor=write.actor,
+            reset_breaker_failures=write.reset_breaker_failures,
+        )
+
+    def record_many(self, replies: Sequence[tuple[Claim, Submission, str]]) -> None:
+        """Write several replies in one transaction (``dispatcher.service.completer``),
+        in batch order so two writers lock batches alike; raises as the database does,
+        and then nothing of them is written."""
+        ordered = sorted(replies, key=lambda reply: reply[0].batch_id)
+        done: list[tuple[Claim, Submission, salvage.ReplyWrite, int]] = []
+        with self.db.transaction() as session:
+            for claim, submission, worker in ordered:
+                write = self._prepare_reply(session, claim, submission, worker)
+                done.append((claim, submission, write, self._write(session, write)))
+        for claim, submission, write, moved in done:
+            self._after_record(claim, submission, write, moved)
 
     def _record_carefully(self, claim: Claim, submission: Submission, worker: str) -> None:
         with self.db.transaction() as session:

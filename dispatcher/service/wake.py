@@ -54,9 +54,26 @@ class Wakes:
         spares a message, a task and an empty claim per job once workers fall
         behind, and bounds the queue; while workers keep up nothing waits and every
         job sends its own. Wake-ups that vanish (a broker flush, expiry) are the
-        sweeper's, as before.
+        sweeper's, as before. A one-batch job sends none while a worker's dispatch
+        loop has its lane marked awake (``loop_awake``).
         """
+        if batches == 1 and self.loop_awake(lane):
+            return
         self.beyond_waiting(batches, lane, ask="waiting")
+
+    def loop_awake(self, lane: Priority) -> bool:
+        """Whether a worker's dispatch loop has marked ``lane`` awake (the waker's
+        ``awake``): a claim then follows this commit within a poll, so a one-batch
+        job needs no wake-up (``dispatcher.service.loop``). A job of several batches
+        still wakes as many workers as it can use."""
+        awake = getattr(self.waker, "awake", None)
+        if awake is None:
+            return False
+        try:
+            return bool(awake(lane))
+        except Exception:
+            log.debug("could not read the awake mark", exc_info=True)
+            return False
 
     def beyond_waiting(self, wanted: int, lane: Priority, *, ask: str) -> int:
         """Send ``wanted`` wake-ups (at most the fan-out) less those already waiting in

@@ -108,14 +108,20 @@ def test_redis_restarted_and_flushed_under_paused_workers_then_resumed_without_a
 def test_a_job_enqueued_while_redis_is_down_is_acknowledged_and_sent_when_it_returns(
     faults: FaultPipeline,
 ) -> None:
-    workers = faults.start_workers()
+    # Workers whose dispatch loops sleep as soon as nothing is due: only a wake-up
+    # (lost here with the broker) or the sweeper's, once it returns, starts the job.
+    workers = faults.start_workers(DISPATCHER_DISPATCH_LINGER_S="0")
     faults.redis.kill()
 
     started = time.monotonic()
     result = faults.enqueue([number(1), number(2)], "Broker down")  # must not raise
     # The lost wake-up costs the producer a moment, not its job.
     assert time.monotonic() - started < 10
-    assert {r.status for r in recipients_of(faults.db, result.job_id)} == {"queued"}
+    # Acknowledged means written: queued, unless the loop's first looks, just
+    # before it went to sleep, found it already.
+    recipients = recipients_of(faults.db, result.job_id)
+    assert len(recipients) == 2
+    assert {r.status for r in recipients} <= {"queued", "submitting", "sent"}
 
     time.sleep(1.0)
     faults.redis.start()

@@ -538,16 +538,17 @@ def test_a_cancel_waits_for_a_claim_in_progress_and_then_moves_nothing(
         svc.control()  # the control row: the claim takes PostgreSQL's one statement
         job = svc.enqueue([number(1), number(2)], "claimed meanwhile").job_id
         claimed, release = threading.Event(), threading.Event()
-        start_attempt = store.start_attempt
+        claim_if_open = store.claim_if_open
 
-        def start_and_hold(*args: Any, **kwargs: Any) -> int:
-            # Inside the claim's transaction: the batch is claimed, not committed.
-            attempt_id = start_attempt(*args, **kwargs)
+        def claim_and_hold(*args: Any, **kwargs: Any) -> Any:
+            # Inside the claim's transaction: the batch is claimed with its attempt
+            # row (one statement), not committed.
+            batch = claim_if_open(*args, **kwargs)
             claimed.set()
             assert release.wait(30)
-            return attempt_id
+            return batch
 
-        monkeypatch.setattr(store, "start_attempt", start_and_hold)
+        monkeypatch.setattr(store, "claim_if_open", claim_and_hold)
         with ThreadPoolExecutor(2) as pool:
             try:
                 claiming = pool.submit(svc.claim, worker="claimer")

@@ -12,8 +12,6 @@ malformed shapes) as the client would classify them (``reply_shapes``).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -37,6 +35,7 @@ from support.pipeline import check_invariants
 from support.reads import attempts_of, batches_of, events_of, recipients_of, send_requests
 from support.reply_shapes import reply_shapes, reply_submission
 from support.settings import SUBMITTING_TIMEOUT_S
+from support.triggers import refusing
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -61,40 +60,6 @@ def set_claimed_at(database: Database, batch_id: int, age_s: float) -> None:
             .where(Batch.id == batch_id)
             .values(claimed_at=utcnow() - dt.timedelta(seconds=age_s))
         )
-
-
-@contextmanager
-def refusing(database: Database, condition: str, table: str = "recipients") -> Iterator[None]:
-    """A trigger that refuses every update of a row of ``table`` where ``condition``
-    (SQL over NEW) holds: a value the database will not take, as a constraint or an
-    operator's trigger would, which no amount of waiting cures."""
-    if database.dialect == "postgresql":
-        create = [
-            "CREATE FUNCTION refuse_recipient() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            f"BEGIN IF {condition} THEN RAISE EXCEPTION 'refused by a test trigger' "
-            "USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$",
-            f"CREATE TRIGGER refuse_recipient BEFORE UPDATE ON {table} "
-            "FOR EACH ROW EXECUTE FUNCTION refuse_recipient()",
-        ]
-        drop = [
-            f"DROP TRIGGER IF EXISTS refuse_recipient ON {table}",
-            "DROP FUNCTION IF EXISTS refuse_recipient()",
-        ]
-    else:
-        create = [
-            f"CREATE TRIGGER refuse_recipient BEFORE UPDATE ON {table} WHEN {condition} "
-            "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
-        ]
-        drop = ["DROP TRIGGER IF EXISTS refuse_recipient"]
-    with database.engine.begin() as connection:
-        for statement in create:
-            connection.exec_driver_sql(statement)
-    try:
-        yield
-    finally:
-        with database.engine.begin() as connection:
-            for statement in drop:
-                connection.exec_driver_sql(statement)
 
 
 # --- values that do not fit their columns -----------------------------------------------

@@ -46,6 +46,7 @@ from support.reads import attempts_of, batches_of, recipients_of
 from support.reply_shapes import reply_submission
 from support.services import pg_admin
 from support.settings import SUBMITTING_TIMEOUT_S, make_service
+from support.triggers import refusing
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -249,39 +250,6 @@ def test_the_claim_never_submits_a_number_erased_before_it_took_the_batch(
 # --- 3. the careful path leaving its batch submitting -----------------------------------
 
 
-@contextmanager
-def _refusing_sent(database: Database, number_: str) -> Iterator[None]:
-    """A trigger refusing ``number_``'s move to sent (as test_replies.refusing)."""
-    condition = f"NEW.number = '{number_}' AND NEW.status = 'sent'"
-    if database.dialect == "postgresql":
-        create = [
-            "CREATE FUNCTION refuse_recipient() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            f"BEGIN IF {condition} THEN RAISE EXCEPTION 'refused by a test trigger' "
-            "USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$",
-            "CREATE TRIGGER refuse_recipient BEFORE UPDATE ON recipients "
-            "FOR EACH ROW EXECUTE FUNCTION refuse_recipient()",
-        ]
-        drop = [
-            "DROP TRIGGER IF EXISTS refuse_recipient ON recipients",
-            "DROP FUNCTION IF EXISTS refuse_recipient()",
-        ]
-    else:
-        create = [
-            f"CREATE TRIGGER refuse_recipient BEFORE UPDATE ON recipients WHEN {condition} "
-            "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
-        ]
-        drop = ["DROP TRIGGER IF EXISTS refuse_recipient"]
-    with database.engine.begin() as connection:
-        for statement in create:
-            connection.exec_driver_sql(statement)
-    try:
-        yield
-    finally:
-        with database.engine.begin() as connection:
-            for statement in drop:
-                connection.exec_driver_sql(statement)
-
-
 def test_a_recorded_retry_in_a_batch_left_submitting_is_not_called_unknown(
     service: Dispatcher, database: Database
 ) -> None:
@@ -291,7 +259,7 @@ def test_a_recorded_retry_in_a_batch_left_submitting_is_not_called_unknown(
     one, two = (r.number for r in claim.recipients)
     body = f"{one},ERR:GATEWAY_ERROR\r\n{two},ID:41\r\n".encode()
 
-    with _refusing_sent(database, two):
+    with refusing(database, f"NEW.number = '{two}' AND NEW.status = 'sent'"):
         service.record(claim, reply_submission([one, two], body), worker="w")
         retried, stuck = recipients_of(service.db, job)
         assert stuck.status == "submitting", "left for the sweeper, as designed"

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dispatcher.domain.filters import JobFilter
 from dispatcher.persistence.store._common import WORKER_LOST
-from dispatcher.persistence.store.attempts import complete_attempt, start_attempt
+from dispatcher.persistence.store.attempts import complete_attempt, request_json, start_attempt
 from dispatcher.persistence.store.audit import (
     AuditSelection,
     audit_claims_query,
@@ -220,6 +220,7 @@ __all__ = [
     "record_transitions",
     "remove_job_texts",
     "replace_numbers",
+    "request_json",
     "reset_failures",
     "sample_message_ids",
     "select_recipients",

@@ -25,6 +25,21 @@ def claimed_json(recipients: list[PendingRecipient]) -> str:
     return json.dumps([[r.id, str(r.status)] for r in recipients], separators=(",", ":"))
 
 
+def request_json(batch: ClaimedBatch, gateway_type: int) -> str:
+    """``Attempt.request``: the form sent, without the message text or the password.
+
+    The claim's statement on PostgreSQL builds the same text in SQL (``claims``);
+    non-ASCII stays as it is, as PostgreSQL's ``to_json`` leaves it."""
+    form = {
+        "to": ",".join(r.number for r in batch.recipients),
+        "from": batch.sender,
+        "maxconcat": batch.maxconcat,
+        "type": gateway_type,
+        "usercontext": batch.reference,
+    }
+    return json.dumps(form, ensure_ascii=False)
+
+
 def start_attempt(
     session: Session,
     *,

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import TextClause
 
 from dispatcher.domain.lanes import LANE_NUMBERS
+from dispatcher.domain.message import Kind
 from dispatcher.domain.statuses import WAITING_STATUSES, BatchStatus, BreakerState, RecipientStatus
 from dispatcher.persistence import dialect
 from dispatcher.persistence.models import CONTROL_ROW_ID, Batch, Job, Recipient, WebhookDelivery
@@ -155,6 +156,9 @@ class ClaimedBatch:
     more_due: bool = True
     """Another batch of the claimed lanes was due when this one was claimed (True
     when the claim could not tell): the caller claims again, or may stop."""
+    attempt_id: int | None = None
+    """The in-flight attempt row the claim's own statement wrote (PostgreSQL, when
+    the batch is unexpired with recipients to send); None: the caller writes it."""
 
 
 class Gated:
@@ -199,77 +203,110 @@ def claim_batch(
 
 
 def claim_if_open(
-    session: Session, *, now: dt.datetime, worker: str, lanes: Sequence[int] = ALL_LANES
-) -> ClaimedBatch | Gated | Raced | None:
-    """On PostgreSQL, claim the oldest due batch in one statement if dispatch is open.
+    session: Session,
+    *,
+    now: dt.datetime,
+    worker: str,
+    lanes: Sequence[int] = ALL_LANES,
+    limit: int = 1,
+) -> list[ClaimedBatch] | Gated | Raced | None:
+    """On PostgreSQL, claim up to ``limit`` of the oldest due batches in one statement
+    if dispatch is open, high lanes first.
 
-    One round trip reads the control row, claims the batch (``SKIP LOCKED``), reads
-    its job, and reads its recipients still to send. They are not locked: the
-    batch's lock is what every change from a waiting status takes
-    (``transitions.BatchSide``), so none can move them once the claim holds it; and
-    one that committed after this statement began, whose recipients this statement
-    would read as they were, has touched the batch, which is then left unclaimed
-    (``RACED``: claim again). The control row is
-    read by the same statement that claims, so a pause or an open breaker committed
-    before it is honoured exactly as by the separate read it replaces. Returns None
-    when nothing is due, and ``GATED`` when dispatch is paused, the breaker is not
-    closed or the control row is missing: then the caller takes the careful path
-    (``Controls.gate``, then ``claim_batch``), which handles the probe. On other
-    databases it returns ``GATED`` at once, without a statement.
+    One round trip reads the control row, claims the batches (``SKIP LOCKED``), reads
+    their jobs and their recipients still to send, and writes each one's in-flight
+    attempt row (``attempts.start_attempt``'s row, built in SQL:
+    ``ClaimedBatch.attempt_id``) unless it is expired or has nobody left to send,
+    which the caller closes. The recipients are not locked: a batch's lock is what
+    every change from a waiting status takes (``transitions.BatchSide``), so none can
+    move them once the claim holds it; and one that committed after this statement
+    began, whose recipients this statement would read as they were, has touched the
+    batch, which is then left unclaimed (when no batch is left, ``RACED``: claim
+    again). The control row is read by the same statement that claims, so a pause or
+    an open breaker committed before it is honoured exactly as by the separate read
+    it replaces. Returns None when nothing is due, and ``GATED`` when dispatch is
+    paused, the breaker is not closed or the control row is missing: then the caller
+    takes the careful path (``Controls.gate``, then ``claim_batch``), which handles
+    the probe. On other databases it returns ``GATED`` at once, without a statement.
     """
     if not dialect.is_postgresql(session):
         return GATED
     rows = session.execute(
         _claim_statement(tuple(lanes)),
-        {"now": now, "worker": worker, "control_id": CONTROL_ROW_ID},
+        {"now": now, "worker": worker, "control_id": CONTROL_ROW_ID, "k": max(limit, 1)},
     ).all()
     if not rows or rows[0].paused or rows[0].breaker_state != BreakerState.CLOSED:
         return GATED
     head = rows[0]
     if head.batch_id is None:
-        return RACED if head.picked_id is not None else None
-    return ClaimedBatch(
-        id=head.batch_id,
-        job_id=head.job_id,
-        attempts=head.attempts,
-        expires_at=head.expires_at,
-        text=head.text,
-        sender=head.sender,
-        kind=head.kind,
-        maxconcat=head.maxconcat,
-        reference=head.reference,
-        recipients=[
-            PendingRecipient(r.recipient_id, r.number, r.recipient_attempts, r.recipient_status)
-            for r in rows
-            if r.recipient_id is not None
-        ],
-        more_due=bool(head.more_due),
-    )
+        return RACED if head.picked else None
+    claimed: dict[int, ClaimedBatch] = {}
+    for row in rows:
+        batch = claimed.get(row.batch_id)
+        if batch is None:
+            batch = claimed[row.batch_id] = ClaimedBatch(
+                id=row.batch_id,
+                job_id=row.job_id,
+                attempts=row.attempts,
+                expires_at=row.expires_at,
+                text=row.text,
+                sender=row.sender,
+                kind=row.kind,
+                maxconcat=row.maxconcat,
+                reference=row.reference,
+                recipients=[],
+                # Batches raced away are due still: the caller looks again.
+                more_due=bool(row.more_due) or row.picked > row.claimed,
+                attempt_id=row.attempt_id,
+            )
+        if row.recipient_id is not None:
+            batch.recipients.append(
+                PendingRecipient(
+                    row.recipient_id, row.number, row.recipient_attempts, row.recipient_status
+                )
+            )
+    return list(claimed.values())
+
+
+# The gateway's ``type`` for a job's kind, as ``Kind.gateway_type`` gives it; NULL
+# for a kind this code does not know, which then takes the careful path.
+_GATEWAY_TYPE = (
+    "CASE j.kind "
+    + " ".join(f"WHEN '{kind.value}' THEN {int(kind.gateway_type)}" for kind in Kind)
+    + " END"
+)
 
 
 @functools.cache
 def _claim_statement(lanes: tuple[int, ...]) -> TextClause:
-    # One scalar subquery per lane, high first, under COALESCE: PostgreSQL runs
-    # each as an InitPlan only when the ones before it found nothing, so a lower
-    # lane's row is never locked while a higher lane has work (UNION ALL would
-    # do the same, but refuses FOR UPDATE). Statuses are literals so the partial
-    # (lane, due_at) WHERE status = 'queued' index serves every plan, generic or not.
-    # ``status || ''`` keeps the claim's update on the primary key and the
-    # recipients' lookup on the batch index, whatever the statistics say (see
-    # ``status_recheck``). Only ints are formatted in (S608).
-    probes = ",\n".join(
-        f"""(SELECT id FROM batches
-             WHERE status = 'queued' AND lane = {int(lane)} AND due_at <= :now
-             ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)"""  # noqa: S608
-        for lane in lanes
-    )
-    # Whether anything else was due: a task that claimed the last due batch stops
-    # after it instead of making an empty claim to find out. Rows other workers
+    # One CTE per lane, high first, each taking what the lanes before it left of
+    # :k (LIMIT :k minus their count, evaluated once): a lower lane's rows are never
+    # locked while a higher lane fills the claim. Statuses are literals so the
+    # partial (lane, due_at) WHERE status = 'queued' index serves every plan,
+    # generic or not. ``status || ''`` keeps the claim's update on the primary key
+    # and the recipients' lookup on the batch index, whatever the statistics say
+    # (see ``status_recheck``). Only ints and the Kind enum's own values are
+    # formatted in (S608).
+    probes: list[str] = []
+    for i, lane in enumerate(lanes):
+        before = [f"(SELECT count(*) FROM lane_{j})" for j in range(i)]  # noqa: S608
+        taken = " + ".join(before) or "0"
+        probes.append(
+            f"""lane_{i} AS (
+            SELECT id FROM batches
+            WHERE status = 'queued' AND lane = {int(lane)} AND due_at <= :now
+                AND EXISTS (SELECT 1 FROM ctl WHERE NOT paused AND breaker_state = 'closed')
+            ORDER BY due_at, id LIMIT (:k - ({taken})) FOR UPDATE SKIP LOCKED
+        )"""  # noqa: S608
+        )
+    picked = " UNION ALL ".join(f"SELECT id FROM lane_{i}" for i in range(len(lanes)))  # noqa: S608
+    # Whether anything else was due: a claimer that took the last due batches stops
+    # after them instead of making an empty claim to find out. Rows other workers
     # are claiming still count (no SKIP LOCKED), which only costs that empty claim.
     others = " OR ".join(
         f"""EXISTS (SELECT 1 FROM batches
              WHERE status = 'queued' AND lane = {int(lane)} AND due_at <= :now
-                AND id <> (SELECT id FROM picked))"""  # noqa: S608
+                AND id NOT IN (SELECT id FROM picked))"""  # noqa: S608
         for lane in lanes
     )
     return text(
@@ -277,39 +314,67 @@ def _claim_statement(lanes: tuple[int, ...]) -> TextClause:
         WITH ctl AS (
             SELECT paused, breaker_state FROM dispatch_control WHERE id = :control_id
         ),
-        picked AS (
-            SELECT COALESCE({probes}, NULL) AS id
-            WHERE EXISTS (SELECT 1 FROM ctl WHERE NOT paused AND breaker_state = 'closed')
-        ),
+        {", ".join(probes)},
+        picked AS ({picked}),
         seen AS (
-            SELECT xmin FROM batches WHERE id = (SELECT id FROM picked)
+            SELECT id, xmin FROM batches WHERE id IN (SELECT id FROM picked)
         ),
         claimed AS (
             UPDATE batches SET status = 'submitting', claimed_at = :now,
                 claimed_by = :worker, attempts = batches.attempts + 1, updated_at = :now
-            WHERE batches.id = (SELECT id FROM picked) AND (batches.status || '') = 'queued'
+            FROM seen
+            WHERE batches.id = seen.id AND (batches.status || '') = 'queued'
                 -- The row as this statement's snapshot has it, or the recipients read
                 -- below may be older than the batch: a change from a waiting status
                 -- that committed since touched it (transitions._idle_batches).
-                AND batches.xmin = (SELECT xmin FROM seen)
+                AND batches.xmin = seen.xmin
             RETURNING batches.id, batches.job_id, batches.attempts, batches.expires_at
         ),
         waiting AS (
-            SELECT r.id, r.number, r.attempts, r.status FROM recipients r
-            WHERE r.batch_id = (SELECT id FROM claimed)
+            SELECT r.id, r.batch_id, r.number, r.attempts, r.status FROM recipients r
+            WHERE r.batch_id IN (SELECT id FROM claimed)
                 AND (r.status || '') IN ('queued', 'retry_wait')
+        ),
+        carried AS (
+            SELECT w.batch_id, string_agg(w.number, ',' ORDER BY w.id) AS numbers,
+                '[' || string_agg('[' || w.id || ',"' || w.status || '"]', ','
+                    ORDER BY w.id) || ']' AS claimed
+            FROM waiting w GROUP BY w.batch_id
+        ),
+        started AS (
+            -- The attempt row as attempts.start_attempt writes it, to the character
+            -- (its JSON texts as attempts.claimed_json and request_json make them):
+            -- numbers in submission (id) order, the claim's statuses, the form
+            -- without the message text.
+            INSERT INTO attempts (batch_id, job_id, attempt_no, numbers, claimed, request,
+                started_at, outcome, worker)
+            SELECT c.id, c.job_id, c.attempts, n.numbers, n.claimed,
+                '{{"to": ' || to_json(n.numbers)::text
+                    || ', "from": ' || COALESCE(to_json(j.sender)::text, 'null')
+                    || ', "maxconcat": ' || COALESCE(j.maxconcat::text, 'null')
+                    || ', "type": ' || {_GATEWAY_TYPE}
+                    || ', "usercontext": ' || COALESCE(to_json(j.reference)::text, 'null')
+                    || '}}',
+                :now, 'in_flight', :worker
+            FROM claimed c JOIN jobs j ON j.id = c.job_id
+                JOIN carried n ON n.batch_id = c.id
+            WHERE (c.expires_at IS NULL OR c.expires_at > :now) AND {_GATEWAY_TYPE} IS NOT NULL
+            RETURNING id, batch_id
         )
-        SELECT ctl.paused, ctl.breaker_state, (SELECT id FROM picked) AS picked_id,
+        SELECT ctl.paused, ctl.breaker_state,
+            (SELECT count(*) FROM picked) AS picked,
+            (SELECT count(*) FROM claimed) AS claimed,
             CASE WHEN c.id IS NULL THEN false ELSE ({others}) END AS more_due,
-            c.id AS batch_id, c.job_id, c.attempts, c.expires_at,
+            c.id AS batch_id, c.job_id, c.attempts, c.expires_at, s.id AS attempt_id,
             j.text, j.sender, j.kind, j.maxconcat, j.reference,
             w.id AS recipient_id, w.number, w.attempts AS recipient_attempts,
             w.status AS recipient_status
         FROM ctl
         LEFT JOIN claimed c ON true
         LEFT JOIN jobs j ON j.id = c.job_id
-        LEFT JOIN waiting w ON true
-        ORDER BY w.id
+        LEFT JOIN started s ON s.batch_id = c.id
+        LEFT JOIN waiting w ON w.batch_id = c.id
+        ORDER BY c.id, w.id
         """  # noqa: S608
     )
 
