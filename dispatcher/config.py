@@ -227,7 +227,11 @@ class Settings(BaseSettings):
         "it consumes their wake-up queues and claims only their batches.",
     )
     worker_concurrency: int = Field(
-        default=16, ge=1, le=1024, description="Threads per worker process (I/O-bound work)."
+        default=16,
+        ge=1,
+        le=1024,
+        description="Sender threads per worker process: gateway calls in flight at once "
+        "(I/O-bound work); Celery's pool has as many for wake-ups, webhooks and sweeps.",
     )
     database_pool_size: int | None = Field(
         default=None,
