@@ -181,24 +181,21 @@ class DispatchLoop:
         return bool(claims)
 
     def _claim(self, limit: int) -> list[Claim]:
-        """Claim up to ``limit`` batches, the limiter's places taken first (each
-        released by its sender); one at a time when the limiter has limits."""
+        """Claim up to ``limit`` batches. With limits on the gateway's calls, one at a
+        time, its place taken first (the limiter's wait is never inside a claim) and
+        given back by its sender; without, a place costs nothing and several go."""
         limiter = self.dispatch.limiter
-        if not limiter.unlimited:
-            limit = 1
-        limiter.acquire()
+        limited = not limiter.unlimited
+        if limited:
+            limiter.acquire()
         try:
-            claims = self.dispatch.claim_many(worker=self.worker, limit=limit)
+            claims = self.dispatch.claim_many(worker=self.worker, limit=1 if limited else limit)
         except Exception:
-            limiter.release()
+            claims = []
             log.warning("could not claim; trying again shortly", exc_info=True)
             self._wait(CLAIM_FAILURE_PAUSE_S)
-            return []
-        if not claims:
+        if limited and not claims:
             limiter.release()
-        # An unlimited limiter's places cost nothing: one was taken per claim.
-        for _ in claims[1:]:
-            limiter.acquire()
         return claims
 
     def _wait(self, timeout_s: float | None) -> None:
@@ -268,7 +265,9 @@ class DispatchLoop:
             try:
                 submission = self.dispatch.submit(claim)
             finally:
-                self.dispatch.limiter.release()
+                # The place _claim took (nothing to give back without limits).
+                if not self.dispatch.limiter.unlimited:
+                    self.dispatch.limiter.release()
             gating = gates(claim, submission)
             if gating:
                 with self._free:

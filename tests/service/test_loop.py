@@ -210,3 +210,24 @@ def test_the_loop_claims_a_batch_for_every_free_sender_at_once(
         service.close()
     assert len(starts) < 20 // 2, len(starts)
     check_invariants(pg_db, simulator)
+
+
+def test_the_loop_keeps_to_the_calls_in_flight_limit(
+    database: Database, simulator: GatewaySimulator, tmp_path: Path
+) -> None:
+    service = make_service(
+        database, simulator, tmp_path, gateway_max_in_flight=2, worker_concurrency=8
+    )
+    simulator.configure(latency_ms=100)
+    try:
+        job_ids = [service.enqueue(number(i), f"limited {i}").job_id for i in range(1, 9)]
+        loop = service.start_loop()
+        try:
+            wait_for_jobs(service.db, job_ids, timeout_s=30.0)
+        finally:
+            stopped(loop)
+    finally:
+        service.close()
+    # Eight senders, but never more than two calls at once, all eight sent.
+    assert simulator.stats()["max_in_flight"] == 2
+    check_invariants(database, simulator)
