@@ -14,8 +14,11 @@ within a poll (docs/design.md, section 3). The mark's one promise is that a clai
 follows every commit that saw it, so the claimer clears it *before* its last look
 and then sleeps until a wake-up (a Celery task calls ``nudge``). A claimer killed
 with the mark set leaves it to expire (``AWAKE_TTL_S``); the jobs committed
-meanwhile wait for the sweeper's wake-ups, as a lost wake-up always has. With every
-sender busy for a poll the mark is cleared too, so producers wake other workers.
+meanwhile wait for the sweeper's wake-ups, as a lost wake-up always has; a loop that
+stops (a warm shutdown) wakes workers for what is due on its way out instead. With
+every sender busy for a poll the mark is cleared too, so producers wake other
+workers. A claim that fails (the database away) is tried again after a pause that
+neither a wake-up cuts short nor swallows; it never sends the loop to sleep.
 """
 
 from __future__ import annotations
@@ -124,8 +127,8 @@ class DispatchLoop:
     def join(self, timeout_s: float | None = None) -> bool:
         """After ``stop``: wait for the claimer and every call in flight to finish and
         be recorded; False if ``timeout_s`` passed first."""
-        self._thread.join(timeout_s)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._thread.join(timeout_s)
         with self._free:
             while self._busy:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -141,7 +144,10 @@ class DispatchLoop:
         linger_until = time.monotonic() + self.linger_s
         try:
             while not self._stopping.is_set():
-                if not self._claim_and_hand_out(mark=True):
+                found = self._claim_and_hand_out(mark=True)
+                if found is None:
+                    continue  # the claim failed or was held: look again, never sleep
+                if not found:
                     if self._stopping.is_set():
                         break
                     if time.monotonic() < linger_until:
@@ -151,7 +157,10 @@ class DispatchLoop:
                     # goes first, then one more look catches a job committed while it
                     # was set.
                     self._clear()
-                    if not self._claim_and_hand_out(mark=False):
+                    found = self._claim_and_hand_out(mark=False)
+                    if found is None:
+                        continue
+                    if not found:
                         if self._stopping.is_set():
                             break
                         self.asleep.set()
@@ -162,38 +171,58 @@ class DispatchLoop:
             log.exception("the dispatch loop stopped; wake-ups will run dispatch tasks")
         finally:
             self._stopping.set()
-            self._clear()
+            self._hand_on()
 
-    def _claim_and_hand_out(self, *, mark: bool) -> bool:
+    def _hand_on(self) -> None:
+        """On the way out: take the mark off and wake workers for whatever is due, as a
+        dispatch run cut short does. A producer that saw the mark sent no wake-up, and
+        a wake-up this loop took just before it stopped led to no claim: neither is
+        left to the sweeper."""
+        self._clear()
+        try:
+            self.dispatch.wakes.due()
+        except Exception:
+            log.warning("could not hand due work on; the sweeper will", exc_info=True)
+
+    def _claim_and_hand_out(self, *, mark: bool) -> bool | None:
         """Take the free senders, claim a batch for each (one statement on PostgreSQL),
-        and hand the batches out; False when nothing was claimed (or stopping)."""
+        and hand the batches out: whether any was claimed, or None when the claim
+        failed or was held back (a reply that may pause dispatch came in meanwhile),
+        so the caller looks again rather than sleeps. False when stopping."""
         taken = self._take_senders()
         if not taken:
             return False
         if mark:
             # A sender is free and a claim comes next: producers need not wake.
             self._mark()
-        claims = self._claim(taken)
-        for claim in claims:
+        with self._free:
+            held = self._gating > 0
+        claims = None if held else self._claim(taken)
+        for claim in claims or ():
             self._executor.submit(self._send, claim)
-        for _ in range(taken - len(claims)):
+        for _ in range(taken - len(claims or ())):
             self._give_sender()
-        return bool(claims)
+        return None if claims is None else bool(claims)
 
-    def _claim(self, limit: int) -> list[Claim]:
-        """Claim up to ``limit`` batches. With limits on the gateway's calls, one at a
-        time, its place taken first (the limiter's wait is never inside a claim) and
-        given back by its sender; without, a place costs nothing and several go."""
+    def _claim(self, limit: int) -> list[Claim] | None:
+        """Claim up to ``limit`` batches; None when the claim failed (after a pause
+        that a wake-up does not cut short, and that does not swallow it).
+
+        With limits on the gateway's calls, one at a time, its place taken first (the
+        limiter's wait is never inside a claim) and given back by its sender; without,
+        a place costs nothing and several go."""
         limiter = self.dispatch.limiter
         limited = not limiter.unlimited
         if limited:
             limiter.acquire()
         try:
-            claims = self.dispatch.claim_many(worker=self.worker, limit=1 if limited else limit)
+            claims: list[Claim] | None = self.dispatch.claim_many(
+                worker=self.worker, limit=1 if limited else limit
+            )
         except Exception:
-            claims = []
+            claims = None
             log.warning("could not claim; trying again shortly", exc_info=True)
-            self._wait(CLAIM_FAILURE_PAUSE_S)
+            self._stopping.wait(CLAIM_FAILURE_PAUSE_S)
         if limited and not claims:
             limiter.release()
         return claims

@@ -154,8 +154,13 @@ class ReplyRecorder:
             for claim, submission, worker in ordered:
                 write = self._prepare_reply(session, claim, submission, worker)
                 done.append((claim, submission, write, self._write(session, write)))
+        # Committed: whatever happens now must not send the caller to write them again
+        # one by one (the breaker's count would move twice).
         for claim, submission, write, moved in done:
-            self._after_record(claim, submission, write, moved)
+            try:
+                self._after_record(claim, submission, write, moved)
+            except Exception:
+                log.exception("attempt %s recorded; logging its outcome failed", claim.attempt_id)
 
     def _record_carefully(self, claim: Claim, submission: Submission, worker: str) -> None:
         with self.db.transaction() as session:
