@@ -14,20 +14,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from dispatcher.celery_app import CeleryWaker, awake_key, make_celery
+from dispatcher.celery_app import awake_key
 from dispatcher.domain.lanes import QUEUE_DISPATCH, Priority
-from dispatcher.gateway.client import GatewayClient
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.persistence.db import Database
 from dispatcher.service.dispatcher import Dispatcher
 from dispatcher.service.loop import DispatchLoop
+from support.loops import redis_service, sent_within
 from support.numbers import number
 from support.pipeline import check_invariants
 from support.polling import wait_until
 from support.reads import attempts_of, recipients_of, wait_for_jobs
-from support.settings import make_service, make_settings
+from support.settings import make_service
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -78,7 +77,7 @@ def test_an_asleep_loop_waits_for_a_wake_up(
         wait_until(loop.asleep.is_set, timeout_s=5.0)
         job_id = service.enqueue(number(1), "asleep").job_id
         # Nothing claims it without a wake-up (the sweeper's or a producer's) ...
-        assert not _sent_within(service.db, job_id, 0.5)
+        assert not sent_within(service.db, job_id, 0.5)
         loop.nudge()
         wait_for_jobs(service.db, [job_id], timeout_s=30.0)
     finally:
@@ -86,14 +85,6 @@ def test_an_asleep_loop_waits_for_a_wake_up(
         service.close()
     [recipient] = recipients_of(service.db, job_id)
     assert recipient.status == "sent"
-
-
-def _sent_within(db: Database, job_id: str, timeout_s: float) -> bool:
-    try:
-        wait_for_jobs(db, [job_id], timeout_s=timeout_s)
-    except AssertionError:
-        return False
-    return True
 
 
 def test_stopping_finishes_and_records_the_calls_in_flight(
@@ -119,49 +110,31 @@ def test_stopping_finishes_and_records_the_calls_in_flight(
 def test_the_awake_mark_spares_wake_ups_and_is_gone_before_the_loop_sleeps(
     pg_db: Database, simulator: GatewaySimulator, tmp_path: Path, broker_url: str
 ) -> None:
-    settings = make_settings(
-        pg_db,
-        simulator,
-        tmp_path,
-        broker_url=broker_url,
-        dispatch_linger_s=1.5,
-        dispatch_poll_s=0.02,
-    )
-    app = make_celery(settings)
-    waker = CeleryWaker(app)
-    service = Dispatcher(
-        settings,
-        database=pg_db,
-        waker=waker,
-        client_factory=lambda: GatewayClient(settings.gateway_config()),
-    )
-    queue = redis.Redis.from_url(broker_url)
-    key = awake_key(Priority.NORMAL)
-    loop = service.start_loop()
-    try:
-        wait_until(lambda: queue.exists(key) == 1, timeout_s=5.0)
-        assert waker.awake(Priority.NORMAL) is True
-        assert queue.exists(awake_key(Priority.HIGH)) == 1, "every lane the loop serves"
+    with redis_service(
+        pg_db, simulator, tmp_path, broker_url, dispatch_linger_s=1.5, dispatch_poll_s=0.02
+    ) as stack:
+        service, queue = stack.service, stack.queue
+        key = awake_key(Priority.NORMAL)
+        loop = service.start_loop()
+        try:
+            wait_until(lambda: queue.exists(key) == 1, timeout_s=5.0)
+            assert stack.waker.awake(Priority.NORMAL) is True
+            assert queue.exists(awake_key(Priority.HIGH)) == 1, "every lane the loop serves"
 
-        job_ids = [service.enqueue(number(i), f"awake {i}").job_id for i in range(1, 6)]
-        wait_for_jobs(pg_db, job_ids, timeout_s=30.0)
-        assert queue.llen(QUEUE_DISPATCH) == 0, "no wake-up sent while the loop lingered"
+            job_ids = [service.enqueue(number(i), f"awake {i}").job_id for i in range(1, 6)]
+            wait_for_jobs(pg_db, job_ids, timeout_s=30.0)
+            assert queue.llen(QUEUE_DISPATCH) == 0, "no wake-up sent while the loop lingered"
 
-        # Linger over: the mark goes before the loop sleeps, and producers wake again.
-        wait_until(loop.asleep.is_set, timeout_s=10.0)
-        assert queue.exists(key) == 0
-        asleep = service.enqueue(number(9), "after the linger").job_id
-        assert queue.llen(QUEUE_DISPATCH) == 1, "the job sends its wake-up"
-        assert not _sent_within(pg_db, asleep, 0.5)
-        loop.nudge()  # what the dispatch task does with that wake-up
-        wait_for_jobs(pg_db, [asleep], timeout_s=30.0)
-    finally:
-        stopped(loop)
-        queue.delete(QUEUE_DISPATCH)
-        queue.close()
-        service.close()
-        waker.close()
-        app.close()
+            # Linger over: the mark goes before the loop sleeps, and producers wake again.
+            wait_until(loop.asleep.is_set, timeout_s=10.0)
+            assert queue.exists(key) == 0
+            asleep = service.enqueue(number(9), "after the linger").job_id
+            assert queue.llen(QUEUE_DISPATCH) == 1, "the job sends its wake-up"
+            assert not sent_within(pg_db, asleep, 0.5)
+            loop.nudge()  # what the dispatch task does with that wake-up
+            wait_for_jobs(pg_db, [asleep], timeout_s=30.0)
+        finally:
+            stopped(loop)
     check_invariants(pg_db, simulator)
 
 
@@ -169,25 +142,14 @@ def test_the_awake_mark_spares_wake_ups_and_is_gone_before_the_loop_sleeps(
 def test_a_job_of_several_batches_wakes_workers_even_while_a_loop_lingers(
     pg_db: Database, simulator: GatewaySimulator, tmp_path: Path, broker_url: str
 ) -> None:
-    settings = make_settings(pg_db, simulator, tmp_path, broker_url=broker_url, wake_fanout=4)
-    app = make_celery(settings)
-    waker = CeleryWaker(app)
-    service = Dispatcher(settings, database=pg_db, waker=waker)
-    queue = redis.Redis.from_url(broker_url)
-    try:
-        waker.mark_awake((Priority.NORMAL,), 5.0)
-        service.enqueue(number(1), "one batch")
-        assert queue.llen(QUEUE_DISPATCH) == 0
-        service.enqueue([number(100 + i) for i in range(250)], "three batches")
-        assert queue.llen(QUEUE_DISPATCH) == 3, "other workers share a bulk job"
-        waker.clear_awake((Priority.NORMAL,))
-        assert waker.awake(Priority.NORMAL) is False
-    finally:
-        queue.delete(QUEUE_DISPATCH)
-        queue.close()
-        service.close()
-        waker.close()
-        app.close()
+    with redis_service(pg_db, simulator, tmp_path, broker_url, wake_fanout=4) as stack:
+        stack.waker.mark_awake((Priority.NORMAL,), 5.0)
+        stack.service.enqueue(number(1), "one batch")
+        assert stack.queue.llen(QUEUE_DISPATCH) == 0
+        stack.service.enqueue([number(100 + i) for i in range(250)], "three batches")
+        assert stack.queue.llen(QUEUE_DISPATCH) == 3, "other workers share a bulk job"
+        stack.waker.clear_awake((Priority.NORMAL,))
+        assert stack.waker.awake(Priority.NORMAL) is False
 
 
 @pytest.mark.services

@@ -16,29 +16,18 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
-from dispatcher.celery_app import CeleryWaker, awake_key, make_celery
+from dispatcher.celery_app import awake_key
 from dispatcher.domain.lanes import QUEUE_DISPATCH, Priority
-from dispatcher.gateway.client import GatewayClient
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.persistence.db import Database
 from dispatcher.service.claim import Claim
-from dispatcher.service.dispatcher import Dispatcher
+from support.loops import redis_service, sent_within
 from support.numbers import number
 from support.polling import wait_until
-from support.reads import wait_for_jobs
-from support.settings import make_service, make_settings
+from support.settings import make_service
 
 pytestmark = pytest.mark.usefixtures("clean_env")
-
-
-def _sent_within(db: Database, job_id: str, timeout_s: float) -> bool:
-    try:
-        wait_for_jobs(db, [job_id], timeout_s=timeout_s)
-    except AssertionError:
-        return False
-    return True
 
 
 def test_a_wake_up_during_a_failed_last_look_is_not_swallowed(
@@ -73,7 +62,7 @@ def test_a_wake_up_during_a_failed_last_look_is_not_swallowed(
         # CLAIM_FAILURE_PAUSE_S.
         job_id = service.enqueue(number(1), "woken during the pause").job_id
         loop.nudge()
-        assert _sent_within(service.db, job_id, 5.0), (
+        assert sent_within(service.db, job_id, 5.0), (
             "the wake-up was consumed by the failure pause and the loop went to sleep "
             f"(asleep={loop.asleep.is_set()}): the job waits for the sweeper"
         )
@@ -88,43 +77,25 @@ def test_a_warm_stop_leaves_no_job_that_saw_the_awake_mark_without_a_claim_or_wa
     pg_db: Database, simulator: GatewaySimulator, tmp_path: Path, broker_url: str
 ) -> None:
     # A long poll (and linger) so the stop lands between two looks of a lingering loop.
-    settings = make_settings(
-        pg_db,
-        simulator,
-        tmp_path,
-        broker_url=broker_url,
-        dispatch_linger_s=30.0,
-        dispatch_poll_s=2.0,
-    )
-    app = make_celery(settings)
-    waker = CeleryWaker(app)
-    service = Dispatcher(
-        settings,
-        database=pg_db,
-        waker=waker,
-        client_factory=lambda: GatewayClient(settings.gateway_config()),
-    )
-    queue = redis.Redis.from_url(broker_url)
-    key = awake_key(Priority.NORMAL)
-    loop = service.start_loop()
-    try:
-        wait_until(lambda: queue.exists(key) == 1, timeout_s=5.0)
-        time.sleep(0.3)  # the marked look has run; the next is a poll away
-        job_id = service.enqueue(number(1), "saw the mark").job_id
-        assert queue.llen(QUEUE_DISPATCH) == 0, "the producer saw the mark: no wake-up"
-        loop.stop()  # warm shutdown (worker_shutting_down)
-        assert loop.join(30.0)
-        assert queue.exists(key) == 0
-        claimed = _sent_within(pg_db, job_id, 1.0)
-        woken = queue.llen(QUEUE_DISPATCH) > 0
-        assert claimed or woken, (
-            "a commit that saw the mark got neither a claim nor a wake-up: it waits "
-            "for another worker's sweeper"
-        )
-    finally:
-        loop.stop()
-        queue.delete(QUEUE_DISPATCH)
-        queue.close()
-        service.close()
-        waker.close()
-        app.close()
+    with redis_service(
+        pg_db, simulator, tmp_path, broker_url, dispatch_linger_s=30.0, dispatch_poll_s=2.0
+    ) as stack:
+        service, queue = stack.service, stack.queue
+        key = awake_key(Priority.NORMAL)
+        loop = service.start_loop()
+        try:
+            wait_until(lambda: queue.exists(key) == 1, timeout_s=5.0)
+            time.sleep(0.3)  # the marked look has run; the next is a poll away
+            job_id = service.enqueue(number(1), "saw the mark").job_id
+            assert queue.llen(QUEUE_DISPATCH) == 0, "the producer saw the mark: no wake-up"
+            loop.stop()  # warm shutdown (worker_shutting_down)
+            assert loop.join(30.0)
+            assert queue.exists(key) == 0
+            claimed = sent_within(pg_db, job_id, 1.0)
+            woken = queue.llen(QUEUE_DISPATCH) > 0
+            assert claimed or woken, (
+                "a commit that saw the mark got neither a claim nor a wake-up: it waits "
+                "for another worker's sweeper"
+            )
+        finally:
+            loop.stop()
