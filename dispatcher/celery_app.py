@@ -227,8 +227,8 @@ class CeleryWaker:
         return url if url.startswith(("redis://", "rediss://")) else None
 
     def _waiting_in(self, queue: str) -> int | None:
-        url = str(self.app.conf.broker_url or "")
-        if url.startswith(("redis://", "rediss://")):
+        url = self._redis_url()
+        if url is not None:
             if time.monotonic() < self._count_again_at:
                 return None
             # kombu keeps a queue's messages in one list per priority step.

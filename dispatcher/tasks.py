@@ -130,10 +130,6 @@ def _after_fork(**_: Any) -> None:
 _sweeper_stop = threading.Event()
 _loop: DispatchLoop | None = None
 
-# A warm shutdown waits this long for the loop's calls in flight and their replies:
-# longer than a call can take (connect and read timeouts, on the backup too).
-LOOP_DRAIN_S = 120.0
-
 
 @worker_ready.connect
 def _start_sweeper(sender: Any = None, **_: Any) -> None:
@@ -175,7 +171,10 @@ def _stop_sweeper(**_: Any) -> None:
     _sweeper_stop.set()
     if _loop is not None:
         _loop.stop()
-        if not _loop.join(LOOP_DRAIN_S):
+        # A warm shutdown waits for the calls in flight and their replies as long as
+        # the sweeper would before calling them lost: longer than a call can take
+        # (DISPATCHER_SUBMITTING_TIMEOUT_S is checked against both hosts' timeouts).
+        if not _loop.join(runtime.settings().submitting_timeout_s):
             log.error("calls still in flight at shutdown; the sweeper will mark them unknown")
     # Each dispatch task waits for its own replies before it returns; this is for
     # any left by a task the pool stopped early (docs/design.md, guarantee 3).

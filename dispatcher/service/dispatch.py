@@ -46,6 +46,9 @@ _REQUEUING = frozenset({Outcome.TRANSIENT, Outcome.NO_CREDIT})
 # Replies that may pause dispatch or move the breaker (dispatcher.service.control):
 # the thread's next claim must see them, so it waits until they are written.
 _GATING = _REQUEUING | {Outcome.LOGIN_INVALID}
+# A run's replies handed to the completer are looked over this often, and those
+# written dropped.
+_PRUNE_AT = 64
 
 
 @dataclass(slots=True)
@@ -127,6 +130,10 @@ class Dispatch:
             )
             if recorded is not None:
                 handed.append(recorded)
+                if len(handed) >= _PRUNE_AT:
+                    # A long run would otherwise hold every claim and reply it made
+                    # until it returns; only those still unwritten or failed matter.
+                    handed[:] = [r for r in handed if not r.done or r.error is not None]
         return submission, claim.more_due or requeued
 
     def hand_in(
