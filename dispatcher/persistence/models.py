@@ -133,7 +133,9 @@ class Batch(Base):
     __tablename__ = "batches"
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    # No foreign keys on the dispatch path's tables (docs/design.md, "Integrity
+    # without foreign keys"): written with the job, and never deleted.
+    job_id: Mapped[str] = mapped_column(String(26))
     status: Mapped[BatchStatus] = mapped_column(
         StatusText(BatchStatus, 12), default=BatchStatus.QUEUED
     )
@@ -180,8 +182,8 @@ class Recipient(Base):
     __tablename__ = "recipients"
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    batch_id: Mapped[int | None] = mapped_column(ForeignKey("batches.id", ondelete="SET NULL"))
+    job_id: Mapped[str] = mapped_column(String(26))
+    batch_id: Mapped[int | None] = mapped_column(ID)
     number: Mapped[str] = mapped_column(String(32))
     """International digits, or the input as given when it was refused."""
     stored_status: Mapped[RecipientStatus] = mapped_column(
@@ -246,8 +248,8 @@ class Attempt(Base):
     __tablename__ = "attempts"
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
-    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
-    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    batch_id: Mapped[int] = mapped_column(ID)
+    job_id: Mapped[str] = mapped_column(String(26))
     attempt_no: Mapped[int] = mapped_column(Integer)
     numbers: Mapped[str] = mapped_column(Text)
     """The numbers submitted, comma-separated, in submission order."""
@@ -285,11 +287,10 @@ class StatusEvent(Base):
     __tablename__ = "status_events"
 
     id: Mapped[int] = mapped_column(ID, primary_key=True, autoincrement=True)
-    # No foreign keys, on purpose: every event is written by the statement that moves
-    # its recipient, from the rows that statement has just locked, and nothing deletes
-    # jobs, recipients or attempts. Checking three keys per event (each locking the
-    # job's one row for every recipient of a batch) cost PostgreSQL a third of its CPU
-    # on the bulk benchmark (issue 7). Indexed as before.
+    # No foreign keys, on purpose (docs/design.md, "Integrity without foreign keys"):
+    # every event is written by the statement that moves its recipient, from the rows
+    # that statement has just locked. Checking three keys per event cost PostgreSQL a
+    # third of its CPU on the bulk benchmark (issue 7).
     recipient_id: Mapped[int] = mapped_column(ID)
     job_id: Mapped[str] = mapped_column(String(26))
     at: Mapped[dt.datetime]

@@ -19,6 +19,7 @@ from sqlalchemy import select
 from dispatcher.domain.statuses import FINAL_STATUSES, AttemptOutcome, RecipientStatus
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import Attempt, Job, Recipient, StatusEvent
+from support.integrity import assert_references_whole
 
 
 @dataclass
@@ -58,9 +59,13 @@ def check_fault_invariants(
     """
     with db.transaction() as session:
         recipients: list[tuple[Recipient, str]] = [
-            (r, t) for r, t in session.execute(select(Recipient, Job.text).join(Job))
+            (r, t)
+            for r, t in session.execute(
+                select(Recipient, Job.text).join(Job, Job.id == Recipient.job_id)
+            )
         ]
         attempts = list(session.scalars(select(Attempt).order_by(Attempt.id)))
+        assert_references_whole(session)
         unknown_events = list(
             session.scalars(
                 select(StatusEvent).where(StatusEvent.to_status == RecipientStatus.UNKNOWN)

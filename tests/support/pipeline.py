@@ -25,6 +25,7 @@ from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import Attempt, Job, Recipient, StatusEvent
 from dispatcher.service.dispatcher import Dispatcher, EnqueueResult
+from support.integrity import assert_references_whole
 from support.reads import wait_for_jobs
 from support.settings import DispatcherEnv
 from support.workers import WorkerFactory, WorkerProcess, run_cli
@@ -143,9 +144,13 @@ def check_invariants(
     """
     with db.transaction() as session:
         recipients: list[tuple[Recipient, str]] = [
-            (r, t) for r, t in session.execute(select(Recipient, Job.text).join(Job))
+            (r, t)
+            for r, t in session.execute(
+                select(Recipient, Job.text).join(Job, Job.id == Recipient.job_id)
+            )
         ]
         attempts = list(session.scalars(select(Attempt)))
+        assert_references_whole(session)
 
     if not allow_pending:
         pending = [
