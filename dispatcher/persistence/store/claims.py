@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -240,32 +241,24 @@ def claim_if_open(
     head = rows[0]
     if head.batch_id is None:
         return RACED if head.picked else None
-    claimed: dict[int, ClaimedBatch] = {}
-    for row in rows:
-        batch = claimed.get(row.batch_id)
-        if batch is None:
-            batch = claimed[row.batch_id] = ClaimedBatch(
-                id=row.batch_id,
-                job_id=row.job_id,
-                attempts=row.attempts,
-                expires_at=row.expires_at,
-                text=row.text,
-                sender=row.sender,
-                kind=row.kind,
-                maxconcat=row.maxconcat,
-                reference=row.reference,
-                recipients=[],
-                # Batches raced away are due still: the caller looks again.
-                more_due=bool(row.more_due) or row.picked > row.claimed,
-                attempt_id=row.attempt_id,
-            )
-        if row.recipient_id is not None:
-            batch.recipients.append(
-                PendingRecipient(
-                    row.recipient_id, row.number, row.recipient_attempts, row.recipient_status
-                )
-            )
-    return list(claimed.values())
+    return [
+        ClaimedBatch(
+            id=row.batch_id,
+            job_id=row.job_id,
+            attempts=row.attempts,
+            expires_at=row.expires_at,
+            text=row.text,
+            sender=row.sender,
+            kind=row.kind,
+            maxconcat=row.maxconcat,
+            reference=row.reference,
+            recipients=[PendingRecipient(*r) for r in json.loads(row.recipients or "[]")],
+            # Batches raced away are due still: the caller looks again.
+            more_due=bool(row.more_due) or row.picked > row.claimed,
+            attempt_id=row.attempt_id,
+        )
+        for row in rows
+    ]
 
 
 # The gateway's ``type`` for a job's kind, as ``Kind.gateway_type`` gives it; NULL
@@ -338,7 +331,12 @@ def _claim_statement(lanes: tuple[int, ...]) -> TextClause:
         carried AS (
             SELECT w.batch_id, string_agg(w.number, ',' ORDER BY w.id) AS numbers,
                 '[' || string_agg('[' || w.id || ',"' || w.status || '"]', ','
-                    ORDER BY w.id) || ']' AS claimed
+                    ORDER BY w.id) || ']' AS claimed,
+                -- What the caller sends, one JSON text per batch: a row per recipient
+                -- would repeat the job's columns (its text too) a hundred times.
+                '[' || string_agg('[' || w.id || ',' || to_json(w.number)::text || ','
+                    || w.attempts || ',"' || w.status || '"]', ',' ORDER BY w.id)
+                    || ']' AS recipients
             FROM waiting w GROUP BY w.batch_id
         ),
         started AS (
@@ -366,15 +364,13 @@ def _claim_statement(lanes: tuple[int, ...]) -> TextClause:
             (SELECT count(*) FROM claimed) AS claimed,
             CASE WHEN c.id IS NULL THEN false ELSE ({others}) END AS more_due,
             c.id AS batch_id, c.job_id, c.attempts, c.expires_at, s.id AS attempt_id,
-            j.text, j.sender, j.kind, j.maxconcat, j.reference,
-            w.id AS recipient_id, w.number, w.attempts AS recipient_attempts,
-            w.status AS recipient_status
+            j.text, j.sender, j.kind, j.maxconcat, j.reference, n.recipients
         FROM ctl
         LEFT JOIN claimed c ON true
         LEFT JOIN jobs j ON j.id = c.job_id
         LEFT JOIN started s ON s.batch_id = c.id
-        LEFT JOIN waiting w ON w.batch_id = c.id
-        ORDER BY c.id, w.id
+        LEFT JOIN carried n ON n.batch_id = c.id
+        ORDER BY c.id
         """  # noqa: S608
     )
 
