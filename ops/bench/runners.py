@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from dispatcher.persistence.db import Database
 from ops.bench import baseline, limit
-from ops.bench.harness import ROOT, conninfo, simulator_accepted, wait_final
+from ops.bench.harness import OPEN_BATCHES, ROOT, conninfo, simulator_accepted, wait_final
 from ops.bench.samplers import CpuSampler, RssSampler
 from ops.bench.scenarios import Job, Scenario
 
@@ -138,6 +138,7 @@ def run_ours(
                 "('sent', 'failed', 'unknown', 'cancelled', 'expired')",
                 scenario.recipients,
                 timeout_s,
+                open_query=OPEN_BATCHES,
             )
     enqueue_s = max(end for _, end, _ in produced) - min(start for start, _, _ in produced)
     database = Database(database_url, pool_size=1)

@@ -45,6 +45,7 @@ from dispatcher.persistence import migrate
 from dispatcher.persistence.db import Database
 from ops.bench.api_throughput import scratch_database, spare_redis
 from ops.bench.harness import (
+    OPEN_BATCHES,
     RESULTS,
     load_average,
     machine,
@@ -115,6 +116,7 @@ def run_steady(
             f"SELECT count(*) FROM recipients WHERE status IN {FINAL}",
             jobs,
             timeout_s,
+            open_query=OPEN_BATCHES,
         )
     scheduled = {k: at for k, at, _ in sent}
     database = Database(database_url, pool_size=1)
