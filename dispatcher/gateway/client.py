@@ -423,23 +423,24 @@ def _without_password(
     to every producer key, so the secret wins over exactness (the raw reply is
     masked the same way).
     """
-    masked: dict[str, str] = {}  # One submission's IDs are nearly always one ID.
+    masked: dict[str, str] = {}  # A submission's codes repeat; its IDs seldom do.
 
-    def mask(value: str) -> str:
+    def mask(value: str | None) -> str | None:
+        if not value:
+            return value
         if value not in masked:
             masked[value] = redaction.redact(value, [password])
         return masked[value]
 
-    return [
-        replace(
-            o,
-            error_code=mask(o.error_code) if o.error_code else o.error_code,
-            gateway_message_id=mask(o.gateway_message_id)
-            if o.gateway_message_id
-            else o.gateway_message_id,
-        )
-        for o in outcomes
-    ]
+    kept: list[RecipientOutcome] = []
+    for o in outcomes:
+        code, message_id = mask(o.error_code), mask(o.gateway_message_id)
+        # A new outcome only where a value changed: nearly never, and a copy of
+        # every outcome of every reply is a dispatch thread's time spent for nothing.
+        if code != o.error_code or message_id != o.gateway_message_id:
+            o = replace(o, error_code=code, gateway_message_id=message_id)
+        kept.append(o)
+    return kept
 
 
 def _echo_risk(text: str) -> list[str]:

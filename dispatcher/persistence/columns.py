@@ -24,6 +24,7 @@ which never splits a UTF-8 sequence, fits exactly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from typing import Any
@@ -58,6 +59,7 @@ def clip_code(code: str, width: int) -> str:
     return code[: width - len(tail)] + tail
 
 
+@functools.cache
 def width_of(model: type[Base], name: str) -> int | None:
     """The width of a bounded string column, or None when it is unbounded."""
     column_type = model.__table__.c[name].type

@@ -320,3 +320,29 @@ def test_a_traceback_keeps_its_lines_but_not_their_control_characters(
 def test_sanitise_escapes_only_control_characters() -> None:
     assert redaction.sanitise("café +44 7700 900123 «ok»") == "café +44 7700 900123 «ok»"
     assert redaction.sanitise("a\nb\tc\x1bd\u2028e") == "a\\nb\\tc\\x1bd\\u2028e"
+
+
+_INERT_ALPHABET = "abcXYZ019._-"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    head=st.text(alphabet=_INERT_ALPHABET, max_size=30),
+    tail=st.text(alphabet=_INERT_ALPHABET, max_size=30),
+    secret=st.text(alphabet=_INERT_ALPHABET + "%+&\\=:@\"' ", min_size=4, max_size=12),
+    echoed=st.booleans(),
+    other=st.sampled_from(["", "-", "password", "pass.wd"]),
+)
+def test_the_plain_text_shortcut_masks_exactly_what_the_full_search_does(
+    head: str, tail: str, secret: str, echoed: bool, other: str
+) -> None:
+    # redact() skips the decodings for text of letters, digits and ._- alone (a
+    # gateway's message IDs); the answer must be the full search's, secret or not.
+    text = head + (secret if echoed else other) + tail
+    needles = set(redaction.registered_secrets()) | redaction._forms(secret)
+    assert redaction.redact(text, [secret]) == redaction._masked(text, needles)
+
+
+def test_a_plain_id_holding_the_password_is_masked() -> None:
+    assert redaction.redact("ab12SecretPw34", ["SecretPw"]) == "ab12***34"
+    assert redaction.redact("ab12-34.x_y", ["SecretPw"]) == "ab12-34.x_y"
