@@ -17,9 +17,7 @@ from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
-import urllib3
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -27,13 +25,20 @@ from dispatcher.domain import proxies, redaction
 from dispatcher.domain.lanes import LANE_NAMES
 from dispatcher.domain.message import check_sender
 from dispatcher.errors import ConfigurationError, InvalidSenderError
-from dispatcher.gateway.config import GatewayConfig
+from dispatcher.gateway.config import (
+    PRODUCTION_BACKUP_URL,
+    PRODUCTION_URL,
+    GatewayConfig,
+    backup_for,
+    check_url,
+)
 from dispatcher.persistence.db import check_database_url
 
 ENV_PREFIX = "DISPATCHER_"
 DEFAULT_SETTINGS_FILE = "dispatcher.env"
-DEFAULT_GATEWAY_URL = "https://www.intellisoftware.co.uk/smsgateway"
-DEFAULT_GATEWAY_BACKUP_URL = "https://www.intellisoftware2.co.uk/smsgateway"
+DEFAULT_GATEWAY_URL = PRODUCTION_URL
+DEFAULT_GATEWAY_BACKUP_URL = PRODUCTION_BACKUP_URL
+"""The backup in force only beside the default primary (``backup_for``)."""
 DEFAULT_DATA_DIR = "dispatcher-data"
 
 # Margin on top of two full HTTP exchanges (one per host when failing over) before the
@@ -405,29 +410,15 @@ class Settings(BaseSettings):
             ("DISPATCHER_GATEWAY_URL", self.gateway_url),
             ("DISPATCHER_GATEWAY_BACKUP_URL", self.gateway_backup_url),
         ):
-            if url is None:
-                continue
-            parts = urlsplit(url)
-            if "@" in url or parts.username or parts.password or parts.query:
-                # Credentials go in the POST body only; a URL is logged by every proxy.
-                raise ValueError(f"{name} must not carry credentials or a query string")
-            try:
-                parts.port  # noqa: B018 - parsing the port is the check
-                client_host = urllib3.util.parse_url(url).host
-            except (ValueError, urllib3.exceptions.LocationParseError):
-                client_host = None
-            if client_host != parts.hostname:
-                # Both parsers must read the same host, or the client would go elsewhere.
-                raise ValueError(f"{name} is not a well-formed URL")
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                # The URL is not echoed: a malformed one may still hold a password.
-                raise ValueError(f"{name} must be an http(s) URL with a host")
-            if parts.scheme == "http" and not self.gateway_allow_http:
-                raise ValueError(
-                    f"{name} is plain http://; the gateway password would cross the network "
-                    "in clear. Use https://, or set DISPATCHER_GATEWAY_ALLOW_HTTP=true for a "
-                    "local simulator"
-                )
+            if url is not None:
+                check_url(name, url, allow_http=self.gateway_allow_http)
+        backup = backup_for(
+            self.gateway_url,
+            self.gateway_backup_url,
+            backup_given="gateway_backup_url" in self.model_fields_set,
+        )
+        # The model is frozen to its users; this validator is where its values settle.
+        object.__setattr__(self, "gateway_backup_url", backup)
         floor_s = (
             2 * (self.gateway_connect_timeout_s + self.gateway_read_timeout_s)
             + SUBMITTING_TIMEOUT_MARGIN_S

@@ -354,3 +354,54 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(pydantic.ValidationError, match="frozen"):
         s.max_attempts = 9  # type: ignore[misc]
     assert isinstance(s, Settings)
+
+
+# --- the backup beside an overridden primary (issue 16, item 5) ----------------------
+
+
+def test_an_overridden_primary_has_no_backup_unless_one_is_named(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("DISPATCHER_GATEWAY_URL", "https://staging.example.com/smsgateway")
+    assert load_settings().gateway_backup_url is None
+    # The same through a settings file and through an explicit override.
+    monkeypatch.delenv("DISPATCHER_GATEWAY_URL")
+    (tmp_path / "dispatcher.env").write_text(
+        "DISPATCHER_GATEWAY_URL=https://staging.example.com/smsgateway\n"
+    )
+    assert load_settings().gateway_backup_url is None
+    assert load_settings(gateway_url="https://other.example.com").gateway_backup_url is None
+    monkeypatch.setenv("DISPATCHER_GATEWAY_BACKUP_URL", "https://staging2.example.com/sms/")
+    assert load_settings().gateway_backup_url == "https://staging2.example.com/sms"
+
+
+def test_a_simulator_never_fails_over_to_the_real_gateway(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISPATCHER_GATEWAY_ALLOW_HTTP", "true")
+    monkeypatch.setenv("DISPATCHER_GATEWAY_URL", "http://127.0.0.1:8099/smsgateway")
+    monkeypatch.setenv("DISPATCHER_GATEWAY_USERNAME", "u")
+    monkeypatch.setenv("DISPATCHER_GATEWAY_PASSWORD", password())
+    settings = load_settings()
+    assert settings.gateway_backup_url is None
+    assert settings.gateway_config().backup_url is None
+
+    for production in (
+        DEFAULT_GATEWAY_BACKUP_URL,
+        DEFAULT_GATEWAY_URL,
+        "https://WWW.IntelliSoftware.co.uk./x",
+    ):
+        monkeypatch.setenv("DISPATCHER_GATEWAY_BACKUP_URL", production)
+        with pytest.raises(ConfigurationError) as refused:
+            load_settings()
+        assert "DISPATCHER_GATEWAY_BACKUP_URL" in str(refused.value)
+        assert "production gateway" in str(refused.value)
+
+    # Another test gateway as the backup is the user's choice.
+    monkeypatch.setenv("DISPATCHER_GATEWAY_BACKUP_URL", "http://127.0.0.1:8098/smsgateway")
+    assert load_settings().gateway_backup_url == "http://127.0.0.1:8098/smsgateway"
+
+
+def test_the_vendors_primary_named_explicitly_keeps_the_vendors_backup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DISPATCHER_GATEWAY_URL", DEFAULT_GATEWAY_URL + "/")
+    assert load_settings().gateway_backup_url == DEFAULT_GATEWAY_BACKUP_URL

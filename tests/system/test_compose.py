@@ -106,3 +106,10 @@ def test_prometheus_scrapes_metrics_with_the_token() -> None:
     assert f'"$$DISPATCHER_METRICS_TOKEN" > {authorization["credentials_file"]}' in script
     assert 'exec /bin/prometheus "$$@"' in script
     assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+
+
+def test_the_backup_is_not_forced_beside_an_overridden_primary() -> None:
+    # Passing the vendor's backup explicitly would make it the backup of a simulator
+    # or staging primary too; unset, the settings pick it only beside the vendor's own.
+    for name, spec in _our_services().items():
+        assert "DISPATCHER_GATEWAY_BACKUP_URL" not in spec.get("environment", {}), name
