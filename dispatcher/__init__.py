@@ -58,7 +58,7 @@ def send(
     # the Celery app of the composition root.
     from dispatcher import runtime
 
-    service = runtime.service()
+    service = runtime.producer()
     request = service.send_request(
         to,
         text,

@@ -47,6 +47,11 @@ class ConfigurationError(DispatcherError):
     """Settings are missing, unsafe or contradict each other."""
 
 
+class SchemaNotCurrentError(ConfigurationError):
+    """The database has no schema, or not this version's: ``dispatcher migrate`` it.
+    The message names the database looked at (its password masked)."""
+
+
 class ValidationError(DispatcherError, ValueError):
     """A send request was refused before anything was written."""
 

@@ -29,6 +29,7 @@ _service: Dispatcher | None = None
 _override: Settings | None = None
 _celery: Celery | None = None
 _waker: CeleryWaker | None = None
+_schema_ready = False
 
 
 def settings() -> Settings:
@@ -107,10 +108,27 @@ def service(waker: Waker | None = None) -> Dispatcher:
         return _service
 
 
+def producer() -> Dispatcher:
+    """The process's Dispatcher for ``send()``: its database checked once to hold this
+    version's schema, an embedded SQLite one brought up to date, a server one refused
+    in one line naming it and ``dispatcher migrate`` (``migrate.ensure_current``)."""
+    global _schema_ready
+    current = service()
+    if not _schema_ready:
+        from dispatcher.persistence import migrate
+
+        with _lock:
+            if not _schema_ready:
+                migrate.ensure_current(current.db, upgrade_sqlite=True)
+                _schema_ready = True
+    return current
+
+
 def reset() -> None:
     """Forget the process's service (after settings change, in tests and the demo)."""
-    global _service, _override, _celery, _waker
+    global _service, _override, _celery, _waker, _schema_ready
     with _lock:
+        _schema_ready = False
         if _service is not None:
             _service.close()
         if _waker is not None:

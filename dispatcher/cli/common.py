@@ -45,6 +45,19 @@ def friendly_errors(func: Callable[P, R]) -> Callable[P, R]:
             click.echo(f"error: {redaction.redact(str(exc))}", err=True)
             sys.exit(EXIT_FAILED)
         except SQLAlchemyError as exc:
+            from dispatcher import runtime
+            from dispatcher.persistence import migrate as migrations
+
+            if migrations.missing_table(exc):
+                # Most often the wrong directory or URL: name the database looked at.
+                url = redaction.redact(runtime.settings().effective_database_url)
+                click.echo(
+                    f"error: the database at {url} has no dispatcher schema: run "
+                    "`dispatcher migrate` with the same DISPATCHER_DATABASE_URL (or "
+                    "DISPATCHER_DATA_DIR) first",
+                    err=True,
+                )
+                sys.exit(EXIT_FAILED)
             # The driver's first line says what went wrong; the rest is SQL and
             # parameters, which may hold message text or numbers.
             detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
@@ -81,18 +94,14 @@ class IsoTime(click.ParamType[dt.datetime]):
             self.fail(str(exc), param, ctx)
 
 
-def require_schema() -> None:
-    """Refuse to run against a schema that is not this version's (ConfigurationError)."""
+def require_schema(*, upgrade_sqlite: bool = False) -> None:
+    """Refuse to run against a schema that is not this version's (one line naming the
+    database and ``dispatcher migrate``); with ``upgrade_sqlite``, bring the embedded
+    SQLite database up to date instead (``migrate.ensure_current``)."""
     from dispatcher import runtime
     from dispatcher.persistence import migrate as migrations
 
-    database = runtime.service().db
-    current, head = migrations.current_revision(database), migrations.head_revision(database)
-    if current != head:
-        raise ConfigurationError(
-            f"database schema is at {current or 'nothing'}, this version needs {head}: "
-            "run `dispatcher migrate` first"
-        )
+    migrations.ensure_current(runtime.service().db, upgrade_sqlite=upgrade_sqlite)
 
 
 def cli_actor() -> str:

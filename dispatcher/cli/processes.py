@@ -49,7 +49,7 @@ def worker(
         from dispatcher.persistence import migrate as migrations
 
         migrations.upgrade(runtime.service().db)
-    require_schema()
+    require_schema(upgrade_sqlite=True)
     from dispatcher.celery_app import ensure_broker_folders, worker_queues
 
     app = runtime.celery()

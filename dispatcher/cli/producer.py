@@ -70,7 +70,7 @@ def send(
     """Queue TEXT for the given numbers and print the job id."""
     from dispatcher import runtime
 
-    require_schema()
+    require_schema(upgrade_sqlite=True)
 
     numbers = [n for item in to for n in item.split(",")]
     service = runtime.service()
