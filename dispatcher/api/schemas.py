@@ -263,7 +263,22 @@ class RetryRequest(_Request):
         description="Accept that retrying `unknown` recipients may send them twice.",
     )
     error_code: str | None = Field(
-        default=None, max_length=64, description="Only recipients that failed with this code."
+        default=None,
+        max_length=64,
+        description="Only recipients that failed with this code. Naming a code also "
+        "retries recipients that failed with it for good (`INVALID_NUMBER`, "
+        "`INVALID_REQUEST`, `NO_*`, `LOGIN_INVALID` before a resume), which are left "
+        "out otherwise.",
+    )
+    valid_for_s: float | None = Field(
+        default=None,
+        gt=0,
+        le=30 * 86400,
+        description="A new validity, from now, for the recipients retried; without it "
+        "those whose job's validity has ended are left out.",
+    )
+    dry_run: bool = Field(
+        default=False, description="Queue nothing; answer what would go and what would not."
     )
 
     @field_validator("error_code")
@@ -272,11 +287,37 @@ class RetryRequest(_Request):
         return None if value is None else _printable(value, "error_code")
 
 
+class RetryListed(_Response):
+    """A recipient in a retry's answer."""
+
+    id: int
+    job_id: str
+    status: str
+    error_code: str | None
+    changed_at: str
+    age_s: float = Field(description="How long it has stood in its status.")
+    attempts: int
+
+
+class HeldBackGroup(_Response):
+    """Recipients a retry left where they are, for one reason."""
+
+    count: int
+    why: str
+    sample: list[RetryListed] = Field(description="The first 20.")
+
+
 class RetryResult(_Response):
-    """What a retry queued again."""
+    """What a retry queued again (or, with ``dry_run``, would), and what it left."""
 
     retried: int
     jobs: list[str]
+    dry_run: bool = False
+    held_back: dict[str, HeldBackGroup] = Field(
+        default_factory=dict,
+        description="By reason: `permanent`, `credentials_unchanged`, `unknown_unconfirmed`, "
+        "`validity_ended`.",
+    )
 
 
 class CancelResult(_Response):

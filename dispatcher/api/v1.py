@@ -30,12 +30,14 @@ from dispatcher.api.schemas import (
     CancelResult,
     ErrorBody,
     FilterTime,
+    HeldBackGroup,
     JobCreate,
     JobCreated,
     JobPage,
     JobSummary,
     JobView,
     RefusedNumber,
+    RetryListed,
     RetryRequest,
     RetryResult,
 )
@@ -263,7 +265,10 @@ def retry_job(
     body: Annotated[RetryRequest | None, Body()] = None,
 ) -> RetryResult:
     """Needs `send` (the key's own jobs) or `operate` (any job). Audited with the key's
-    name as the actor. Numbers refused at enqueue stay failed."""
+    name as the actor. Only what can succeed goes by default: failures for good,
+    `unknown` recipients without `confirm_unknown` and recipients whose validity ended
+    are left out, and `held_back` says how many and why. Numbers refused at enqueue
+    stay failed."""
     wanted = body or RetryRequest()
     result = _service(request).retry(
         actor=api_actor(key),
@@ -271,9 +276,28 @@ def retry_job(
         statuses=list(wanted.statuses),
         error_code=wanted.error_code,
         confirm_unknown=wanted.confirm_unknown,
+        valid_for_s=wanted.valid_for_s,
+        dry_run=wanted.dry_run,
         viewer=key.viewer,
     )
-    return RetryResult(retried=result.affected, jobs=result.jobs)
+    plan = result.plan or {}
+    return RetryResult(
+        retried=result.affected,
+        jobs=result.jobs,
+        dry_run=wanted.dry_run,
+        held_back={
+            reason: HeldBackGroup(
+                count=group["count"],
+                why=group["why"],
+                sample=[RetryListed(**_iso(listed)) for listed in group["sample"]],
+            )
+            for reason, group in plan.get("held_back", {}).items()
+        },
+    )
+
+
+def _iso(listed: dict[str, Any]) -> dict[str, Any]:
+    return listed | {"changed_at": listed["changed_at"].isoformat()}
 
 
 @router.post(

@@ -99,6 +99,17 @@ def state(as_json: bool) -> None:
     is_flag=True,
     help="Confirm retrying `unknown` recipients, which the gateway may already have sent.",
 )
+@click.option(
+    "--valid-for",
+    "valid_for_s",
+    type=click.FloatRange(min=0, min_open=True, max=30 * 86400),
+    default=None,
+    help="A new validity in seconds, from now, for what is retried; without it "
+    "recipients whose job's validity has ended stay as they are.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Queue nothing: list what would go and why the rest would not."
+)
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
 def retry(
@@ -109,12 +120,17 @@ def retry(
     until: dt.datetime | None,
     number: str | None,
     confirm_unknown: bool,
+    valid_for_s: float | None,
+    dry_run: bool,
     as_json: bool,
 ) -> None:
-    """Queue failed (or, confirmed, unknown) recipients again; audited.
+    """Queue failed (or, confirmed, unknown) recipients again that can succeed; audited.
 
-    Retrying `unknown` recipients may send them twice: it needs
-    --yes-may-double-send, or a yes at the prompt when run at a terminal.
+    Left out unless asked for: failures for good (INVALID_NUMBER, INVALID_REQUEST,
+    NO_*, LOGIN_INVALID before a resume) unless --error-code names their code, and
+    recipients whose validity ended unless --valid-for gives a new one. Retrying
+    `unknown` recipients may send them twice: it needs --yes-may-double-send, or a yes
+    at the prompt when run at a terminal. --dry-run shows all of it first.
     """
     from dispatcher import runtime
     from dispatcher.domain.numbers import normalise
@@ -138,6 +154,8 @@ def retry(
             until=until,
             numbers=numbers,
             confirm_unknown=confirmed,
+            valid_for_s=valid_for_s,
+            dry_run=dry_run,
         )
 
     try:
@@ -147,10 +165,44 @@ def retry(
             raise ConfirmationRequiredError(f"{exc}: pass --yes-may-double-send") from None
         click.confirm(f"{exc}. Retry them anyway?", abort=True, err=True)
         result = run(True)
+    plan = result.plan or {}
     if as_json:
-        emit_json({"retried": result.affected, "jobs": result.jobs})
+        emit_json(
+            {
+                "retried": result.affected,
+                "jobs": result.jobs,
+                "dry_run": dry_run,
+                "held_back": plan.get("held_back", {}),
+            }
+        )
         return
-    click.echo(f"queued {result.affected} recipients again in {len(result.jobs)} jobs")
+    verb = "would queue" if dry_run else "queued"
+    click.echo(f"{verb} {result.affected} recipients again in {len(result.jobs)} jobs")
+    if dry_run:
+        _print_recipients(plan.get("sample", []), result.affected)
+    for reason, group in plan.get("held_back", {}).items():
+        click.echo(f"left {group['count']} {reason}: {group['why']}")
+        if dry_run:
+            _print_recipients(group["sample"], group["count"])
+
+
+def _print_recipients(sample: Sequence[dict[str, Any]], total: int) -> None:
+    for row in sample:
+        code = row["error_code"] or "-"
+        click.echo(
+            f"  {row['job_id']}  #{row['id']}  {row['status']:<8} {code:<20} "
+            f"attempts {row['attempts']}  {_age(row['age_s'])} ago"
+        )
+    if total > len(sample):
+        click.echo(f"  ... and {total - len(sample)} more")
+
+
+def _age(seconds: float) -> str:
+    """A duration as an operator reads it: 45s, 12m, 5h, 3d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
 
 
 @click.command()

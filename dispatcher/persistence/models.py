@@ -195,6 +195,10 @@ class Recipient(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_detail: Mapped[str | None] = mapped_column(String(500))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    """HTTP submissions that counted, across every retry (never reset)."""
+    attempts_base: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """``attempts`` when an operator last retried it: ``DISPATCHER_MAX_ATTEMPTS`` limits
+    the attempts made since (``dispatcher.domain.retries``)."""
     next_attempt_at: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

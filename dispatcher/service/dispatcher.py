@@ -270,10 +270,12 @@ class Dispatcher:
         until: dt.datetime | None = None,
         numbers: Iterable[str] | None = None,
         confirm_unknown: bool = False,
+        valid_for_s: float | None = None,
+        dry_run: bool = False,
         viewer: Viewer = EVERY_JOB,
     ) -> OperatorResult:
-        """Queue `failed` (and, confirmed, `unknown`) recipients again, audited
-        (``OperatorActions.retry``)."""
+        """Queue again the `failed` (and, confirmed, `unknown`) recipients that can
+        succeed, audited; ``dry_run`` only says what would go (``OperatorActions.retry``)."""
         return self._operator.retry(
             actor=actor,
             job_id=job_id,
@@ -283,6 +285,8 @@ class Dispatcher:
             until=until,
             numbers=numbers,
             confirm_unknown=confirm_unknown,
+            valid_for_s=valid_for_s,
+            dry_run=dry_run,
             viewer=viewer,
         )
 

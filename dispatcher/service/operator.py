@@ -10,22 +10,20 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dispatcher.domain.lanes import Priority, check_priority
-from dispatcher.domain.numbers import chunk
+from dispatcher.domain.message import check_validity
 from dispatcher.domain.statuses import WAITING_STATUSES, PauseReason, RecipientStatus
 from dispatcher.domain.storable import check_storable
 from dispatcher.domain.tenancy import EVERY_JOB, Viewer
 from dispatcher.domain.times import utcnow
 from dispatcher.errors import ConfirmationRequiredError, InvalidOptionError, NotFoundError
-from dispatcher.gateway import protocol
 from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.store import visible_to
+from dispatcher.service import retry as retries
 from dispatcher.service import views
 from dispatcher.service.control import UNPAUSED, Controls
 from dispatcher.service.wake import Wakes
@@ -41,6 +39,9 @@ class OperatorResult:
 
     affected: int
     jobs: list[str]
+    plan: dict[str, Any] | None = None
+    """A retry's plan (``RetryPlan.describe``): what went or would go, and what stayed
+    and why."""
 
 
 class OperatorActions:
@@ -62,19 +63,25 @@ class OperatorActions:
         until: dt.datetime | None = None,
         numbers: Iterable[str] | None = None,
         confirm_unknown: bool = False,
+        valid_for_s: float | None = None,
+        dry_run: bool = False,
         viewer: Viewer = EVERY_JOB,
     ) -> OperatorResult:
-        """Queue `failed` (and, confirmed, `unknown`) recipients again, audited.
+        """Queue again the `failed` (and, confirmed, `unknown`) recipients of a selection
+        that can succeed, audited; ``dry_run`` writes nothing and only says what would
+        go (``OperatorResult.plan``).
 
-        Retrying an `unknown` recipient may send it twice (the gateway may have
-        accepted it already), so it needs ``confirm_unknown``; without it,
-        ConfirmationRequiredError says how many would be touched. Numbers refused
-        at enqueue are never retried: they are not phone numbers. Only jobs
-        ``viewer`` may see are touched or counted.
+        What goes and what stays is ``dispatcher.domain.retries``: failures for good
+        only when ``error_code`` names their code, `unknown` ones only with
+        ``confirm_unknown`` (without it, and not a dry run, ConfirmationRequiredError
+        says how many), recipients whose validity ended only with ``valid_for_s`` (a
+        new validity from now). Numbers refused at enqueue are never retried. Only
+        jobs ``viewer`` may see are touched or counted.
         """
         wanted = {RecipientStatus(s) for s in statuses}
         if not wanted or not wanted <= {_S.FAILED, _S.UNKNOWN}:
             raise InvalidOptionError("retry takes recipients that are failed or unknown")
+        valid_for_s = check_validity(valid_for_s)
         if job_id is not None:
             self._require_job(job_id, viewer)
         selection = store.RecipientFilter(
@@ -89,58 +96,48 @@ class OperatorActions:
         selection = visible_to(viewer, selection)
         now = utcnow()
         with self.db.transaction() as session:
-            if _S.UNKNOWN in wanted and not confirm_unknown:
-                unknown = store.count_recipients(session, selection=selection.only(str(_S.UNKNOWN)))
-                if unknown:
-                    raise ConfirmationRequiredError(
-                        f"{unknown} recipients are `unknown`: the gateway may already have "
-                        "sent them, so retrying may send them twice; confirm to go ahead"
-                    )
-            rows = store.select_recipients(session, selection=selection)
-            by_job: dict[str, list[tuple[int, str]]] = defaultdict(list)
-            for recipient_id, rjob, status in rows:
-                by_job[rjob].append((recipient_id, status))
-            moved = 0
-            batches: dict[Priority, int] = defaultdict(int)
-            for rjob, members in by_job.items():
-                job = store.get_job(session, job_id=rjob)
-                # The job's lane, but not its expiry: an explicit retry is the
-                # operator's decision to send now.
-                lane = check_priority(job.priority if job else Priority.NORMAL)
-                for group in chunk(members, protocol.MAX_RECIPIENTS_PER_SUBMISSION):
-                    [batch_id] = store.insert_batches(
-                        session, job_id=rjob, count=1, due_at=now, lane=lane.lane
-                    )
-                    batches[lane] += 1
-                    for status in {st for _, st in group}:
-                        moved += store.transition(
-                            session,
-                            ids=[rid for rid, st in group if st == status],
-                            from_statuses=[RecipientStatus(status)],
-                            to_status=_S.QUEUED,
-                            at=now,
-                            cause=f"operator retry (was {status})",
-                            actor=actor,
-                            values={
-                                "batch_id": batch_id,
-                                "attempts": 0,
-                                "error_code": None,
-                                "error_detail": None,
-                                "next_attempt_at": None,
-                                "gateway_message_id": None,
-                            },
-                        )
+            judged = retries.plan(
+                session,
+                selection=selection,
+                now=now,
+                named_code=error_code,
+                confirm_unknown=confirm_unknown,
+                new_validity=valid_for_s is not None,
+            )
+            if dry_run:
+                return OperatorResult(
+                    affected=len(judged.going),
+                    jobs=sorted({c.job_id for c in judged.going}),
+                    plan=judged.describe(),
+                )
+            if _S.UNKNOWN in wanted and judged.unconfirmed_unknown:
+                raise ConfirmationRequiredError(
+                    f"{judged.unconfirmed_unknown} recipients are `unknown`: the gateway may "
+                    "already have sent them, so retrying may send them twice; confirm to go "
+                    "ahead"
+                )
+            moved, batches = retries.carry_out(
+                session, judged.going, now=now, actor=actor, valid_for_s=valid_for_s
+            )
+            described = judged.describe()
             store.record_action(
                 session,
                 actor=actor,
                 action="retry",
                 target=job_id,
-                detail=selection.describe() | {"confirm_unknown": confirm_unknown},
+                detail=selection.describe()
+                | {
+                    "confirm_unknown": confirm_unknown,
+                    "valid_for_s": valid_for_s,
+                    "held_back": {k: v["count"] for k, v in described["held_back"].items()},
+                },
                 affected=moved,
             )
         for lane, count in batches.items():
             self.wakes.wake(count, lane)
-        return OperatorResult(affected=moved, jobs=sorted(by_job))
+        return OperatorResult(
+            affected=moved, jobs=sorted({c.job_id for c in judged.going}), plan=described
+        )
 
     def cancel(self, job_id: str, *, actor: str, viewer: Viewer = EVERY_JOB) -> OperatorResult:
         """Cancel a job's recipients that no worker has claimed; audited.

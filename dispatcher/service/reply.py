@@ -193,6 +193,8 @@ class ReplyRecorder:
         for outcome in submission.outcomes:
             recipient = by_number[outcome.number]
             made = recipient.attempts + 1
+            # The retry limit counts from the operator's latest retry (domain.retries).
+            allowance = made - recipient.attempts_base
             if outcome.outcome is Outcome.TRANSIENT and outage:
                 # The breaker holds the work; an outage must not use up attempts.
                 status = _S.RETRY_WAIT
@@ -200,10 +202,10 @@ class ReplyRecorder:
                 spent = False
                 retry_at = retry_at or now
             else:
-                status, cause = self._status_for(outcome, made)
+                status, cause = self._status_for(outcome, made, allowance)
                 spent = status is not _S.QUEUED
                 if status is _S.RETRY_WAIT and retry_at is None:
-                    retry_at = now + dt.timedelta(seconds=self.policy.delay_s(made))
+                    retry_at = now + dt.timedelta(seconds=self.policy.delay_s(allowance))
             key = _GroupKey(
                 status,
                 outcome.gateway_message_id,
@@ -250,15 +252,24 @@ class ReplyRecorder:
             )
         _log_outcomes(claim, submission)
 
-    def _status_for(self, outcome: RecipientOutcome, made: int) -> tuple[RecipientStatus, str]:
+    def _status_for(
+        self, outcome: RecipientOutcome, made: int, allowance: int
+    ) -> tuple[RecipientStatus, str]:
         code = outcome.error_code
+        # After an operator's retry the count goes on; the limit counts from the retry.
+        limit = self.policy.max_attempts
+        of_limit = (
+            f"{made} of {limit}"
+            if made == allowance
+            else f"{made} ({allowance} of {limit} since the operator's retry)"
+        )
         match outcome.outcome:
             case Outcome.ACCEPTED:
                 return _S.SENT, f"accepted as {outcome.gateway_message_id}"
             case Outcome.TRANSIENT:
-                if self.policy.exhausted(made):
-                    return _S.FAILED, f"{code}; gave up after {made} attempts"
-                return _S.RETRY_WAIT, f"{code}; attempt {made} of {self.policy.max_attempts}"
+                if self.policy.exhausted(allowance):
+                    return _S.FAILED, f"{code}; gave up after attempt {of_limit}"
+                return _S.RETRY_WAIT, f"{code}; attempt {of_limit}"
             case Outcome.NO_CREDIT:
                 return _S.QUEUED, f"{code}; waits for credit, no attempt spent"
             case Outcome.AMBIGUOUS:

@@ -723,9 +723,15 @@ def test_retry_and_cancel_are_audited_with_the_key(api: Api, simulator: GatewayS
     assert by_number == {number(1): "sent", number(2): "failed"}
 
     simulator.configure(number_rules={})
-    retried = api.request("POST", f"/v1/jobs/{sent['id']}/retry", token)
+    # INVALID_NUMBER failed for good: by default it is left, and the answer says why.
+    left = api.request("POST", f"/v1/jobs/{sent['id']}/retry", token)
+    assert left.status_code == 200, left.text
+    assert (left.json()["retried"], left.json()["held_back"]["permanent"]["count"]) == (0, 1)
+    retried = api.request(
+        "POST", f"/v1/jobs/{sent['id']}/retry", token, json={"error_code": "INVALID_NUMBER"}
+    )
     assert retried.status_code == 200, retried.text
-    assert retried.json() == {"retried": 1, "jobs": [sent["id"]]}
+    assert retried.json() == {"retried": 1, "jobs": [sent["id"]], "dry_run": False, "held_back": {}}
     assert {r.number: r.status for r in recipients_of(api.db, sent["id"])}[number(2)] == "queued"
 
     queued = create_job(api, token, to=[number(3), number(4)], text="later")
@@ -738,6 +744,7 @@ def test_retry_and_cancel_are_audited_with_the_key(api: Api, simulator: GatewayS
 
     actions = [(a.actor, a.action, a.target, a.affected) for a in _actions(api.db)]
     assert ("api:ops", "retry", sent["id"], 1) in actions
+    assert ("api:ops", "retry", sent["id"], 0) in actions
     assert ("api:ops", "cancel", queued["id"], 2) in actions
     assert ("api:ops", "cancel", queued["id"], 0) in actions
 
@@ -1190,3 +1197,34 @@ def test_times_are_read_by_the_one_reader_of_user_times(api: Api) -> None:
     assert "ISO 8601" in error_of(listed)["message"]
     with api.db.transaction() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 0
+
+
+def test_a_retry_dry_run_answers_what_would_go_and_queues_nothing(
+    api: Api, simulator: GatewaySimulator
+) -> None:
+    token = api.key("ops")
+    simulator.configure(number_rules={number(1): "INVALID_NUMBER"})
+    job = create_job(api, token, to=[number(1)], text="dry")["id"]
+    api.service.dispatch_due(worker="test")
+
+    dry = api.request(
+        "POST",
+        f"/v1/jobs/{job}/retry",
+        token,
+        json={"error_code": "INVALID_NUMBER", "dry_run": True},
+    )
+    assert dry.status_code == 200, dry.text
+    assert (dry.json()["retried"], dry.json()["jobs"], dry.json()["dry_run"]) == (1, [job], True)
+    assert [r.status for r in recipients_of(api.db, job)] == ["failed"]
+    assert [a for a in _actions(api.db) if a.action == "retry"] == []
+
+    kept = api.request("POST", f"/v1/jobs/{job}/retry", token, json={"dry_run": True})
+    group = kept.json()["held_back"]["permanent"]
+    assert group["count"] == 1
+    [listed] = group["sample"]
+    assert (listed["error_code"], listed["status"]) == ("INVALID_NUMBER", "failed")
+    assert listed["age_s"] >= 0
+
+    for bad in (0, -5, 10**9, "60"):
+        refused = api.request("POST", f"/v1/jobs/{job}/retry", token, json={"valid_for_s": bad})
+        assert refused.status_code == 422, (bad, refused.text)

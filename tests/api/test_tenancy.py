@@ -194,7 +194,7 @@ def test_retry_and_cancel_of_another_keys_job_are_the_missing_job_404(
     before = {j: recipients_of(api.db, j) for j in (failed, unknown, queued)}
 
     attempts: list[tuple[str, str, dict[str, Any]]] = [
-        (failed, "retry", {}),
+        (failed, "retry", {"error_code": "INVALID_NUMBER"}),
         (unknown, "retry", {"statuses": ["unknown"]}),
         (unknown, "retry", {"statuses": ["unknown"], "confirm_unknown": True}),
         (queued, "cancel", {}),
@@ -208,8 +208,9 @@ def test_retry_and_cancel_of_another_keys_job_are_the_missing_job_404(
         j: [(r.status, r.attempts) for r in rs] for j, rs in before.items()
     }
 
-    retried = tenants.post(f"/v1/jobs/{failed}/retry", tenants.alice)
-    assert retried.json() == {"retried": 1, "jobs": [failed]}
+    # INVALID_NUMBER failed for good: it goes only when named.
+    retried = tenants.post(f"/v1/jobs/{failed}/retry", tenants.alice, error_code="INVALID_NUMBER")
+    assert (retried.json()["retried"], retried.json()["jobs"]) == (1, [failed])
     unconfirmed = tenants.post(f"/v1/jobs/{unknown}/retry", tenants.alice, statuses=["unknown"])
     assert unconfirmed.status_code == 409, "retrying unknown still needs confirm_unknown"
     cancelled = tenants.post(f"/v1/jobs/{queued}/cancel", tenants.alice)
@@ -233,7 +234,9 @@ def test_a_selection_without_a_job_counts_only_the_viewers_recipients(
     }
     api.service.dispatch_due(worker="test")
     simulator.configure(number_rules={})
-    result = api.service.retry(actor="test", viewer=own_jobs(tenants.ids["bob"]))
+    result = api.service.retry(
+        actor="test", error_code="INVALID_NUMBER", viewer=own_jobs(tenants.ids["bob"])
+    )
     assert (result.affected, result.jobs) == (1, [jobs["bob"]])
     assert [r.status for r in recipients_of(api.db, jobs["alice"])] == ["failed"]
     assert [r.status for r in recipients_of(api.db, jobs["bob"])] == ["queued"]

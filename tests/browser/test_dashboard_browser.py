@@ -152,7 +152,27 @@ def test_operator_finds_retries_and_resumes(
         expect(page.locator("#reference")).to_have_text("shop-1")
         expect(page.locator("#message-text")).to_have_text("Your code is 4242")
         expect(page.locator("#attempts")).to_contain_text(f"{failing},ERR:INVALID_NUMBER")
+        # INVALID_NUMBER failed for good: no job-wide Retry button would take it, and
+        # the page says so; the row's own button names the code and does.
+        expect(page.locator("#retry-failed")).to_have_count(0)
+        expect(page.locator(".retry-left [data-reason=permanent]")).to_contain_text(
+            "1 left: failed for good"
+        )
         _shot(page, "04-job-failed")
+
+        # The bulk confirmation counts what its button retries, and why the rest stays.
+        page.goto(dashboard_url + "/recipients?status=failed")
+        page.click("#bulk-retry")
+        expect(page.locator("#confirm-count")).to_contain_text("This touches 0 recipient(s)")
+        expect(page.locator(".retry-left [data-reason=permanent]")).to_contain_text("1 left")
+        expect(page.locator("#confirm-button")).to_have_count(0)
+        _shot(page, "04b-confirm-retry")
+        page.goto(
+            dashboard_url
+            + "/recipients/confirm?action=retry&status=failed&error_code=INVALID_NUMBER"
+        )
+        expect(page.locator("#confirm-count")).to_contain_text("This touches 1 recipient(s)")
+        page.goto(dashboard_url + f"/jobs/{job_id}")
 
         # The gateway takes the number now; retry it and watch it go out.
         pipeline.sim.configure(number_rules={})

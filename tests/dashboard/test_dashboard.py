@@ -284,7 +284,11 @@ def test_job_page_shows_why_a_recipient_failed(dash: Dash) -> None:
     assert "127.0.0.1" in page  # the attempt's host
     assert f"{failed.number},ERR:INVALID_NUMBER" in page  # the raw multi-line reply
     assert "queued → <strong>submitting</strong>" in page  # the timeline
-    assert 'id="retry-failed"' in page
+    # INVALID_NUMBER failed for good: no job-wide button would take it, and the page
+    # says why; the row's own Retry names its code.
+    assert 'id="retry-failed"' not in page
+    assert 'data-reason="permanent"><strong>1</strong> left: failed for good' in page
+    assert '<input type="hidden" name="error_code" value="INVALID_NUMBER">' in page
 
 
 def test_job_page_paginates_its_recipients(dash: Dash) -> None:
@@ -419,7 +423,13 @@ def test_retry_from_the_job_page(dash: Dash) -> None:
     assert dash.login() == 303
     dash.sim.configure(number_rules={})
 
-    assert dash.post(f"/jobs/{job_id}/retry", status="failed", number=number(2)) == 303
+    # The row's own Retry button names its code (the form's hidden error_code).
+    assert (
+        dash.post(
+            f"/jobs/{job_id}/retry", status="failed", number=number(2), error_code="INVALID_NUMBER"
+        )
+        == 303
+    )
     dash.service.dispatch_due()
     statuses = {r.number: r.status for r in recipients_of(dash.service.db, job_id)}
     assert statuses == {number(1): "sent", number(2): "sent"}
@@ -439,10 +449,18 @@ def test_bulk_retry_says_how_many_it_touches(dash: Dash) -> None:
     listing = dash.client.get("/recipients", params={"status": "failed"}).text
     assert listing.count(f'href="/jobs/{first}"') == 1
     assert listing.count(f'href="/jobs/{second}"') == 1
+    # INVALID_NUMBER failed for good: the page counts what the button will retry, 0,
+    # and says why the two stay; naming the code takes them.
     confirm = dash.client.get(
         "/recipients/confirm", params={"action": "retry", "status": "failed"}
     ).text
-    assert "This touches <strong>2</strong>" in confirm
+    assert "This touches <strong>0</strong>" in confirm
+    assert 'data-reason="permanent"><strong>2</strong> left: failed for good' in confirm
+    named = dash.client.get(
+        "/recipients/confirm",
+        params={"action": "retry", "status": "failed", "error_code": "INVALID_NUMBER"},
+    ).text
+    assert "This touches <strong>2</strong>" in named
     none = dash.client.get(
         "/recipients/confirm",
         params={"action": "retry", "status": "failed", "error_code": "GATEWAY_ERROR"},

@@ -621,7 +621,12 @@ def test_cli_retry_of_unknown_needs_the_flag_without_a_terminal(
         "--json",
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == {"retried": 1, "jobs": [job]}
+    assert json.loads(done.stdout) == {
+        "retried": 1,
+        "jobs": [job],
+        "dry_run": False,
+        "held_back": {},
+    }
     [action] = actions(svc.db, "retry")
     assert action.actor.startswith("cli:")
 
@@ -685,9 +690,55 @@ def test_retry_leaves_out_erased_recipients(
     audit.erase(service.db, number(1), actor="ops:dpo")
 
     simulator.configure(number_rules={})
-    retried = service.retry(actor="ops", job_id=job)
+    retried = service.retry(actor="ops", job_id=job, error_code="INVALID_NUMBER")
     assert retried.affected == 1, "the erased recipient has no number left to send to"
     service.dispatch_due(worker="w")
     rows = {r.number: r.status for r in recipients_of(service.db, job)}
     assert rows == {store.ERASED: "failed", number(2): "sent"}
     assert store.ERASED not in {e["number"] for e in simulator.ledger()}
+
+
+def test_cli_retry_dry_run_lists_what_would_go_and_why_the_rest_stays(
+    cli_env: tuple[DispatcherEnv, Dispatcher], tmp_path: Path, simulator: GatewaySimulator
+) -> None:
+    env, svc = cli_env
+    simulator.configure(number_rules={number(1): "INVALID_NUMBER"})
+    job = svc.enqueue([number(1), number(2)], "dry").job_id
+    svc.dispatch_due(worker="w")
+    unknown = _unknown_job(svc, simulator)
+
+    dry = cli(
+        env,
+        tmp_path,
+        "retry",
+        "--since",
+        "2020-01-01",
+        "--status",
+        "failed",
+        "--status",
+        "unknown",
+        "--dry-run",
+    )
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert lines[0] == "would queue 0 recipients again in 0 jobs"
+    assert any(line.startswith("left 1 permanent: failed for good") for line in lines)
+    assert any(line.startswith("left 1 unknown_unconfirmed: unknown:") for line in lines)
+    # Each held-back recipient is listed with its job, code and age.
+    assert any(job in line and "INVALID_NUMBER" in line and " ago" in line for line in lines)
+    assert any(unknown in line and "unknown" in line for line in lines)
+    assert actions(svc.db, "retry") == []
+    assert {r.status for r in recipients_of(svc.db, job)} == {"failed", "sent"}
+
+    as_json = cli(env, tmp_path, "retry", "--job", job, "--dry-run", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    answer = json.loads(as_json.stdout)
+    assert (answer["retried"], answer["dry_run"]) == (0, True)
+    assert answer["held_back"]["permanent"]["count"] == 1
+
+    named = cli(env, tmp_path, "retry", "--job", job, "--error-code", "INVALID_NUMBER")
+    assert named.returncode == 0, named.stderr
+    assert named.stdout.startswith("queued 1 recipients again in 1 jobs")
+    bad = cli(env, tmp_path, "retry", "--job", job, "--valid-for", "0")
+    assert bad.returncode == 2
+    assert "--valid-for" in bad.stderr

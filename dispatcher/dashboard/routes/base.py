@@ -24,6 +24,7 @@ from dispatcher.dashboard import charts
 from dispatcher.dashboard.session import COOKIE_NAME, Session, SessionCodec
 from dispatcher.dashboard.throttle import LoginThrottle
 from dispatcher.domain import proxies, redaction
+from dispatcher.domain.times import utcnow
 from dispatcher.service.dispatcher import Dispatcher
 from dispatcher.service.keys import KeyStore
 
@@ -131,6 +132,7 @@ class Dashboard:
             control=control,
             path=request.url.path,
             redact=self.redact,
+            now=utcnow(),
             **context,
         )
         response = HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import Response
 
 from dispatcher.dashboard import queries
 from dispatcher.dashboard.routes.auth import Checked, Operator
-from dispatcher.dashboard.routes.base import DashboardError, dashboard_of
+from dispatcher.dashboard.routes.base import Dashboard, DashboardError, dashboard_of
 from dispatcher.dashboard.routes.params import (
     RETRYABLE,
     done_message,
     redirect,
     service_call,
+    whole_number,
 )
+from dispatcher.domain.message import MAX_VALIDITY_S
 from dispatcher.domain.statuses import RecipientStatus
 from dispatcher.domain.storable import unstorable
 
@@ -49,6 +51,7 @@ def job(
     status: str = "",
     done: str | None = None,
     n: str | None = None,
+    left: str | None = None,
 ) -> Response:
     """A job: its fields and text, recipients with their attempts and history, actions;
     ``after``: the cursor of the recipients' page before."""
@@ -65,9 +68,10 @@ def job(
         "job.html",
         session,
         data=data,
+        plans=retry_plans(dash, job_id, session.actor, data.counts),
         status_filter=status,
         statuses=[str(s) for s in RecipientStatus],
-        message=done_message(done, n),
+        message=done_message(done, n, left),
         attempt_by_id={a.id: a for a in data.attempts},
     )
 
@@ -79,20 +83,52 @@ def job_retry(
     session: Checked,
     status: Annotated[str, Form()] = "failed",
     number: Annotated[str, Form()] = "",
+    error_code: Annotated[str, Form()] = "",
+    valid_for_s: Annotated[str, Form()] = "",
     confirm_unknown: Annotated[str, Form()] = "",
 ) -> Response:
-    """Queue a job's failed (or, confirmed, unknown) recipients again; one, or all."""
+    """Queue a job's failed (or, confirmed, unknown) recipients again; one, or all.
+
+    A recipient's own Retry button names its error code, as the operator sees it
+    beside the button: it goes even if it failed for good (``domain.retries``)."""
     if status not in RETRYABLE:
         raise DashboardError(400, "only failed or unknown recipients can be retried")
+    validity = whole_number(valid_for_s, int(MAX_VALIDITY_S)) if valid_for_s else None
+    if valid_for_s and not validity:
+        raise DashboardError(400, "a new validity is a whole number of seconds, more than 0")
     result = service_call(
         dashboard_of(request).service.retry,
         actor=session.actor,
         job_id=job_id,
         statuses=[status],
         numbers=[number] if number else None,
+        error_code=error_code or None,
+        valid_for_s=validity,
         confirm_unknown=confirm_unknown == "yes",
     )
-    return redirect(f"/jobs/{job_id}?done=retried&n={result.affected}")
+    left = sum(g["count"] for g in (result.plan or {}).get("held_back", {}).values())
+    return redirect(f"/jobs/{job_id}?done=retried&n={result.affected}&left={left}")
+
+
+def retry_plans(
+    dash: Dashboard, job_id: str, actor: str, counts: dict[str, int]
+) -> dict[str, dict[str, Any]]:
+    """What the job's Retry buttons would queue (a dry run each), so their counts are
+    what a click retries, with what they would leave and why."""
+    plans: dict[str, dict[str, Any]] = {}
+    for status in RETRYABLE:
+        if counts.get(status):
+            result = service_call(
+                dash.service.retry,
+                actor=actor,
+                job_id=job_id,
+                statuses=[status],
+                # The page asks for the confirmation itself, with a checkbox.
+                confirm_unknown=True,
+                dry_run=True,
+            )
+            plans[status] = (result.plan or {}) | {"would_retry": result.affected}
+    return plans
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -67,11 +67,15 @@ def form_time(name: str, value: str | None) -> dt.datetime | None:
         raise refusal(exc) from None
 
 
-def done_message(done: str | None, n: str | None) -> str | None:
+def done_message(done: str | None, n: str | None, left: str | None = None) -> str | None:
     template = DONE_MESSAGES.get(done or "")
     if template is None:
         return None
-    return template.format(n=whole_number(n or "", MAX_SHOWN_COUNT) or 0)
+    message = template.format(n=whole_number(n or "", MAX_SHOWN_COUNT) or 0)
+    kept = whole_number(left or "", MAX_SHOWN_COUNT)
+    if done == "retried" and kept:
+        message += f" {kept} left as they were: the page says why."
+    return message
 
 
 def refusal(exc: DispatcherError) -> DashboardError:

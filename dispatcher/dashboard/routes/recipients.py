@@ -6,7 +6,7 @@ it touches; its form carries the list's filters back, checked again.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -70,6 +70,7 @@ def recipients(
     after: str | None = None,
     done: str | None = None,
     n: str | None = None,
+    left: str | None = None,
 ) -> Response:
     """Failed, unknown or waiting recipients, filtered, with bulk actions; ``after``: the
     cursor of the page before."""
@@ -87,7 +88,7 @@ def recipients(
         filter_qs=urlencode(filters),
         list_statuses=LIST_STATUSES,
         retryable=query.status in RETRYABLE,
-        message=done_message(done, n),
+        message=done_message(done, n, left),
     )
 
 
@@ -104,8 +105,20 @@ def confirm(
     """Say how many recipients a bulk action touches, and ask to go ahead."""
     dash = dashboard_of(request)
     query = recipient_query(status, error_code, since, until)
+    plan: dict[str, Any] = {}
     if action == "retry" and status in RETRYABLE:
-        count = queries.count(dash.service.db, query, retryable_only=True)
+        # What the button below will queue, exactly: the same rules, as a dry run.
+        result = service_call(
+            dash.service.retry,
+            actor=session.actor,
+            statuses=[query.status],
+            error_code=query.error_code,
+            since=query.since,
+            until=query.until,
+            confirm_unknown=True,
+            dry_run=True,
+        )
+        count, plan = result.affected, result.plan or {}
     elif action == "cancel" and status in CANCELLABLE:
         count = queries.count(dash.service.db, query)
     else:
@@ -119,6 +132,7 @@ def confirm(
         action=action,
         query=query,
         count=count,
+        plan=plan,
         filters=filters_of(query),
         filter_qs=urlencode(filters_of(query)),
     )
@@ -137,8 +151,10 @@ def form_query(
 FormQuery = Annotated[queries.RecipientQuery, Depends(form_query)]
 
 
-def listing(query: queries.RecipientQuery, done: str, affected: int) -> Response:
-    return redirect(f"/recipients?{urlencode(filters_of(query))}&done={done}&n={affected}")
+def listing(query: queries.RecipientQuery, done: str, affected: int, left: int = 0) -> Response:
+    return redirect(
+        f"/recipients?{urlencode(filters_of(query))}&done={done}&n={affected}&left={left}"
+    )
 
 
 @router.post("/recipients/retry")
@@ -160,7 +176,8 @@ def bulk_retry(
         until=query.until,
         confirm_unknown=confirm_unknown == "yes",
     )
-    return listing(query, "retried", result.affected)
+    left = sum(g["count"] for g in (result.plan or {}).get("held_back", {}).values())
+    return listing(query, "retried", result.affected, left)
 
 
 @router.post("/recipients/cancel")

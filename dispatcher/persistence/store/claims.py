@@ -127,16 +127,24 @@ class PendingRecipient:
     attempts: int
     status: str = RecipientStatus.QUEUED
     """Its status when claimed (``queued`` or ``retry_wait``): the history's from-status."""
+    attempts_base: int = 0
+    """``attempts`` at an operator's latest retry: the retry limit counts from here."""
 
 
 def sendable_recipients(session: Session, *, batch_id: int) -> list[PendingRecipient]:
     """The recipients of a batch still waiting to be sent, in insertion order."""
     rows = session.execute(
-        select(Recipient.id, Recipient.number, Recipient.attempts, Recipient.stored_status)
+        select(
+            Recipient.id,
+            Recipient.number,
+            Recipient.attempts,
+            Recipient.stored_status,
+            Recipient.attempts_base,
+        )
         .where(Recipient.batch_id == batch_id, status_recheck(WAITING_STATUSES))
         .order_by(Recipient.id)
     )
-    return [PendingRecipient(r.id, r.number, r.attempts, r.stored_status) for r in rows]
+    return [PendingRecipient(*r) for r in rows]
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,7 +332,8 @@ def _claim_statement(lanes: tuple[int, ...]) -> TextClause:
             RETURNING batches.id, batches.job_id, batches.attempts, batches.expires_at
         ),
         waiting AS (
-            SELECT r.id, r.batch_id, r.number, r.attempts, r.status FROM recipients r
+            SELECT r.id, r.batch_id, r.number, r.attempts, r.status, r.attempts_base
+            FROM recipients r
             WHERE r.batch_id IN (SELECT id FROM claimed)
                 AND (r.status || '') IN ('queued', 'retry_wait')
         ),
@@ -335,8 +344,8 @@ def _claim_statement(lanes: tuple[int, ...]) -> TextClause:
                 -- What the caller sends, one JSON text per batch: a row per recipient
                 -- would repeat the job's columns (its text too) a hundred times.
                 '[' || string_agg('[' || w.id || ',' || to_json(w.number)::text || ','
-                    || w.attempts || ',"' || w.status || '"]', ',' ORDER BY w.id)
-                    || ']' AS recipients
+                    || w.attempts || ',"' || w.status || '",' || w.attempts_base || ']', ','
+                    ORDER BY w.id) || ']' AS recipients
             FROM waiting w GROUP BY w.batch_id
         ),
         started AS (

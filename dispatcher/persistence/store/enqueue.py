@@ -70,12 +70,15 @@ def insert_batches(
     lane: int = 1,
     expires_at: dt.datetime | None = None,
     now: dt.datetime | None = None,
+    attempts: int = 0,
 ) -> list[int]:
     """Insert ``count`` queued batches for a job and return their ids in order.
 
     ``due_at`` is when they are first claimable (a ``send_at`` in the future keeps
     them waiting), ``lane`` their claim order, ``expires_at`` when they stop being
-    worth sending; ``now`` (default ``due_at``) stamps the rows.
+    worth sending; ``now`` (default ``due_at``) stamps the rows. ``attempts``: the
+    attempt number their first claim comes after (an operator's retry continues its
+    recipients' count).
     """
     if count == 0:
         return []
@@ -85,7 +88,7 @@ def insert_batches(
             "job_id": job_id,
             "status": BatchStatus.QUEUED,
             "due_at": due_at,
-            "attempts": 0,
+            "attempts": attempts,
             "created_at": stamp,
             "updated_at": stamp,
             "lane": lane,

@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from collections.abc import Collection
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from dispatcher.domain.statuses import WAITING_STATUSES, RecipientStatus
 from dispatcher.domain.storable import check_storable
 from dispatcher.domain.times import utcnow
-from dispatcher.persistence.models import Job, OperatorAction, Recipient
+from dispatcher.persistence.models import Batch, Job, OperatorAction, Recipient
 from dispatcher.persistence.shown import status_in
 from dispatcher.persistence.store.jobs import owned_by
 from dispatcher.persistence.store.privacy import NUMBER_MARKERS
@@ -103,6 +103,79 @@ def select_recipients(
         .order_by(Recipient.id)
     )
     return [(r[0], r[1], r[2]) for r in rows]
+
+
+class RetryCandidate(NamedTuple):
+    """A recipient a retry's filter selected, with what decides whether it goes."""
+
+    id: int
+    job_id: str
+    status: str
+    error_code: str | None
+    changed_at: dt.datetime
+    attempts: int
+    expires_at: dt.datetime | None
+    """The validity in force for it: its batch's, copied from its job or a retry."""
+
+
+def retry_candidates(session: Session, *, selection: RecipientFilter) -> list[RetryCandidate]:
+    """The recipients a retry's selection holds, in id order, each with its error code,
+    when it last changed, its attempts and its batch's expiry."""
+    rows = session.execute(
+        select(
+            Recipient.id,
+            Recipient.job_id,
+            Recipient.status,
+            Recipient.error_code,
+            Recipient.updated_at,
+            Recipient.attempts,
+            Batch.expires_at,
+        )
+        .outerjoin(Batch, Batch.id == Recipient.batch_id)
+        .where(*selection.conditions())
+        .order_by(Recipient.id)
+    )
+    return [RetryCandidate(*row) for row in rows]
+
+
+def requeue_for_retry(
+    session: Session,
+    *,
+    ids: Collection[int],
+    from_status: RecipientStatus,
+    batch_id: int,
+    at: dt.datetime,
+    actor: str,
+) -> int:
+    """Move ``ids`` (still ``from_status``) to ``queued`` in ``batch_id``, keeping their
+    attempt counts and starting the retry limit's count there (``attempts_base``);
+    returns how many moved."""
+    return transition(
+        session,
+        ids=ids,
+        from_statuses=[from_status],
+        to_status=RecipientStatus.QUEUED,
+        at=at,
+        cause=f"operator retry (was {from_status})",
+        actor=actor,
+        values={
+            "batch_id": batch_id,
+            "attempts_base": Recipient.attempts,
+            "error_code": None,
+            "error_detail": None,
+            "next_attempt_at": None,
+            "gateway_message_id": None,
+        },
+    )
+
+
+def last_resume_at(session: Session) -> dt.datetime | None:
+    """When an operator last ended a pause (a resume that found dispatch paused)."""
+    return session.execute(
+        select(func.max(OperatorAction.at)).where(
+            OperatorAction.action == "resume", OperatorAction.affected > 0
+        )
+    ).scalar_one()
 
 
 def settle_batch_if_idle(session: Session, *, batch_id: int, now: dt.datetime) -> None:
