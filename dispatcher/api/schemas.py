@@ -320,6 +320,38 @@ class RetryResult(_Response):
     )
 
 
+class SettleRequest(_Request):
+    """``POST /v1/jobs/{id}/settle``: what the gateway's own records say became of the
+    job's `unknown` recipients."""
+
+    status: Literal["sent", "failed"] = Field(description="What became of them.")
+    reason: str = Field(min_length=1, max_length=400, description="The evidence (audited).")
+    numbers: list[str] | None = Field(
+        default=None,
+        max_length=10_000,
+        description="Only these recipients (any format); default: every unknown one.",
+    )
+    gateway_message_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2000,
+        description="The gateway's message ID, for one recipient settled as sent.",
+    )
+
+    @field_validator("reason", "gateway_message_id")
+    @classmethod
+    def _text_printable(cls, value: str | None) -> str | None:
+        return None if value is None else _printable(value, "the field")
+
+
+class SettleResult(_Response):
+    """What a settle moved."""
+
+    settled: int = Field(description="Recipients that were `unknown`, now `sent` or `failed`.")
+    job: str
+    status: str
+
+
 class CancelResult(_Response):
     """What a cancel stopped."""
 

@@ -40,6 +40,8 @@ from dispatcher.api.schemas import (
     RetryListed,
     RetryRequest,
     RetryResult,
+    SettleRequest,
+    SettleResult,
 )
 from dispatcher.domain.filters import JobFilter
 from dispatcher.domain.numbers import normalise
@@ -82,6 +84,8 @@ SendKey = Annotated[KeyInfo, Depends(require(Scope.SEND))]
 ReadKey = Annotated[KeyInfo, Depends(require(Scope.READ))]
 # Retry and cancel: a producer on its own jobs (send), an operator on any (operate).
 ActKey = Annotated[KeyInfo, Depends(require(Scope.SEND, Scope.OPERATE))]
+# Settling an unknown recipient records evidence an operator found: operate only.
+OperateKey = Annotated[KeyInfo, Depends(require(Scope.OPERATE))]
 # The audit export: a producer's own jobs' rows (read), an operator's all (operate).
 ExportKey = Annotated[KeyInfo, Depends(require(Scope.READ, Scope.OPERATE))]
 JobId = Annotated[str, Path(description="A job id, as `POST /v1/jobs` returned it.")]
@@ -298,6 +302,32 @@ def retry_job(
 
 def _iso(listed: dict[str, Any]) -> dict[str, Any]:
     return listed | {"changed_at": listed["changed_at"].isoformat()}
+
+
+@router.post(
+    "/jobs/{job_id}/settle",
+    response_model=SettleResult,
+    summary="Settle a job's unknown recipients as sent or failed, from evidence",
+    responses=_NOT_FOUND,
+)
+def settle_job(
+    request: Request, job_id: JobId, key: OperateKey, body: Annotated[SettleRequest, Body()]
+) -> SettleResult:
+    """Needs `operate`. For an operator who has learned from the gateway's own records
+    what became of recipients the dispatcher could not tell (`unknown`). Audited with
+    the key's name as the actor and the reason in each recipient's history."""
+    service = _service(request)
+    region = service.settings.default_region
+    result = service.settle(
+        _known_job(job_id),
+        status=body.status,
+        reason=body.reason,
+        actor=api_actor(key),
+        numbers=[normalise(n, region) for n in body.numbers] if body.numbers else None,
+        gateway_message_id=body.gateway_message_id,
+        viewer=key.viewer,
+    )
+    return SettleResult(settled=result.settled, job=result.job, status=str(result.status))
 
 
 @router.post(

@@ -79,6 +79,7 @@ for _command in (
     operator.resume,
     operator.state,
     operator.retry,
+    operator.settle,
     operator.cancel,
     processes.worker,
     processes.sweep,

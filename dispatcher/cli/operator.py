@@ -219,3 +219,56 @@ def cancel(job_id: str, as_json: bool) -> None:
         emit_json({"cancelled": result.affected, "job": job_id})
         return
     click.echo(f"cancelled {result.affected} recipients of {job_id}")
+
+
+@click.command()
+@click.argument("job_id")
+@click.option(
+    "--as",
+    "status",
+    required=True,
+    type=click.Choice(["sent", "failed"]),
+    help="What the gateway's own records say became of it.",
+)
+@click.option("--reason", required=True, help="The evidence, in a few words (audited).")
+@click.option(
+    "--number",
+    "numbers",
+    multiple=True,
+    help="Only this recipient (any format); repeatable. Default: every unknown one.",
+)
+@click.option("--gateway-id", default=None, help="The gateway's message ID, for one `sent`.")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def settle(
+    job_id: str,
+    status: str,
+    reason: str,
+    numbers: Sequence[str],
+    gateway_id: str | None,
+    as_json: bool,
+) -> None:
+    """Settle a job's `unknown` recipients as sent or failed, from the gateway's records.
+
+    `unknown` means the dispatcher could not tell whether the gateway sent it; once
+    the vendor's delivery reports or account history say, record it here. Audited,
+    with the reason in each recipient's history. See docs/operating.md, "Settle".
+    """
+    from dispatcher import runtime
+    from dispatcher.domain.numbers import normalise
+
+    require_schema()
+    svc = runtime.service()
+    region = svc.settings.default_region
+    result = svc.settle(
+        job_id,
+        status=status,
+        reason=reason,
+        actor=cli_actor(),
+        numbers=[normalise(n, region) for n in numbers] if numbers else None,
+        gateway_message_id=gateway_id,
+    )
+    if as_json:
+        emit_json({"settled": result.settled, "job": result.job, "status": str(result.status)})
+        return
+    click.echo(f"settled {result.settled} unknown recipients of {result.job} as {result.status}")

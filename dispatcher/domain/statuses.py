@@ -53,6 +53,8 @@ RECIPIENT_TRANSITIONS: dict[RecipientStatus, frozenset[RecipientStatus]] = {
     _S.RETRY_WAIT: frozenset({_S.SUBMITTING, _S.CANCELLED, _S.EXPIRED, _S.FAILED}),
     # Only an operator's explicit, audited retry leaves a final failure state...
     _S.FAILED: frozenset({_S.QUEUED}),
+    # ...or an operator's settling of an `unknown` one as `sent` or `failed` from the
+    # gateway's own records (dispatcher.service.settle), also audited...
     # ...except that the real reply of the very attempt the sweeper gave up on
     # (WORKER_LOST) replaces its guess when it arrives late: the gateway's answer
     # is the truth, and an accepted ID must not be lost. A late reply that is itself

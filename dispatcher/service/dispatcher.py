@@ -41,6 +41,7 @@ from dispatcher.service.loop import Awake, DispatchLoop
 from dispatcher.service.operator import OperatorActions, OperatorResult
 from dispatcher.service.privacy import RetentionSchedule
 from dispatcher.service.reply import RECORD_RETRY_BUDGET_S, ReplyRecorder
+from dispatcher.service.settle import Settled, settle
 from dispatcher.service.sweep import Sweeper
 from dispatcher.service.views import JobRow, JobView, job_status, job_to_dict
 from dispatcher.service.wake import Waker, Wakes, no_wake
@@ -287,6 +288,30 @@ class Dispatcher:
             confirm_unknown=confirm_unknown,
             valid_for_s=valid_for_s,
             dry_run=dry_run,
+            viewer=viewer,
+        )
+
+    def settle(
+        self,
+        job_id: str,
+        *,
+        status: RecipientStatus | str,
+        reason: str,
+        actor: str,
+        numbers: Iterable[str] | None = None,
+        gateway_message_id: str | None = None,
+        viewer: Viewer = EVERY_JOB,
+    ) -> Settled:
+        """Settle a job's `unknown` recipients as `sent` or `failed` from evidence,
+        audited (``dispatcher.service.settle``)."""
+        return settle(
+            self.db,
+            job_id=job_id,
+            status=status,
+            reason=reason,
+            actor=actor,
+            numbers=numbers,
+            gateway_message_id=gateway_message_id,
             viewer=viewer,
         )
 

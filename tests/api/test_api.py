@@ -1228,3 +1228,41 @@ def test_a_retry_dry_run_answers_what_would_go_and_queues_nothing(
     for bad in (0, -5, 10**9, "60"):
         refused = api.request("POST", f"/v1/jobs/{job}/retry", token, json={"valid_for_s": bad})
         assert refused.status_code == 422, (bad, refused.text)
+
+
+def test_settling_unknown_recipients_needs_operate_and_a_reason(
+    api: Api, simulator: GatewaySimulator
+) -> None:
+    ops, shop = api.key("ops"), api.key("shop", "send,read")
+    simulator.configure(garbage_rate=1.0)
+    job = create_job(api, shop, to=[number(1), number(2)], text="hello")["id"]
+    api.service.dispatch_due(worker="test")
+    simulator.configure(garbage_rate=0.0)
+    path = f"/v1/jobs/{job}/settle"
+    body = {"status": "sent", "reason": "in the vendor's history", "numbers": ["07700 900001"]}
+
+    # The key that sent the job may not settle it: that is evidence an operator records.
+    assert api.request("POST", path, shop, json=body).status_code == 403
+    for bad in (
+        {"status": "queued", "reason": "r"},
+        {"status": "sent", "reason": ""},
+        {"status": "sent"},
+        {"status": "sent", "reason": "r", "numbers": ["not a number"]},
+        {"status": "failed", "reason": "r", "gateway_message_id": "X"},
+        {"status": "sent", "reason": "r", "gateway_message_id": "X"},  # two unknown
+        {"status": "sent", "reason": "line\nbreak"},
+    ):
+        refused = api.request("POST", path, ops, json=bad)
+        assert refused.status_code == 422, (bad, refused.text)
+    assert {r.status for r in recipients_of(api.db, job)} == {"unknown"}
+
+    settled = api.request("POST", path, ops, json=body | {"gateway_message_id": "GW-1"})
+    assert settled.status_code == 200, settled.text
+    assert settled.json() == {"settled": 1, "job": job, "status": "sent"}
+    rows = {r.number: r for r in recipients_of(api.db, job)}
+    assert (rows[number(1)].status, rows[number(1)].gateway_message_id) == ("sent", "GW-1")
+    assert rows[number(2)].status == "unknown"
+    actions = [(a.actor, a.action, a.target, a.affected) for a in _actions(api.db)]
+    assert ("api:ops", "settle", job, 1) in actions
+    missing = api.request("POST", "/v1/jobs/01NOSUCHJOB0000000000000000/settle", ops, json=body)
+    assert missing.status_code == 404

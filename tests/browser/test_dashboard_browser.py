@@ -190,6 +190,28 @@ def test_operator_finds_retries_and_resumes(
         _shot(page, "05b-job-sent-phone")
         page.set_viewport_size({"width": 1280, "height": 900})
 
+        # A reply lost after the gateway took it: `unknown`. The vendor's records say it
+        # went; the operator settles it as sent with its ID and the reason.
+        pipeline.sim.configure(drop_after_accept_rate=1.0)
+        lost = pipeline.enqueue([number(125)], "Your code is 7777").job_id
+        pipeline.wait_for(lost)
+        pipeline.sim.configure(drop_after_accept_rate=0.0)
+        [record] = [e for e in pipeline.sim.ledger() if e["number"] == number(125)]
+        page.goto(dashboard_url + f"/jobs/{lost}")
+        unknown_row = page.locator(f"tr.recipient[data-number='{number(125)}']")
+        expect(unknown_row.locator(".rstatus")).to_contain_text("unknown")
+        expect(unknown_row.locator(".unknown-age")).to_contain_text("unknown for")
+        unknown_row.locator("details.settle summary").click()
+        unknown_row.locator("select[name=status]").select_option("sent")
+        unknown_row.locator("input[name=gateway_message_id]").fill(record["message_id"])
+        unknown_row.locator("input[name=reason]").fill("vendor history shows it delivered")
+        _shot(page, "05c-settle")
+        unknown_row.locator("button.settle-one").click()
+        expect(page.locator(".flash")).to_have_text("1 recipient(s) settled.")
+        expect(unknown_row.locator(".rstatus")).to_contain_text("sent")
+        expect(unknown_row).to_contain_text(record["message_id"])
+        _shot(page, "05d-settled")
+
         # Pause with a reason: the banner says why and who; resume ends it.
         page.click("header nav >> text=Overview")
         page.fill("#reason", "gateway maintenance window")

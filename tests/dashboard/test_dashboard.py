@@ -701,3 +701,32 @@ def test_export_buttons_stream_the_audit_and_audit_the_export(dash: Dash) -> Non
     assert export().status_code == 422  # nothing to export named
     assert export(since="yesterday").status_code == 422
     assert export(job="0" * 26).status_code == 404
+
+
+def test_an_unknown_recipient_is_settled_from_the_job_page(dash: Dash) -> None:
+    dash.sim.configure(drop_after_accept_rate=1.0)
+    job_id = _job_with_outcomes(dash, number(1))
+    dash.sim.configure(drop_after_accept_rate=0.0)
+    assert dash.login() == 303
+    page = dash.client.get(f"/jobs/{job_id}").text
+    assert 'class="small settle-one"' in page
+    assert "unknown for " in page  # its age, beside the buttons that act on it
+
+    # No reason: refused with the reason why, nothing moved.
+    assert dash.post(f"/jobs/{job_id}/settle", number=number(1), status="sent") == 422
+    assert [r.status for r in recipients_of(dash.service.db, job_id)] == ["unknown"]
+    done = dash.post(
+        f"/jobs/{job_id}/settle",
+        number=number(1),
+        status="sent",
+        reason="the vendor's history lists it",
+        gateway_message_id="GW-77",
+    )
+    assert done == 303
+    [row] = recipients_of(dash.service.db, job_id)
+    assert (row.status, row.gateway_message_id) == ("sent", "GW-77")
+    [action] = _actions(dash, "settle")
+    assert (action.actor, action.affected) == ("dashboard:operator", 1)
+    after = dash.client.get(f"/jobs/{job_id}?done=settled&n=1").text
+    assert "1 recipient(s) settled." in after
+    assert "settled as sent by an operator: the vendor&#39;s history lists it" in after

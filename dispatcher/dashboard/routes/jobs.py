@@ -131,6 +131,29 @@ def retry_plans(
     return plans
 
 
+@router.post("/jobs/{job_id}/settle")
+def job_settle(
+    request: Request,
+    job_id: str,
+    session: Checked,
+    number: Annotated[str, Form()],
+    status: Annotated[str, Form()],
+    reason: Annotated[str, Form()] = "",
+    gateway_message_id: Annotated[str, Form()] = "",
+) -> Response:
+    """Settle one `unknown` recipient as sent or failed, from the gateway's records."""
+    result = service_call(
+        dashboard_of(request).service.settle,
+        job_id,
+        status=status,
+        reason=reason,
+        actor=session.actor,
+        numbers=[number],
+        gateway_message_id=gateway_message_id.strip() or None,
+    )
+    return redirect(f"/jobs/{job_id}?done=settled&n={result.settled}")
+
+
 @router.post("/jobs/{job_id}/cancel")
 def job_cancel(request: Request, job_id: str, session: Checked) -> Response:
     """Cancel a job's recipients that are still waiting."""

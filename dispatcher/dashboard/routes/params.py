@@ -32,6 +32,7 @@ MAX_SHOWN_COUNT = 10**9
 DONE_MESSAGES = {
     "retried": "{n} recipient(s) queued again.",
     "cancelled": "{n} recipient(s) cancelled.",
+    "settled": "{n} recipient(s) settled.",
     "paused": "Dispatch paused.",
     "resumed": "Dispatch resumed.",
 }

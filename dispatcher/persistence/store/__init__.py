@@ -101,6 +101,7 @@ from dispatcher.persistence.store.operator import (
     retry_candidates,
     select_recipients,
     settle_batch_if_idle,
+    settle_unknown,
 )
 from dispatcher.persistence.store.privacy import (
     ERASED,
@@ -239,6 +240,7 @@ __all__ = [
     "set_pause",
     "settle_batch",
     "settle_batch_if_idle",
+    "settle_unknown",
     "stale_submitting_batches",
     "start_attempt",
     "status_counts",

@@ -169,6 +169,34 @@ def requeue_for_retry(
     )
 
 
+def settle_unknown(
+    session: Session,
+    *,
+    ids: Collection[int],
+    to_status: RecipientStatus,
+    gateway_message_id: str | None,
+    cause: str,
+    at: dt.datetime,
+    actor: str,
+) -> int:
+    """Move ``ids`` still ``unknown`` to ``sent`` or ``failed`` as an operator settled
+    them from evidence, with ``cause`` in their history; a settled ``sent`` takes the
+    gateway ID when one is known. Returns how many moved."""
+    values: dict[str, Any] = {"next_attempt_at": None, "error_detail": cause[:500]}
+    if to_status == RecipientStatus.SENT:
+        values |= {"error_code": None, "gateway_message_id": gateway_message_id}
+    return transition(
+        session,
+        ids=ids,
+        from_statuses=[RecipientStatus.UNKNOWN],
+        to_status=to_status,
+        at=at,
+        cause=cause,
+        actor=actor,
+        values=values,
+    )
+
+
 def last_resume_at(session: Session) -> dt.datetime | None:
     """When an operator last ended a pause (a resume that found dispatch paused)."""
     return session.execute(
