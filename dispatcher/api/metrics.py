@@ -124,6 +124,12 @@ def families(snapshot: stats.Snapshot) -> Iterator[Metric]:
             "Time since the last rollup (counters and status counts are this old).",
             (snapshot.now - snapshot.rollup_at).total_seconds(),
         )
+    yield _gauge(
+        "unknown_unacknowledged",
+        "Recipients unknown now that became so since an operator last acknowledged them "
+        "(settled or acknowledged, they leave it).",
+        snapshot.unknown_unacknowledged,
+    )
     yield _gauge("queue_due_batches", "Queued batches due now.", snapshot.due_batches)
     yield _gauge(
         "queue_due_recipients", "Recipients in queued batches due now.", snapshot.due_recipients

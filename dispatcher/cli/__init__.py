@@ -80,6 +80,7 @@ for _command in (
     operator.state,
     operator.retry,
     operator.settle,
+    operator.acknowledge_unknown,
     operator.cancel,
     processes.worker,
     processes.sweep,

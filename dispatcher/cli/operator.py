@@ -272,3 +272,23 @@ def settle(
         emit_json({"settled": result.settled, "job": result.job, "status": str(result.status)})
         return
     click.echo(f"settled {result.settled} unknown recipients of {result.job} as {result.status}")
+
+
+@click.command("acknowledge-unknown")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def acknowledge_unknown(as_json: bool) -> None:
+    """Mark the unknown recipients so far as seen; audited.
+
+    The UnknownRecipients alert then clears until new ones appear. Nothing about the
+    recipients changes: settle or retry them when the gateway's records say what
+    became of them (docs/operating.md, "Settle").
+    """
+    from dispatcher import runtime
+
+    require_schema()
+    seen = runtime.service().acknowledge_unknown(actor=cli_actor())
+    if as_json:
+        emit_json({"acknowledged": seen})
+        return
+    click.echo(f"acknowledged {seen} unknown recipients; the alert waits for new ones")

@@ -340,6 +340,9 @@ class DispatchControl(Base):
     breaker_retry_at: Mapped[dt.datetime | None]
     credit_checked_at: Mapped[dt.datetime | None]
     last_balance: Mapped[float | None] = mapped_column(Float)
+    unknown_acknowledged_at: Mapped[dt.datetime | None]
+    """An operator has seen the recipients that became `unknown` before this: the
+    UnknownRecipients alert counts only later ones (docs/operating.md, "Settle")."""
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

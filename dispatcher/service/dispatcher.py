@@ -41,7 +41,7 @@ from dispatcher.service.loop import Awake, DispatchLoop
 from dispatcher.service.operator import OperatorActions, OperatorResult
 from dispatcher.service.privacy import RetentionSchedule
 from dispatcher.service.reply import RECORD_RETRY_BUDGET_S, ReplyRecorder
-from dispatcher.service.settle import Settled, settle
+from dispatcher.service.settle import Settled, acknowledge_unknown, settle
 from dispatcher.service.sweep import Sweeper
 from dispatcher.service.views import JobRow, JobView, job_status, job_to_dict
 from dispatcher.service.wake import Waker, Wakes, no_wake
@@ -314,6 +314,11 @@ class Dispatcher:
             gateway_message_id=gateway_message_id,
             viewer=viewer,
         )
+
+    def acknowledge_unknown(self, *, actor: str) -> int:
+        """Mark every `unknown` recipient so far as seen by an operator, so the alert on
+        unknown recipients clears until new ones appear; audited."""
+        return acknowledge_unknown(self.db, actor=actor)
 
     def cancel(self, job_id: str, *, actor: str, viewer: Viewer = EVERY_JOB) -> OperatorResult:
         """Cancel a job's recipients that no worker has claimed; audited."""

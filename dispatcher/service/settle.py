@@ -120,3 +120,23 @@ def _status(status: RecipientStatus | str) -> RecipientStatus:
         raise InvalidOptionError("an unknown recipient is settled as sent or failed")
     assert wanted is not None
     return wanted
+
+
+def acknowledge_unknown(db: Database, *, actor: str) -> int:
+    """Record that an operator has seen every recipient `unknown` so far: the
+    UnknownRecipients alert (``sms_dispatcher_unknown_unacknowledged``) counts only
+    those that become `unknown` later. Returns how many were unacknowledged; audited."""
+    now = utcnow()
+    with db.transaction() as session:
+        since = store.get_control(session).unknown_acknowledged_at
+        seen = store.unknown_since(session, since=since)
+        store.update_control(session, values={"unknown_acknowledged_at": now})
+        store.record_action(
+            session,
+            actor=actor,
+            action="acknowledge_unknown",
+            target=None,
+            detail={"since": since},
+            affected=seen,
+        )
+    return seen

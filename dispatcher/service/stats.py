@@ -32,7 +32,7 @@ from dispatcher.persistence.reads.stats import (
     series,
     status_counts,
 )
-from dispatcher.persistence.store import get_control
+from dispatcher.persistence.store import get_control, unknown_since
 from dispatcher.persistence.store.heartbeats import health, workers
 from dispatcher.service.control import control_view
 
@@ -104,6 +104,8 @@ class Snapshot:
     due_recipients: int
     oldest_due_age_s: float | None
     workers: WorkerHealth
+    unknown_unacknowledged: int = 0
+    """Recipients `unknown` now that became so since an operator last acknowledged."""
 
 
 def snapshot(session: Session, *, now: dt.datetime, heartbeat_interval_s: float) -> Snapshot:
@@ -111,15 +113,17 @@ def snapshot(session: Session, *, now: dt.datetime, heartbeat_interval_s: float)
     counts, counts_at = status_counts(session)
     batches, recipients = due_work(session, now=now)
     oldest = oldest_due_at(session, now=now)
+    control = get_control(session)
     return Snapshot(
         now=now,
         totals=counter_totals(session, COUNTERS),
         counts=counts,
         counts_at=counts_at,
         rollup_at=rollup_marks(session).get(RAN_AT),
-        control=control_view(get_control(session)),
+        control=control_view(control),
         due_batches=batches,
         due_recipients=recipients,
         oldest_due_age_s=(now - oldest).total_seconds() if oldest is not None else None,
         workers=health(session, now=now, interval_s=heartbeat_interval_s),
+        unknown_unacknowledged=unknown_since(session, since=control.unknown_acknowledged_at),
     )

@@ -730,3 +730,20 @@ def test_an_unknown_recipient_is_settled_from_the_job_page(dash: Dash) -> None:
     after = dash.client.get(f"/jobs/{job_id}?done=settled&n=1").text
     assert "1 recipient(s) settled." in after
     assert "settled as sent by an operator: the vendor&#39;s history lists it" in after
+
+
+def test_unknown_recipients_are_acknowledged_from_their_list(dash: Dash) -> None:
+    dash.sim.configure(drop_after_accept_rate=1.0)
+    job_id = _job_with_outcomes(dash, number(1))
+    dash.sim.configure(drop_after_accept_rate=0.0)
+    assert dash.login() == 303
+    listing = dash.client.get("/recipients", params={"status": "unknown"}).text
+    assert 'id="acknowledge-unknown"' in listing
+    assert 'id="acknowledge-unknown"' not in dash.client.get("/recipients").text  # failed
+
+    assert dash.post("/recipients/acknowledge") == 303
+    [action] = _actions(dash, "acknowledge_unknown")
+    assert (action.actor, action.affected) == ("dashboard:operator", 1)
+    assert [r.status for r in recipients_of(dash.service.db, job_id)] == ["unknown"]
+    done = dash.client.get("/recipients?status=unknown&done=acknowledged&n=1").text
+    assert "1 unknown recipient(s) acknowledged: the alert waits for new ones." in done

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,11 @@ from sqlalchemy import select
 
 from dispatcher.config import ENV_PREFIX
 from dispatcher.domain.tenancy import own_jobs
+from dispatcher.domain.times import utcnow
 from dispatcher.errors import InvalidOptionError, NotFoundError
 from dispatcher.gateway.simulator import GatewaySimulator
 from dispatcher.persistence.models import OperatorAction
+from dispatcher.service import stats
 from dispatcher.service.dispatcher import Dispatcher
 from support.numbers import number
 from support.reads import events_of, recipients_of
@@ -154,3 +157,45 @@ def test_cli_settle(service: Dispatcher, simulator: GatewaySimulator, tmp_path: 
     refused = run_cli(env, tmp_path, "settle", job, "--as", "queued", "--reason", "r")
     assert refused.returncode == 2
     assert "Traceback" not in refused.stderr
+
+
+def unacknowledged(service: Dispatcher) -> int:
+    with service.db.transaction() as session:
+        return stats.snapshot(session, now=utcnow(), heartbeat_interval_s=30).unknown_unacknowledged
+
+
+def test_the_unknown_alerts_count_falls_when_settled_or_acknowledged_and_rises_on_new(
+    service: Dispatcher, simulator: GatewaySimulator, tmp_path: Path
+) -> None:
+    # sms_dispatcher_unknown_unacknowledged, which the UnknownRecipients alert reads.
+    job = unknown_job(service, simulator, number(1), number(2))
+    assert unacknowledged(service) == 2
+    service.settle(job, status="failed", reason="no report", actor="o", numbers=[number(1)])
+    assert unacknowledged(service) == 1
+
+    assert service.acknowledge_unknown(actor="ops:alice") == 1
+    assert unacknowledged(service) == 0
+    assert [str(r.status) for r in recipients_of(service.db, job)].count("unknown") == 1
+    [action] = [a for a in (_all_actions(service)) if a.action == "acknowledge_unknown"]
+    assert (action.actor, action.affected) == ("ops:alice", 1)
+
+    time.sleep(0.01)  # a later unknown is later than the acknowledgement on any clock
+    unknown_job(service, simulator, number(3))
+    assert unacknowledged(service) == 1
+
+    env = DispatcherEnv(
+        {
+            ENV_PREFIX + "DATABASE_URL": service.db.url,
+            ENV_PREFIX + "DATA_DIR": str(tmp_path / "data"),
+            ENV_PREFIX + "SETTINGS_FILE": os.devnull,
+        }
+    )
+    done = run_cli(env, tmp_path, "acknowledge-unknown", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"acknowledged": 1}
+    assert unacknowledged(service) == 0
+
+
+def _all_actions(service: Dispatcher) -> list[OperatorAction]:
+    with service.db.transaction() as session:
+        return list(session.scalars(select(OperatorAction)))

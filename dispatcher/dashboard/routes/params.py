@@ -33,6 +33,7 @@ DONE_MESSAGES = {
     "retried": "{n} recipient(s) queued again.",
     "cancelled": "{n} recipient(s) cancelled.",
     "settled": "{n} recipient(s) settled.",
+    "acknowledged": "{n} unknown recipient(s) acknowledged: the alert waits for new ones.",
     "paused": "Dispatch paused.",
     "resumed": "Dispatch resumed.",
 }

@@ -180,6 +180,13 @@ def bulk_retry(
     return listing(query, "retried", result.affected, left)
 
 
+@router.post("/recipients/acknowledge")
+def acknowledge(request: Request, session: Checked) -> Response:
+    """Mark every unknown recipient so far as seen: the alert waits for new ones."""
+    seen = service_call(dashboard_of(request).service.acknowledge_unknown, actor=session.actor)
+    return redirect(f"/recipients?status=unknown&done=acknowledged&n={seen}")
+
+
 @router.post("/recipients/cancel")
 def bulk_cancel(request: Request, session: Checked, query: FormQuery) -> Response:
     """Cancel every waiting recipient of the filter."""

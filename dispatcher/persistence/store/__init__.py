@@ -102,6 +102,7 @@ from dispatcher.persistence.store.operator import (
     select_recipients,
     settle_batch_if_idle,
     settle_unknown,
+    unknown_since,
 )
 from dispatcher.persistence.store.privacy import (
     ERASED,
@@ -248,6 +249,7 @@ __all__ = [
     "take_probe",
     "totals",
     "transition",
+    "unknown_since",
     "update_control",
     "visible_to",
     "write_job",

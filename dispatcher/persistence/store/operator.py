@@ -9,7 +9,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, String, func, literal_column, select, type_coerce
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.statuses import WAITING_STATUSES, RecipientStatus
@@ -195,6 +195,17 @@ def settle_unknown(
         actor=actor,
         values=values,
     )
+
+
+def unknown_since(session: Session, *, since: dt.datetime | None) -> int:
+    """Recipients `unknown` now that became so after ``since`` (all of them for None);
+    read from the partial index of the statuses operators list."""
+    # The status as a literal, so the partial index's predicate is provable in every
+    # plan: a scrape every few seconds must never scan every recipient ever written.
+    where = [type_coerce(Recipient.stored_status, String) == literal_column("'unknown'")]
+    if since is not None:
+        where.append(Recipient.updated_at > since)
+    return int(session.execute(select(func.count()).where(*where)).scalar_one())
 
 
 def last_resume_at(session: Session) -> dt.datetime | None:
