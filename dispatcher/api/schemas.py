@@ -272,7 +272,7 @@ class RetryRequest(_Request):
     )
     valid_for_s: float | None = Field(
         default=None,
-        gt=0,
+        ge=1,
         le=30 * 86400,
         description="A new validity, from now, for the recipients retried; without it "
         "those whose job's validity has ended are left out.",
@@ -290,7 +290,7 @@ class RetryRequest(_Request):
 class RetryListed(_Response):
     """A recipient in a retry's answer."""
 
-    id: int
+    number: str
     job_id: str
     status: str
     error_code: str | None
@@ -313,6 +313,9 @@ class RetryResult(_Response):
     retried: int
     jobs: list[str]
     dry_run: bool = False
+    sample: list[RetryListed] = Field(
+        default_factory=list, description="The first 20 of those queued (or that would be)."
+    )
     held_back: dict[str, HeldBackGroup] = Field(
         default_factory=dict,
         description="By reason: `permanent`, `credentials_unchanged`, `unknown_unconfirmed`, "

@@ -289,19 +289,16 @@ def retry_job(
         retried=result.affected,
         jobs=result.jobs,
         dry_run=wanted.dry_run,
+        sample=[RetryListed(**listed) for listed in plan.get("sample", [])],
         held_back={
             reason: HeldBackGroup(
                 count=group["count"],
                 why=group["why"],
-                sample=[RetryListed(**_iso(listed)) for listed in group["sample"]],
+                sample=[RetryListed(**listed) for listed in group["sample"]],
             )
             for reason, group in plan.get("held_back", {}).items()
         },
     )
-
-
-def _iso(listed: dict[str, Any]) -> dict[str, Any]:
-    return listed | {"changed_at": listed["changed_at"].isoformat()}
 
 
 @router.post(

@@ -102,7 +102,7 @@ def state(as_json: bool) -> None:
 @click.option(
     "--valid-for",
     "valid_for_s",
-    type=click.FloatRange(min=0, min_open=True, max=30 * 86400),
+    type=click.FloatRange(min=1, max=30 * 86400),
     default=None,
     help="A new validity in seconds, from now, for what is retried; without it "
     "recipients whose job's validity has ended stay as they are.",
@@ -172,6 +172,7 @@ def retry(
                 "retried": result.affected,
                 "jobs": result.jobs,
                 "dry_run": dry_run,
+                "sample": plan.get("sample", []),
                 "held_back": plan.get("held_back", {}),
             }
         )
@@ -190,7 +191,7 @@ def _print_recipients(sample: Sequence[dict[str, Any]], total: int) -> None:
     for row in sample:
         code = row["error_code"] or "-"
         click.echo(
-            f"  {row['job_id']}  #{row['id']}  {row['status']:<8} {code:<20} "
+            f"  {row['job_id']}  {row['number']:<16} {row['status']:<8} {code:<20} "
             f"attempts {row['attempts']}  {_age(row['age_s'])} ago"
         )
     if total > len(sample):

@@ -106,10 +106,11 @@ class RetryRules:
         expires_at: dt.datetime | None,
     ) -> HeldBack | None:
         """None when the recipient goes, else why it stays."""
-        if status == RecipientStatus.UNKNOWN and not self.confirm_unknown:
-            return HeldBack.UNCONFIRMED
+        # An ended validity first: confirming an unknown one would not send it anyway.
         if expires_at is not None and expires_at <= self.now and not self.new_validity:
             return HeldBack.EXPIRED
+        if status == RecipientStatus.UNKNOWN and not self.confirm_unknown:
+            return HeldBack.UNCONFIRMED
         if status != RecipientStatus.FAILED or (
             self.named_code is not None and error_code == self.named_code
         ):

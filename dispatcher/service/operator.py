@@ -30,6 +30,8 @@ from dispatcher.service.wake import Wakes
 
 log = logging.getLogger(__name__)
 
+MIN_RENEWED_VALIDITY_S = 1.0
+
 _S = RecipientStatus
 
 
@@ -82,6 +84,11 @@ class OperatorActions:
         if not wanted or not wanted <= {_S.FAILED, _S.UNKNOWN}:
             raise InvalidOptionError("retry takes recipients that are failed or unknown")
         valid_for_s = check_validity(valid_for_s)
+        if valid_for_s is not None and valid_for_s < MIN_RENEWED_VALIDITY_S:
+            # A retry valid for less than a second would expire before any claim.
+            raise InvalidOptionError(
+                f"a new validity is at least {MIN_RENEWED_VALIDITY_S:g} s, got {valid_for_s:g}"
+            )
         if job_id is not None:
             self._require_job(job_id, viewer)
         selection = store.RecipientFilter(
@@ -103,12 +110,12 @@ class OperatorActions:
                 named_code=error_code,
                 confirm_unknown=confirm_unknown,
                 new_validity=valid_for_s is not None,
+                lock=not dry_run,
             )
+            described = judged.describe()
             if dry_run:
                 return OperatorResult(
-                    affected=len(judged.going),
-                    jobs=sorted({c.job_id for c in judged.going}),
-                    plan=judged.describe(),
+                    affected=len(judged.going), jobs=described["jobs"], plan=described
                 )
             if _S.UNKNOWN in wanted and judged.unconfirmed_unknown:
                 raise ConfirmationRequiredError(
@@ -116,10 +123,14 @@ class OperatorActions:
                     "already have sent them, so retrying may send them twice; confirm to go "
                     "ahead"
                 )
-            moved, batches = retries.carry_out(
-                session, judged.going, now=now, actor=actor, valid_for_s=valid_for_s
+            carried = retries.carry_out(
+                session,
+                judged.going,
+                now=now,
+                actor=actor,
+                valid_for_s=valid_for_s,
+                named_code=error_code,
             )
-            described = judged.describe()
             store.record_action(
                 session,
                 actor=actor,
@@ -131,13 +142,11 @@ class OperatorActions:
                     "valid_for_s": valid_for_s,
                     "held_back": {k: v["count"] for k, v in described["held_back"].items()},
                 },
-                affected=moved,
+                affected=carried.moved,
             )
-        for lane, count in batches.items():
+        for lane, count in carried.batches.items():
             self.wakes.wake(count, lane)
-        return OperatorResult(
-            affected=moved, jobs=sorted({c.job_id for c in judged.going}), plan=described
-        )
+        return OperatorResult(affected=carried.moved, jobs=sorted(carried.jobs), plan=described)
 
     def cancel(self, job_id: str, *, actor: str, viewer: Viewer = EVERY_JOB) -> OperatorResult:
         """Cancel a job's recipients that no worker has claimed; audited.

@@ -731,7 +731,9 @@ def test_retry_and_cancel_are_audited_with_the_key(api: Api, simulator: GatewayS
         "POST", f"/v1/jobs/{sent['id']}/retry", token, json={"error_code": "INVALID_NUMBER"}
     )
     assert retried.status_code == 200, retried.text
-    assert retried.json() == {"retried": 1, "jobs": [sent["id"]], "dry_run": False, "held_back": {}}
+    answer = retried.json()
+    assert (answer["retried"], answer["jobs"], answer["held_back"]) == (1, [sent["id"]], {})
+    assert [r["number"] for r in answer["sample"]] == [number(2)]
     assert {r.number: r.status for r in recipients_of(api.db, sent["id"])}[number(2)] == "queued"
 
     queued = create_job(api, token, to=[number(3), number(4)], text="later")

@@ -437,7 +437,7 @@ def test_retry_from_the_job_page(dash: Dash) -> None:
     assert action.actor == "dashboard:operator"
     assert action.affected == 1
     page = dash.client.get(f"/jobs/{job_id}").text
-    assert "operator retry (was failed)" in page
+    assert "operator retry (was failed; code INVALID_NUMBER named)" in page
 
 
 def test_bulk_retry_says_how_many_it_touches(dash: Dash) -> None:

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from dispatcher.domain.statuses import WAITING_STATUSES, RecipientStatus
 from dispatcher.domain.storable import check_storable
 from dispatcher.domain.times import utcnow
+from dispatcher.persistence import dialect
 from dispatcher.persistence.models import Batch, Job, OperatorAction, Recipient
 from dispatcher.persistence.shown import status_in
 from dispatcher.persistence.store.jobs import owned_by
@@ -110,32 +111,45 @@ class RetryCandidate(NamedTuple):
 
     id: int
     job_id: str
+    number: str
     status: str
     error_code: str | None
     changed_at: dt.datetime
     attempts: int
     expires_at: dt.datetime | None
-    """The validity in force for it: its batch's, copied from its job or a retry."""
+    """The validity in force for it: its batch's, else its job's (a batch made by an
+    earlier version's retry carried none)."""
+    batch_attempts: int
+    """Attempt numbers its batch has used, spent or not (a credit pause, an outage)."""
 
 
-def retry_candidates(session: Session, *, selection: RecipientFilter) -> list[RetryCandidate]:
-    """The recipients a retry's selection holds, in id order, each with its error code,
-    when it last changed, its attempts and its batch's expiry."""
-    rows = session.execute(
+def retry_candidates(
+    session: Session, *, selection: RecipientFilter, lock: bool = False
+) -> list[RetryCandidate]:
+    """The recipients a retry's selection holds, in id order, each with what the retry
+    rules and the new batch need. ``lock``: hold them until the transaction ends, so a
+    retry racing this one waits and then finds them moved (PostgreSQL rereads the rows
+    it waited for; SQLite's writers are serialized already)."""
+    query = (
         select(
             Recipient.id,
             Recipient.job_id,
+            Recipient.number,
             Recipient.status,
             Recipient.error_code,
             Recipient.updated_at,
             Recipient.attempts,
-            Batch.expires_at,
+            func.coalesce(Batch.expires_at, Job.expires_at),
+            func.coalesce(Batch.attempts, 0),
         )
         .outerjoin(Batch, Batch.id == Recipient.batch_id)
+        .join(Job, Job.id == Recipient.job_id)
         .where(*selection.conditions())
         .order_by(Recipient.id)
     )
-    return [RetryCandidate(*row) for row in rows]
+    if lock and dialect.is_postgresql(session):
+        query = query.with_for_update(of=Recipient)
+    return [RetryCandidate(*row) for row in session.execute(query)]
 
 
 def requeue_for_retry(
@@ -146,6 +160,7 @@ def requeue_for_retry(
     batch_id: int,
     at: dt.datetime,
     actor: str,
+    cause: str,
 ) -> int:
     """Move ``ids`` (still ``from_status``) to ``queued`` in ``batch_id``, keeping their
     attempt counts and starting the retry limit's count there (``attempts_base``);
@@ -156,7 +171,7 @@ def requeue_for_retry(
         from_statuses=[from_status],
         to_status=RecipientStatus.QUEUED,
         at=at,
-        cause=f"operator retry (was {from_status})",
+        cause=cause,
         actor=actor,
         values={
             "batch_id": batch_id,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import exists, func, select, update
+from sqlalchemy import case, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from dispatcher.domain.statuses import (
@@ -150,19 +150,21 @@ def overdue_retries(
     session: Session, *, created_before: dt.datetime, limit: int = 1000
 ) -> list[int]:
     """Recipients waiting to retry (not in a batch in flight) whose job became due
-    before ``created_before``.
+    before ``created_before``, or whose operator's retry was, if later.
 
     A scheduled job's age counts from its send time, not from when it was queued: a
-    job queued days ahead must not fail on its first transient error at its time.
+    job queued days ahead must not fail on its first transient error at its time. A
+    recipient an operator retried counts from the retry (its batch's creation), so
+    the retry gets the same time to succeed as a first send (docs/operating.md).
     """
+    due = func.coalesce(Job.send_at, Recipient.created_at)
+    since = case((Batch.created_at > due, Batch.created_at), else_=due)
     return list(
         session.execute(
             select(Recipient.id)
             .join(Job, Job.id == Recipient.job_id)
-            .where(
-                status_is(RecipientStatus.RETRY_WAIT),
-                func.coalesce(Job.send_at, Recipient.created_at) < created_before,
-            )
+            .outerjoin(Batch, Batch.id == Recipient.batch_id)
+            .where(status_is(RecipientStatus.RETRY_WAIT), since < created_before)
             .limit(limit)
         ).scalars()
     )
