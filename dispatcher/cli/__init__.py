@@ -78,6 +78,7 @@ for _command in (
     operator.pause,
     operator.resume,
     operator.state,
+    operator.balance,
     operator.retry,
     operator.settle,
     operator.acknowledge_unknown,

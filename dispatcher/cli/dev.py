@@ -31,7 +31,7 @@ def gateway_sim(ctx: click.Context) -> None:
     argv = list(ctx.args)
     if not any(a == "--port" or a.startswith("--port=") for a in argv):
         argv += ["--port", str(simulator.DEFAULT_CLI_PORT)]
-    simulator.main(argv)
+    simulator.main(argv, prog="dispatcher gateway-sim")
 
 
 @click.command()

@@ -293,3 +293,19 @@ def acknowledge_unknown(as_json: bool) -> None:
         emit_json({"acknowledged": seen})
         return
     click.echo(f"acknowledged {seen} unknown recipients; the alert waits for new ones")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def balance(as_json: bool) -> None:
+    """Ask the gateway for the account's credit balance now (one call), and keep it as
+    the last balance `dispatcher state` shows."""
+    from dispatcher import runtime
+
+    require_schema(upgrade_sqlite=True)
+    credit = runtime.service().check_balance()
+    if as_json:
+        emit_json({"balance": credit})
+        return
+    click.echo(f"balance {credit:g}")

@@ -360,6 +360,17 @@ class Dispatcher:
         """Paused or not (with reason, time and who), and the breaker's state."""
         return views.control(self.db)
 
+    def check_balance(self) -> float:
+        """Ask the gateway for the account's credit balance now, and keep it as the last
+        balance checked (``dispatcher state``, the dashboard, the metric). Raises what
+        the gateway client raises when no usable answer came."""
+        balance = self.client.balance()
+        with self.db.transaction() as session:
+            store.update_control(
+                session, values={"last_balance": balance, "credit_checked_at": utcnow()}
+            )
+        return balance
+
     def job_view(self, job_id: str, *, viewer: Viewer = EVERY_JOB) -> JobView:
         """A job as JSON-ready data; NotFoundError for one ``viewer`` may not see."""
         return views.job_view(self.db, job_id, viewer=viewer)

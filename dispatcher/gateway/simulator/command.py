@@ -74,10 +74,14 @@ def run(
         asyncio.run(serve_forever(config, host, port, prefix, on_ready=on_ready))
 
 
-def build_arg_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m dispatcher.gateway.simulator``."""
+def build_arg_parser(
+    prog: str = "python -m dispatcher.gateway.simulator",
+) -> argparse.ArgumentParser:
+    """The simulator's command line; ``prog`` is the command the user typed (``dispatcher
+    gateway-sim`` passes its own), so its help and its errors name it."""
+    defaults = SimulatorConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m dispatcher.gateway.simulator",
+        prog=prog,
         description="Run the IntelliSoftware SMS gateway simulator. Prints one JSON line "
         "with base_url and control_url once it listens.",
     )
@@ -86,8 +90,11 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefix", default=DEFAULT_PREFIX)
     parser.add_argument("--log-level", default="INFO")
     knobs = parser.add_argument_group("knobs (defaults as in SimulatorConfig)")
-    knobs.add_argument("--username")
-    knobs.add_argument("--password", help="visible to ps; fine for a simulator")
+    # The defaults are shown: a client pointed at the simulator needs them.
+    knobs.add_argument("--username", help=f"default: {defaults.username}")
+    knobs.add_argument(
+        "--password", help=f"default: {defaults.password}; visible to ps, fine for a simulator"
+    )
     knobs.add_argument("--credit", type=int, help="SMS parts; unlimited if not given")
     knobs.add_argument("--latency-ms", type=float)
     knobs.add_argument("--latency-jitter-ms", type=float)
@@ -110,9 +117,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> None:
     """Parse the command line and run the simulator until interrupted."""
-    parser = build_arg_parser()
+    parser = build_arg_parser(prog) if prog else build_arg_parser()
     args = vars(parser.parse_args(argv))
     host, port, prefix = args.pop("host"), args.pop("port"), args.pop("prefix")
     logging.basicConfig(level=args.pop("log_level").upper(), stream=sys.stderr)
