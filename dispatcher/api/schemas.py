@@ -168,7 +168,10 @@ class JobCreated(_Response):
     """What ``POST /v1/jobs`` wrote (or, replayed, what the first request wrote)."""
 
     id: str = Field(description="The job id: 26 characters, time-ordered.")
-    status: str = Field(description="`in_progress` until every recipient is final.")
+    status: str = Field(
+        description="`in_progress` until every recipient is final; then `unresolved` while "
+        "some are `unknown` (an operator settles or retries them), else `completed`."
+    )
     accepted: int = Field(description="Recipients queued (distinct, international form).")
     refused: list[RefusedNumber]
     parts: int = Field(description="SMS parts per recipient.")

@@ -8,7 +8,7 @@ may make (docs/design.md section 3). The database stores them as plain strings.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 
 class RecipientStatus(enum.StrEnum):
@@ -43,6 +43,25 @@ RETRYABLE_STATUSES = (RecipientStatus.FAILED, RecipientStatus.UNKNOWN)
 """What an operator's explicit, audited retry may send again (``unknown`` only with
 the risk of a double send confirmed)."""
 WAITING_STATUSES = (RecipientStatus.QUEUED, RecipientStatus.RETRY_WAIT)
+
+JOB_IN_PROGRESS = "in_progress"
+JOB_UNRESOLVED = "unresolved"
+JOB_COMPLETED = "completed"
+
+
+def job_state(counts: Mapping[str, int]) -> str:
+    """A job's overall status from its recipients counted per status:
+    ``in_progress`` while any may still change by itself; ``unresolved`` once none may
+    but some are ``unknown``, waiting for an operator to settle or retry them (the
+    gateway may or may not have sent them); ``completed`` when every one has an
+    outcome."""
+    if any(counts.get(str(s), 0) for s in PENDING_STATUSES):
+        return JOB_IN_PROGRESS
+    if counts.get(str(RecipientStatus.UNKNOWN), 0):
+        return JOB_UNRESOLVED
+    return JOB_COMPLETED
+
+
 """Recipients still to be sent: what a claim takes, what keeps a batch queued, what a
 cancel or an expiry may end. (``submitting`` is pending but not waiting: its call runs.)"""
 

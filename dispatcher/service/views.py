@@ -5,11 +5,11 @@ JSON-ready data. Each function reads in its own short transaction and writes not
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
-from dispatcher.domain.statuses import PENDING_STATUSES, RecipientStatus
+from dispatcher.domain.statuses import RecipientStatus, job_state
 from dispatcher.domain.tenancy import EVERY_JOB, Viewer
 from dispatcher.errors import NotFoundError
 from dispatcher.persistence import store
@@ -125,12 +125,11 @@ def list_jobs_page(
     rows: list[JobRow] = []
     for job in jobs:
         job_counts = counts.get(job.id, {})
-        pending = any(RecipientStatus(s) in PENDING_STATUSES for s in job_counts)
         rows.append(
             {
                 "id": job.id,
                 "created_at": job.created_at.isoformat(),
-                "status": "in_progress" if pending else "completed",
+                "status": job_state(job_counts),
                 "reference": job.reference,
                 "priority": job.priority,
                 "send_at": _iso(job.send_at),
@@ -150,10 +149,8 @@ def control(db: Database) -> dict[str, Any]:
 
 
 def job_status(recipients: Sequence[Recipient]) -> str:
-    """A job's overall status: ``in_progress`` until every recipient is final."""
-    if any(RecipientStatus(r.status) in PENDING_STATUSES for r in recipients):
-        return "in_progress"
-    return "completed"
+    """A job's overall status (``dispatcher.domain.statuses.job_state``)."""
+    return job_state(Counter(str(r.status) for r in recipients))
 
 
 def job_to_dict(job: Job, recipients: Sequence[Recipient]) -> JobView:

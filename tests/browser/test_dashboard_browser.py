@@ -201,6 +201,7 @@ def test_operator_finds_retries_and_resumes(
         unknown_row = page.locator(f"tr.recipient[data-number='{number(125)}']")
         expect(unknown_row.locator(".rstatus")).to_contain_text("unknown")
         expect(unknown_row.locator(".unknown-age")).to_contain_text("unknown for")
+        expect(page.locator("#job-status")).to_have_text("unresolved")
         unknown_row.locator("details.settle summary").click()
         unknown_row.locator("select[name=status]").select_option("sent")
         unknown_row.locator("input[name=gateway_message_id]").fill(record["message_id"])
@@ -209,6 +210,7 @@ def test_operator_finds_retries_and_resumes(
         unknown_row.locator("button.settle-one").click()
         expect(page.locator(".flash")).to_have_text("1 recipient(s) settled.")
         expect(unknown_row.locator(".rstatus")).to_contain_text("sent")
+        expect(page.locator("#job-status")).to_have_text("completed")
         expect(unknown_row).to_contain_text(record["message_id"])
         _shot(page, "05d-settled")
 

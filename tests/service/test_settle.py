@@ -199,3 +199,17 @@ def test_the_unknown_alerts_count_falls_when_settled_or_acknowledged_and_rises_o
 def _all_actions(service: Dispatcher) -> list[OperatorAction]:
     with service.db.transaction() as session:
         return list(session.scalars(select(OperatorAction)))
+
+
+def test_a_job_left_with_unknown_recipients_is_unresolved_until_they_are_settled(
+    service: Dispatcher, simulator: GatewaySimulator
+) -> None:
+    job = unknown_job(service, simulator, number(1), number(2))
+    assert service.job_view(job)["status"] == "unresolved"
+    [listed] = [row for row in service.list_jobs() if row["id"] == job]
+    assert listed["status"] == "unresolved"
+
+    service.settle(job, status="sent", reason="vendor history", actor="o", numbers=[number(1)])
+    assert service.job_view(job)["status"] == "unresolved", "one is still unknown"
+    service.settle(job, status="failed", reason="no report", actor="o")
+    assert service.job_view(job)["status"] == "completed"

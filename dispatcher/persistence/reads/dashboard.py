@@ -27,7 +27,12 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from dispatcher.domain import cursors
 from dispatcher.domain.numbers import normalise
-from dispatcher.domain.statuses import PENDING_STATUSES, AttemptOutcome, RecipientStatus
+from dispatcher.domain.statuses import (
+    PENDING_STATUSES,
+    AttemptOutcome,
+    RecipientStatus,
+    job_state,
+)
 from dispatcher.errors import InvalidNumberError
 from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
@@ -209,6 +214,11 @@ class JobPage:
     def pending(self) -> bool:
         """True while any recipient may still change by itself."""
         return any(self.counts.get(s, 0) for s in PENDING_STATUSES)
+
+    @property
+    def state(self) -> str:
+        """The job's overall status (``job_state``): in progress, unresolved, completed."""
+        return job_state(self.counts)
 
 
 def job_page(
