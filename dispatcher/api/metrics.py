@@ -88,7 +88,7 @@ def families(snapshot: stats.Snapshot) -> Iterator[Metric]:
     )
     yield _counter(
         "recipient_errors_total",
-        "Recipients that ended failed or unknown, by error code.",
+        "Recipients that ended failed or unknown, by the error code each had as it did.",
         "code",
         totals[names.ERROR_CODE],
     )

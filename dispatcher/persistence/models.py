@@ -303,6 +303,9 @@ class StatusEvent(Base):
     cause: Mapped[str] = mapped_column(String(500))
     actor: Mapped[str] = mapped_column(String(200))
     attempt_id: Mapped[int | None] = mapped_column(ID)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    """The recipient's error code as it moved (the one it took, or kept): what the
+    error-code counters count, however the recipient changes later."""
 
     __table_args__ = (
         Index(None, "recipient_id", "at"),

@@ -36,14 +36,13 @@ def _run_pipeline(service: Dispatcher, simulator: GatewaySimulator) -> str:
 def _expected(db: Database) -> dict[str, Counter[str]]:
     """The same figures counted in Python from the raw audit rows."""
     with db.transaction() as session:
-        events = session.execute(select(StatusEvent.to_status, StatusEvent.recipient_id)).all()
-        codes = dict(session.execute(select(Recipient.id, Recipient.error_code)).all())
+        events = session.execute(select(StatusEvent.to_status, StatusEvent.error_code)).all()
         attempts = session.execute(select(Attempt.outcome, Attempt.latency_ms)).all()
     counted = {str(s) for s in rollup_sql.COUNTED_STATUSES}
     return {
         metrics.RECIPIENTS: Counter(s for s, _ in events if s in counted),
         metrics.ERROR_CODE: Counter(
-            codes[r] or rollup_sql.NO_CODE for s, r in events if s in ("failed", "unknown")
+            code for s, code in events if s in ("failed", "unknown") and code is not None
         ),
         metrics.ATTEMPTS: Counter(o for o, _ in attempts if o != "in_flight"),
         metrics.LATENCY_MS: Counter(
@@ -172,3 +171,26 @@ def test_rollup_command(embedded_env: object, tmp_path: object) -> None:
         assert '"minute_rows": 0' in result.output
     finally:
         runtime.reset()
+
+
+def test_a_retry_never_makes_an_error_code_counter_go_down(
+    service: Dispatcher, simulator: GatewaySimulator, database: Database
+) -> None:
+    """Each failure is counted by the code it had as it happened (its event's), not the
+    recipient's code now, which a retry clears: no counter moves back, and no code is
+    ever called "none" (issue 16, item 3)."""
+    job = _run_pipeline(service, simulator)
+    service.rollup(force=True)
+    before = _totals(database)[metrics.ERROR_CODE]
+    assert before["INVALID_NUMBER"] == 1.0
+    assert "none" not in before
+
+    simulator.configure(number_rules={})
+    retried = service.retry(actor="ops", job_id=job, error_code="INVALID_NUMBER")
+    assert retried.affected == 1
+    service.dispatch_due(budget_s=10)
+    service.rollup(force=True)
+    after = _totals(database)[metrics.ERROR_CODE]
+    for code, count in before.items():
+        assert after.get(code, 0.0) >= count, (code, before, after)
+    assert "none" not in after

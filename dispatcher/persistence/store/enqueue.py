@@ -238,9 +238,9 @@ def _small_job_statement(columns: tuple[str, ...]) -> TextClause:
             RETURNING id, status, error_detail
         )
         INSERT INTO status_events (recipient_id, job_id, at, from_status, to_status, cause,
-            actor, attempt_id)
+            actor, attempt_id, error_code)
         SELECT id, :job_id, :now, NULL, status, COALESCE(error_detail, 'refused at enqueue'),
-            :actor, NULL
+            :actor, NULL, 'INVALID_NUMBER'
         FROM added WHERE status = 'failed' ORDER BY id
         """  # noqa: S608
     )

@@ -286,12 +286,12 @@ _RECORD_REPLY = text(
         FROM result g, current c
         WHERE r.id = g.id AND c.id = g.id
         RETURNING r.id, r.job_id, c.status AS from_status, g.status AS to_status, g.cause,
-            g.next_attempt_at
+            g.next_attempt_at, g.error_code
     ),
     events AS (
         INSERT INTO status_events (recipient_id, job_id, at, from_status, to_status, cause,
-            actor, attempt_id)
-        SELECT id, job_id, :now, from_status, to_status, cause, :actor, :attempt_id
+            actor, attempt_id, error_code)
+        SELECT id, job_id, :now, from_status, to_status, cause, :actor, :attempt_id, error_code
         FROM moved
     ),
     attempt AS (

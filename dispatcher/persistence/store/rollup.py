@@ -67,7 +67,6 @@ COUNTED_STATUSES = (
     RecipientStatus.EXPIRED,
 )
 ERROR_STATUSES = (RecipientStatus.FAILED, RecipientStatus.UNKNOWN)
-NO_CODE = "none"
 
 _Window = tuple[dt.datetime | None, dt.datetime]
 
@@ -111,15 +110,17 @@ def _recipients(sql: Functions, window: _Window, by_minute: bool) -> Select[Any]
 
 
 def _error_codes(sql: Functions, window: _Window, by_minute: bool) -> Select[Any]:
-    # The recipient's code as it stands: a final failure keeps its code until an
-    # operator retries it, which is rare and audited.
+    # Each failure's code as it happened, carried by its event: what the recipient
+    # has now (cleared by a retry, changed by a settle) would make counts move back.
     e = StatusEvent
-    code = func.coalesce(Recipient.error_code, NO_CODE)
-    columns = _grouped(sql, e.at, code, func.count(), by_minute)
+    columns = _grouped(sql, e.at, e.error_code, func.count(), by_minute)
     return (
         select(*columns)
-        .join_from(e, Recipient, Recipient.id == e.recipient_id)
-        .where(*_between(e.at, window), e.to_status.in_([str(s) for s in ERROR_STATUSES]))
+        .where(
+            *_between(e.at, window),
+            e.to_status.in_([str(s) for s in ERROR_STATUSES]),
+            e.error_code.is_not(None),
+        )
         .group_by(*[c for c in columns if c.name != "value"])
     )
 

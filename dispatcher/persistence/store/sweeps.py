@@ -158,7 +158,9 @@ def overdue_retries(
     the retry gets the same time to succeed as a first send (docs/operating.md).
     """
     due = func.coalesce(Job.send_at, Recipient.created_at)
-    since = case((Batch.created_at > due, Batch.created_at), else_=due)
+    # Retried: an operator's retry keeps the count it started from (attempts_base).
+    retried = (Recipient.attempts_base > 0) & (Batch.created_at > due)
+    since = case((retried, Batch.created_at), else_=due)
     return list(
         session.execute(
             select(Recipient.id)

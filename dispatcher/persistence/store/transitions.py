@@ -53,6 +53,10 @@ BatchSide = Literal["idle", "held", "in_flight"]
 _WAITING = [str(s) for s in WAITING_STATUSES]
 
 
+_KEEP: Any = object()
+"""``record_transitions``' default: each event takes its recipient's current code."""
+
+
 def record_transitions(
     session: Session,
     *,
@@ -63,13 +67,15 @@ def record_transitions(
     actor: str,
     attempt_id: int | None = None,
     in_flight: bool = False,
+    error_code: Any = _KEEP,
 ) -> None:
     """Append a status event for every recipient matching ``where``.
 
     Called just before the update that changes their status, so ``from_status``
     is read from the rows as they are (``submitting`` for a waiting one when
     ``in_flight``). ``to_status=None`` records each row's current status as its
-    first one (at enqueue), with no previous status.
+    first one (at enqueue), with no previous status. ``error_code``: the code the
+    update gives them; by default the one each has, which it keeps.
     """
     from_known = to_status is not None
     cause_expr = cause if not isinstance(cause, str) else literal(cause)
@@ -88,6 +94,9 @@ def record_transitions(
         cause_expr,
         literal(actor),
         literal(attempt_id, type_=StatusEvent.attempt_id.type),
+        Recipient.error_code
+        if error_code is _KEEP
+        else literal(error_code, type_=StatusEvent.error_code.type),
     ).where(where)
     session.execute(
         insert(StatusEvent).from_select(
@@ -100,6 +109,7 @@ def record_transitions(
                 StatusEvent.cause,
                 StatusEvent.actor,
                 StatusEvent.attempt_id,
+                StatusEvent.error_code,
             ],
             source,
         )
@@ -163,6 +173,7 @@ def transition(
         actor=actor,
         attempt_id=attempt_id,
         in_flight=batches == "in_flight",
+        error_code=(values or {}).get("error_code", _KEEP),
     )
     result = session.execute(
         update(Recipient)
