@@ -87,6 +87,7 @@ for _command in (
     processes.sweep,
     processes.rollup,
     processes.serve,
+    processes.healthcheck,
     admin.migrate,
     admin.keys,
     audit.export,

@@ -8,6 +8,8 @@ processes also run on their own schedule.
 from __future__ import annotations
 
 import logging
+import socket
+import sys
 import threading
 
 import click
@@ -142,3 +144,32 @@ def serve(host: str, port: int, access_log: bool) -> None:
         for name in ("dispatcher.api.access", "uvicorn.error"):
             logging.getLogger(name).setLevel(logging.INFO)
     run(create_app(runtime.service()), host=host, port=port)
+
+
+@click.command("healthcheck")
+@click.option(
+    "--worker",
+    "hostname",
+    flag_value=socket.gethostname(),
+    default=None,
+    help="Check the worker on this host (a container's health check).",
+)
+@friendly_errors
+def healthcheck(hostname: str | None) -> None:
+    """Exit 0 if this host's worker is alive and consuming from the broker (by its
+    heartbeats, README "Worker health"), else 1 with the reason."""
+    from dispatcher import runtime
+
+    if hostname is None:
+        raise click.UsageError("say what to check: --worker")
+    alive, consuming = runtime.service().worker_health(hostname)
+    if not alive:
+        click.echo(f"unhealthy: no running worker on {hostname} has been seen lately", err=True)
+        sys.exit(1)
+    if not consuming:
+        click.echo(
+            f"unhealthy: the worker on {hostname} runs but has not consumed from the broker lately",
+            err=True,
+        )
+        sys.exit(1)
+    click.echo(f"healthy: the worker on {hostname} runs and consumes")

@@ -30,6 +30,7 @@ from dispatcher.domain.times import utcnow
 from dispatcher.gateway.client import GatewayClient, Submission
 from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
+from dispatcher.persistence.store.heartbeats import host_consuming
 from dispatcher.service import rollup as rollups
 from dispatcher.service import views
 from dispatcher.service.claim import Claim, claim_lanes, worker_name
@@ -359,6 +360,17 @@ class Dispatcher:
     def control(self) -> dict[str, Any]:
         """Paused or not (with reason, time and who), and the breaker's state."""
         return views.control(self.db)
+
+    def worker_health(self, hostname: str) -> tuple[bool, bool]:
+        """Whether a worker on ``hostname`` is alive, and consuming from the broker, by
+        its heartbeats (README, "Worker health"): a container's health check."""
+        with self.db.transaction() as session:
+            return host_consuming(
+                session,
+                hostname=hostname,
+                now=utcnow(),
+                interval_s=self.settings.heartbeat_interval_s,
+            )
 
     def check_balance(self) -> float:
         """Ask the gateway for the account's credit balance now, and keep it as the last

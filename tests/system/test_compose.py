@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,11 @@ def test_monitoring_runs_under_the_ops_profile() -> None:
     mounts = " ".join(services["prometheus"]["volumes"])
     assert "ops/prometheus/alerts.yml" in mounts
     assert "ops/grafana/dashboards" in " ".join(services["grafana"]["volumes"])
-    # The Grafana admin password comes from the operator's environment.
-    assert "${GRAFANA_ADMIN_PASSWORD:?" in COMPOSE.read_text()
+    # The Grafana admin password comes from the operator's environment, and Grafana
+    # refuses to start without one (not compose, which would stop every profile).
+    grafana = services["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    assert '[ -n "$$GF_SECURITY_ADMIN_PASSWORD" ]' in grafana["entrypoint"][-1]
 
 
 def _published(spec: dict[str, Any]) -> list[str]:
@@ -113,3 +117,46 @@ def test_the_backup_is_not_forced_beside_an_overridden_primary() -> None:
     # or staging primary too; unset, the settings pick it only beside the vendor's own.
     for name, spec in _our_services().items():
         assert "DISPATCHER_GATEWAY_BACKUP_URL" not in spec.get("environment", {}), name
+
+
+def test_the_default_profile_needs_only_the_gateway_credentials() -> None:
+    # Compose reads every ${...:?} of the file whatever the profile: only what the
+    # default services need may be required.
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", COMPOSE.read_text()))
+    assert required == {"DISPATCHER_GATEWAY_USERNAME", "DISPATCHER_GATEWAY_PASSWORD"}
+    grafana = _compose()["services"]["grafana"]
+    assert "GRAFANA_ADMIN_PASSWORD" in " ".join(grafana["entrypoint"])  # refused there
+
+
+def test_every_dispatcher_service_reads_an_optional_settings_file() -> None:
+    for name, spec in _our_services().items():
+        if name == "gateway-sim":
+            continue
+        assert spec["env_file"] == [{"path": "./dispatcher.env", "required": False}], name
+
+
+def test_the_api_and_the_workers_have_health_checks_that_are_real() -> None:
+    services = _compose()["services"]
+    worker_check = services["worker"]["healthcheck"]["test"]
+    assert worker_check[:2] == ["CMD", "dispatcher"]
+    runner = CliRunner()
+    assert runner.invoke(main, [*worker_check[2:], "--help"]).exit_code == 0
+    api_check = services["api"]["healthcheck"]["test"]
+    assert "/healthz" in api_check[-1]
+    compile(api_check[-1], "healthcheck", "exec")  # the python -c line parses
+
+
+def test_alertmanager_receives_the_alerts_and_runbooks_come_from_one_base() -> None:
+    services = _compose()["services"]
+    assert services["alertmanager"]["profiles"] == ["ops"]
+    assert "alertmanager" in services["prometheus"]["depends_on"]
+    prometheus = yaml.safe_load((COMPOSE.parent / "ops/prometheus/prometheus.yml").read_text())
+    [target] = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert target == "alertmanager:9093"
+    assert prometheus["global"]["external_labels"]["runbook_base"] == "${RUNBOOK_BASE}"
+    assert "--enable-feature=expand-external-labels" in services["prometheus"]["command"]
+    assert services["prometheus"]["environment"]["RUNBOOK_BASE"].startswith("${RUNBOOK_BASE:-")
+    alertmanager = yaml.safe_load(
+        (COMPOSE.parent / "ops/alertmanager/alertmanager.yml").read_text()
+    )
+    assert alertmanager["route"]["receiver"] in {r["name"] for r in alertmanager["receivers"]}

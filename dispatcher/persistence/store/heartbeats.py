@@ -67,3 +67,23 @@ def workers(session: Session) -> list[dict[str, Any]]:
         }
         for w in rows
     ]
+
+
+def host_consuming(
+    session: Session, *, hostname: str, now: dt.datetime, interval_s: float
+) -> tuple[bool, bool]:
+    """Whether a running worker on ``hostname`` was seen lately, and whether one has also
+    consumed its heartbeat task from the broker lately (``WorkerHealth``'s terms)."""
+    fresh = fresh_after(now, interval_s)
+    alive = (
+        (WorkerHeartbeat.hostname == hostname[:255])
+        & (WorkerHeartbeat.state == RUNNING)
+        & (WorkerHeartbeat.seen_at >= fresh)
+    )
+    row = session.execute(
+        select(
+            func.count().filter(alive),
+            func.count().filter(alive & (WorkerHeartbeat.consumed_at >= fresh)),
+        )
+    ).one()
+    return row[0] > 0, row[1] > 0
