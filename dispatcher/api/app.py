@@ -8,8 +8,11 @@ from contextlib import asynccontextmanager
 
 import redis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
+from swagger_ui_bundle import swagger_ui_path
 
 from dispatcher import __version__, dashboard, runtime
 from dispatcher.api import dropin, errors, metrics, v1
@@ -56,6 +59,10 @@ def _limiter(settings: Settings, client: redis.Redis | None) -> RateLimiter:
     return LocalTokenBucket(settings.api_rate_per_s, settings.api_burst)
 
 
+DOCS_ASSETS = "/docs/assets"
+"""Where /docs finds Swagger UI's files (``swagger_ui_bundle``'s copy)."""
+
+
 def create_app(service: Dispatcher | None = None) -> FastAPI:
     """The HTTP API on ``service`` (default: the process's, from DISPATCHER_* settings).
 
@@ -80,7 +87,8 @@ def create_app(service: Dispatcher | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url="/docs",
+        # Served below from files of our own: FastAPI's page loads Swagger UI from a CDN.
+        docs_url=None,
         redoc_url=None,
     )
     app.state.service = service
@@ -92,6 +100,19 @@ def create_app(service: Dispatcher | None = None) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(dropin.router)
     dashboard.install(app, service)
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """The OpenAPI document in Swagger UI, every file from this server."""
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="sms-dispatcher API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )
 
     @app.get(
         "/healthz",

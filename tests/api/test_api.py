@@ -12,6 +12,7 @@ import base64
 import datetime as dt
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -1268,3 +1269,19 @@ def test_settling_unknown_recipients_needs_operate_and_a_reason(
     assert ("api:ops", "settle", job, 1) in actions
     missing = api.request("POST", "/v1/jobs/01NOSUCHJOB0000000000000000/settle", ops, json=body)
     assert missing.status_code == 404
+
+
+def test_the_docs_page_works_without_internet(api: Api) -> None:
+    """/docs loads Swagger UI from this server, never from a CDN, so it works where the
+    api has no internet; /openapi.json is what it shows."""
+    page = api.request("GET", "/docs")
+    assert page.status_code == 200
+    assert not re.search(r"https?://", page.text), "a URL on another host"
+    assets = re.findall(r"(/docs/assets/[^\"']+)", page.text)
+    assert {a.rsplit("/", 1)[1] for a in assets} >= {"swagger-ui-bundle.js", "swagger-ui.css"}
+    for asset in assets:
+        served = api.request("GET", asset)
+        assert served.status_code == 200, asset
+        assert len(served.content) > 100, asset
+    assert "/openapi.json" in page.text
+    assert api.request("GET", "/openapi.json").json()["info"]["title"] == "sms-dispatcher"

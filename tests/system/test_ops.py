@@ -121,3 +121,29 @@ def test_metric_names_follow_prometheus_conventions(database: Database) -> None:
             assert all(s.name.endswith("_total") for s in family.samples), family.name
         if family.type == "histogram" or family.name.endswith("_age"):
             assert family.name.endswith("_seconds"), family.name
+
+
+def test_the_dashboard_imports_into_an_existing_grafana() -> None:
+    """Every panel and query reads the `datasource` variable (any Prometheus of the
+    Grafana it is imported into), never a uid only our provisioning defines."""
+    for path in sorted((OPS / "grafana" / "dashboards").glob("*.json")):
+        dashboard = json.loads(path.read_text())
+        [variable] = [v for v in dashboard["templating"]["list"] if v["type"] == "datasource"]
+        assert (variable["name"], variable["query"]) == ("datasource", "prometheus")
+        sources = list(_datasources(dashboard["panels"]))
+        assert len(sources) >= len(dashboard["panels"]), path
+        for source in sources:
+            assert source == {"type": "prometheus", "uid": "${datasource}"}, path
+
+
+def _datasources(node: Any) -> Any:
+    """Every ``datasource`` value in a dashboard's panels and their queries."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "datasource":
+                yield value
+            else:
+                yield from _datasources(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _datasources(item)
