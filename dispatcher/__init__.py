@@ -7,6 +7,7 @@ job_id = send(["+44 7700 900123", "07700 900456"], "Your code is 123456")
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from collections.abc import Iterable
 
 __version__ = "0.1.0"
@@ -57,6 +58,7 @@ def send(
     # (or this module's __version__) must not build the settings, the database and
     # the Celery app of the composition root.
     from dispatcher import runtime
+    from dispatcher.errors import NoWorkerWarning
 
     service = runtime.producer()
     request = service.send_request(
@@ -72,4 +74,11 @@ def send(
         reference=reference,
     )
     result = service.enqueue_request(request, actor="python")
+    if result.batches and runtime.unserved_lane(request.priority):
+        warnings.warn(
+            f"job {result.job_id} is queued in the {request.priority} lane, which no live "
+            "worker consumes: it waits until one does (`dispatcher state` lists them)",
+            NoWorkerWarning,
+            stacklevel=2,
+        )
     return result.job_id

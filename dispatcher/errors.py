@@ -206,3 +206,7 @@ def answer_for(exc: DispatcherError | type[DispatcherError]) -> Answer:
         if ancestor in ANSWERS:
             return ANSWERS[ancestor]
     raise TypeError(f"{cls.__name__} is not a DispatcherError")
+
+
+class NoWorkerWarning(UserWarning):
+    """A job was queued in a lane no live worker consumes: it waits until one does."""

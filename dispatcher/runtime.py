@@ -124,11 +124,31 @@ def producer() -> Dispatcher:
     return current
 
 
+LANE_CHECK_S = 60.0
+"""How long ``send()`` trusts its last look at which lanes have a consuming worker."""
+_lanes_seen: tuple[float, dict[str, dict[str, int]]] | None = None
+
+
+def unserved_lane(priority: str) -> bool:
+    """Whether no live worker consumes ``priority``'s lane, as the workers' heartbeats
+    said at most ``LANE_CHECK_S`` ago (one read a minute, not one per send)."""
+    global _lanes_seen
+    now = time.monotonic()
+    with _lock:
+        seen = _lanes_seen
+    if seen is None or now - seen[0] > LANE_CHECK_S:
+        seen = (now, service().lanes_served())
+        with _lock:
+            _lanes_seen = seen
+    return seen[1].get(priority, {}).get("consuming", 0) == 0
+
+
 def reset() -> None:
     """Forget the process's service (after settings change, in tests and the demo)."""
-    global _service, _override, _celery, _waker, _schema_ready
+    global _service, _override, _celery, _waker, _schema_ready, _lanes_seen
     with _lock:
         _schema_ready = False
+        _lanes_seen = None
         if _service is not None:
             _service.close()
         if _waker is not None:

@@ -71,11 +71,22 @@ def resume(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
 def state(as_json: bool) -> None:
-    """Show whether dispatch is paused (and why) and the circuit breaker's state."""
+    """Show whether dispatch is paused (and why), the circuit breaker's state, the last
+    balance, and the live and consuming workers of each lane."""
     from dispatcher import runtime
 
     require_schema()
-    _print_control(runtime.service().control(), as_json)
+    service = runtime.service()
+    control, lanes = service.control(), service.lanes_served()
+    if as_json:
+        emit_json(control | {"workers": lanes})
+        return
+    _print_control(control, as_json=False)
+    for lane, served in lanes.items():
+        line = f"workers {lane:<6} {served['alive']} alive, {served['consuming']} consuming"
+        if not served["consuming"]:
+            line += "  (nothing in this lane is sent)"
+        click.echo(line)
 
 
 @click.command()

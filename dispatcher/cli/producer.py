@@ -86,6 +86,13 @@ def send(
         reference=reference,
     )
     result = service.enqueue_request(request, actor="cli")
+    if result.batches and runtime.unserved_lane(request.priority):
+        # On stderr: a script reading the id from stdout still gets only the id.
+        click.echo(
+            f"warning: no live worker consumes the {request.priority} lane; the job waits "
+            "until one does (`dispatcher worker`; `dispatcher state` lists them)",
+            err=True,
+        )
     if as_json:
         emit_json(
             {
@@ -108,10 +115,18 @@ def send(
 
 @click.command()
 @click.argument("job_id")
+@click.option(
+    "--limit",
+    default=100,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Recipients listed (0: all); --json always gives all.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
 @friendly_errors
-def status(job_id: str, as_json: bool) -> None:
-    """Show a job and each recipient's status, gateway message ID and error."""
+def status(job_id: str, limit: int, as_json: bool) -> None:
+    """Show a job and each recipient's status, attempts, gateway message ID or error,
+    and when one waiting to retry is next tried."""
     from dispatcher import runtime
 
     require_schema()
@@ -131,9 +146,18 @@ def status(job_id: str, as_json: bool) -> None:
     if view["reference"]:
         click.echo(f"reference {view['reference']}")
     recipients = view["recipients"]
-    for r in recipients:
+    shown = recipients if limit == 0 else recipients[:limit]
+    click.echo(f"  {'number':<16} {'status':<11} {'tries':>5}  gateway ID, or error")
+    for r in shown:
         detail = r["gateway_message_id"] or r["error_code"] or ""
-        click.echo(f"  {r['number']:<16} {r['status']:<11} {r['attempts']:>2}  {detail}")
+        if r["status"] == "retry_wait" and r["next_attempt_at"]:
+            detail = f"{detail}; next attempt {r['next_attempt_at']}".lstrip("; ")
+        click.echo(f"  {r['number']:<16} {r['status']:<11} {r['attempts']:>5}  {detail}")
+    if len(shown) < len(recipients):
+        click.echo(
+            f"  ... and {len(recipients) - len(shown)} more: --limit 0 lists all, --json "
+            "gives every field"
+        )
 
 
 @click.command()

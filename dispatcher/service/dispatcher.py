@@ -21,7 +21,7 @@ from typing import Any, Unpack, cast
 
 from dispatcher.config import Settings
 from dispatcher.domain.backoff import RetryPolicy
-from dispatcher.domain.lanes import Priority
+from dispatcher.domain.lanes import LANE_QUEUES, Priority
 from dispatcher.domain.limits import CallLimiter
 from dispatcher.domain.request import MAX_LABEL_LENGTH, SendOptions, SendRequest
 from dispatcher.domain.statuses import RecipientStatus
@@ -30,7 +30,7 @@ from dispatcher.domain.times import utcnow
 from dispatcher.gateway.client import GatewayClient, Submission
 from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
-from dispatcher.persistence.store.heartbeats import host_consuming
+from dispatcher.persistence.store.heartbeats import host_consuming, lanes_served
 from dispatcher.service import rollup as rollups
 from dispatcher.service import views
 from dispatcher.service.claim import Claim, claim_lanes, worker_name
@@ -360,6 +360,18 @@ class Dispatcher:
     def control(self) -> dict[str, Any]:
         """Paused or not (with reason, time and who), and the breaker's state."""
         return views.control(self.db)
+
+    def lanes_served(self) -> dict[str, dict[str, int]]:
+        """Per lane (high, normal, bulk), the workers alive and those consuming from the
+        broker, by their heartbeats."""
+        with self.db.transaction() as session:
+            by_queue = lanes_served(
+                session, now=utcnow(), interval_s=self.settings.heartbeat_interval_s
+            )
+        return {
+            lane: dict(zip(("alive", "consuming"), by_queue.get(queue, (0, 0)), strict=True))
+            for lane, queue in LANE_QUEUES.items()
+        }
 
     def worker_health(self, hostname: str) -> tuple[bool, bool]:
         """Whether a worker on ``hostname`` is alive, and consuming from the broker, by

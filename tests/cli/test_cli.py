@@ -161,6 +161,14 @@ def test_migrate_send_jobs_status(env: DispatcherEnv) -> None:
     assert text.returncode == 0, text.stderr
     assert job_id in text.stdout
     assert "447700900123" in text.stdout
+    assert "  number           status      tries  gateway ID, or error" in text.stdout
+
+    # A long job is paged: the first N, then how many more and how to see them.
+    paged = cli(env, "status", job_id, "--limit", "1")
+    lines = paged.stdout.splitlines()
+    assert "447700900123" in paged.stdout
+    assert "447700900456" not in paged.stdout
+    assert lines[-1] == "  ... and 2 more: --limit 0 lists all, --json gives every field"
 
 
 def test_commands_before_migrate_say_so_in_one_line(env: DispatcherEnv) -> None:

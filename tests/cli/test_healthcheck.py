@@ -4,6 +4,7 @@ heartbeats (README, "Worker health"): healthy only while alive and consuming."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 from pathlib import Path
@@ -67,3 +68,31 @@ def test_healthy_only_while_alive_and_consuming(database: Database, tmp_path: Pa
     beat(database, seen_ago_s=600, consumed_ago_s=600)
     assert run_cli(env, tmp_path, "healthcheck", "--worker").returncode == 1
     assert run_cli(env, tmp_path, "healthcheck").returncode == 2  # says what to check
+
+
+def test_state_lists_each_lanes_workers_and_send_warns_for_a_lane_nobody_serves(
+    database: Database, tmp_path: Path
+) -> None:
+    env = DispatcherEnv(
+        {
+            ENV_PREFIX + "DATABASE_URL": database.url,
+            ENV_PREFIX + "DATA_DIR": str(tmp_path / "data"),
+            ENV_PREFIX + "SETTINGS_FILE": os.devnull,
+            ENV_PREFIX + "HEARTBEAT_INTERVAL_S": "10",
+        }
+    )
+    sent = run_cli(env, tmp_path, "send", "--to", "07700900123", "--json", "hi")
+    assert sent.returncode == 0, sent.stderr
+    assert "warning: no live worker consumes the normal lane" in sent.stderr
+    assert json.loads(sent.stdout)["id"]  # stdout is still only the JSON
+
+    beat(database, seen_ago_s=1, consumed_ago_s=2)  # consumes the normal lane only
+    state = run_cli(env, tmp_path, "state")
+    assert state.returncode == 0, state.stderr
+    assert "workers normal 1 alive, 1 consuming" in state.stdout
+    assert "workers high   0 alive, 0 consuming  (nothing in this lane is sent)" in state.stdout
+    as_json = json.loads(run_cli(env, tmp_path, "state", "--json").stdout)
+    assert as_json["workers"]["normal"] == {"alive": 1, "consuming": 1}
+    quiet = run_cli(env, tmp_path, "send", "--to", "07700900123", "hi")
+    assert quiet.returncode == 0, quiet.stderr
+    assert "warning" not in quiet.stderr

@@ -6,6 +6,7 @@ recipient's attempt count, and never sends past a validity (issue 16, item 1;
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from dispatcher.config import ENV_PREFIX
 from dispatcher.domain.statuses import PauseReason
 from dispatcher.domain.times import utcnow
 from dispatcher.errors import ConfirmationRequiredError
@@ -22,7 +24,8 @@ from dispatcher.persistence.models import OperatorAction
 from dispatcher.service.dispatcher import Dispatcher
 from support.numbers import number
 from support.reads import attempts_of, batches_of, events_of, recipients_of
-from support.settings import make_service
+from support.settings import DispatcherEnv, make_service
+from support.workers import run_cli
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -190,3 +193,24 @@ def test_unknown_recipients_show_their_age_and_still_need_confirmation(
         one_try.retry(actor="ops", job_id=job, statuses=["unknown"])
     confirmed = one_try.retry(actor="ops", job_id=job, statuses=["unknown"], confirm_unknown=True)
     assert confirmed.affected == 1
+
+
+def test_cli_status_shows_when_a_recipient_waiting_to_retry_is_next_tried(
+    service: Dispatcher, simulator: GatewaySimulator, tmp_path: Path
+) -> None:
+    simulator.configure(number_rules={number(1): "GATEWAY_ERROR*1"})
+    job = service.enqueue(number(1), "soon again").job_id
+    service.dispatch_due(worker="w")
+    [row] = recipients_of(service.db, job)
+    assert (str(row.status), row.next_attempt_at is not None) == ("retry_wait", True)
+    env = DispatcherEnv(
+        {
+            ENV_PREFIX + "DATABASE_URL": service.db.url,
+            ENV_PREFIX + "DATA_DIR": str(tmp_path / "data"),
+            ENV_PREFIX + "SETTINGS_FILE": os.devnull,
+        }
+    )
+    shown = run_cli(env, tmp_path, "status", job)
+    assert shown.returncode == 0, shown.stderr
+    assert row.next_attempt_at is not None
+    assert f"GATEWAY_ERROR; next attempt {row.next_attempt_at.isoformat()}" in shown.stdout

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,17 +24,20 @@ import pytest
 import dispatcher
 from dispatcher import runtime
 from dispatcher.config import ENV_PREFIX, load_settings
-from dispatcher.domain.lanes import Priority
+from dispatcher.domain.lanes import LANE_QUEUES, Priority
+from dispatcher.domain.times import utcnow
 from dispatcher.errors import (
     InvalidOptionError,
     InvalidSenderError,
     InvalidTextError,
     NoRecipientsError,
+    NoWorkerWarning,
     TooManyRecipientsError,
     ValidationError,
 )
 from dispatcher.persistence import migrate
 from dispatcher.persistence.db import Database
+from dispatcher.persistence.store.heartbeats import upsert_heartbeat
 from dispatcher.service.dispatcher import Dispatcher
 from support.numbers import number
 from support.reads import recipients_of, row_counts
@@ -457,3 +461,35 @@ def test_the_recipient_cap_applies_to_send_as_to_every_producer_path(
         assert len(recipients_of(db, job_id)) == 3
     finally:
         runtime.reset()
+
+
+def test_send_warns_when_no_live_worker_consumes_the_jobs_lane(
+    public_send: CountingWaker, db: Database
+) -> None:
+    """A warning, not an error: the job is queued and waits for a worker (issue 16, item 4)."""
+    with pytest.warns(NoWorkerWarning, match="no live worker consumes"):
+        job_id = dispatcher.send(GOOD_TO, "hi", priority="high")
+    assert [r.number for r in recipients_of(db, job_id)] == [number(1), number(2)]
+
+    # A worker consuming the high lane, seen now: no warning once send() looks again.
+    now = utcnow()
+    with db.transaction() as session:
+        upsert_heartbeat(
+            session,
+            {
+                "name": "w@h",
+                "hostname": "h",
+                "pid": 1,
+                "queues": ",".join(sorted(LANE_QUEUES.values())),
+                "started_at": now,
+                "seen_at": now,
+                "consumed_at": now,
+                "batches": 0,
+                "state": "running",
+            },
+        )
+    runtime.reset()
+    runtime.service(waker=public_send)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoWorkerWarning)
+        dispatcher.send(GOOD_TO, "hi", priority="high")

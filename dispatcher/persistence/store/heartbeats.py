@@ -87,3 +87,23 @@ def host_consuming(
         )
     ).one()
     return row[0] > 0, row[1] > 0
+
+
+def lanes_served(
+    session: Session, *, now: dt.datetime, interval_s: float
+) -> dict[str, tuple[int, int]]:
+    """Per wake-up queue, how many running workers were seen lately and how many of
+    those also consumed from the broker lately (``WorkerHealth``'s terms)."""
+    fresh = fresh_after(now, interval_s)
+    rows = session.execute(
+        select(WorkerHeartbeat.queues, WorkerHeartbeat.consumed_at).where(
+            WorkerHeartbeat.state == RUNNING, WorkerHeartbeat.seen_at >= fresh
+        )
+    ).all()
+    served: dict[str, tuple[int, int]] = {}
+    for queues, consumed_at in rows:
+        consuming = int(consumed_at is not None and consumed_at >= fresh)
+        for queue in (q.strip() for q in (queues or "").split(",") if q.strip()):
+            alive_n, consuming_n = served.get(queue, (0, 0))
+            served[queue] = (alive_n + 1, consuming_n + consuming)
+    return served
