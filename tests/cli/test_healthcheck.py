@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import socket
 from pathlib import Path
 
 import pytest
 
-from dispatcher.config import ENV_PREFIX
 from dispatcher.domain.times import utcnow
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.store.heartbeats import upsert_heartbeat
@@ -43,14 +41,7 @@ def beat(database: Database, *, seen_ago_s: float, consumed_ago_s: float | None)
 
 
 def test_healthy_only_while_alive_and_consuming(database: Database, tmp_path: Path) -> None:
-    env = DispatcherEnv(
-        {
-            ENV_PREFIX + "DATABASE_URL": database.url,
-            ENV_PREFIX + "DATA_DIR": str(tmp_path / "data"),
-            ENV_PREFIX + "SETTINGS_FILE": os.devnull,
-            ENV_PREFIX + "HEARTBEAT_INTERVAL_S": "10",
-        }
-    )
+    env = DispatcherEnv.on_database(database.url, tmp_path / "data", heartbeat_interval_s="10")
     nobody = run_cli(env, tmp_path, "healthcheck", "--worker")
     assert nobody.returncode == 1
     assert "no running worker" in nobody.stderr
@@ -73,14 +64,7 @@ def test_healthy_only_while_alive_and_consuming(database: Database, tmp_path: Pa
 def test_state_lists_each_lanes_workers_and_send_warns_for_a_lane_nobody_serves(
     database: Database, tmp_path: Path
 ) -> None:
-    env = DispatcherEnv(
-        {
-            ENV_PREFIX + "DATABASE_URL": database.url,
-            ENV_PREFIX + "DATA_DIR": str(tmp_path / "data"),
-            ENV_PREFIX + "SETTINGS_FILE": os.devnull,
-            ENV_PREFIX + "HEARTBEAT_INTERVAL_S": "10",
-        }
-    )
+    env = DispatcherEnv.on_database(database.url, tmp_path / "data", heartbeat_interval_s="10")
     sent = run_cli(env, tmp_path, "send", "--to", "07700900123", "--json", "hi")
     assert sent.returncode == 0, sent.stderr
     assert "warning: no live worker consumes the normal lane" in sent.stderr

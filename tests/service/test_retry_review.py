@@ -21,23 +21,14 @@ from support.numbers import number
 from support.reads import attempts_of, batches_of, recipients_of
 from support.settings import make_service
 
+from .test_retry_rules import one_try as one_try  # the fixture
+
 pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture
 def svc(database: Database, simulator: GatewaySimulator, tmp_path: Path) -> Iterator[Dispatcher]:
     service = make_service(database, simulator, tmp_path, max_attempts=3, max_retry_age_s=1.0)
-    try:
-        yield service
-    finally:
-        service.close()
-
-
-@pytest.fixture
-def one_try(
-    database: Database, simulator: GatewaySimulator, tmp_path: Path
-) -> Iterator[Dispatcher]:
-    service = make_service(database, simulator, tmp_path, max_attempts=1)
     try:
         yield service
     finally:

@@ -6,7 +6,6 @@ recipient's attempt count, and never sends past a validity (issue 16, item 1;
 from __future__ import annotations
 
 import datetime as dt
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +13,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from dispatcher.config import ENV_PREFIX
 from dispatcher.domain.statuses import PauseReason
 from dispatcher.domain.times import utcnow
 from dispatcher.errors import ConfirmationRequiredError
@@ -203,13 +201,7 @@ def test_cli_status_shows_when_a_recipient_waiting_to_retry_is_next_tried(
     service.dispatch_due(worker="w")
     [row] = recipients_of(service.db, job)
     assert (str(row.status), row.next_attempt_at is not None) == ("retry_wait", True)
-    env = DispatcherEnv(
-        {
-            ENV_PREFIX + "DATABASE_URL": service.db.url,
-            ENV_PREFIX + "DATA_DIR": str(tmp_path / "data"),
-            ENV_PREFIX + "SETTINGS_FILE": os.devnull,
-        }
-    )
+    env = DispatcherEnv.on_database(service.db.url, tmp_path / "data")
     shown = run_cli(env, tmp_path, "status", job)
     assert shown.returncode == 0, shown.stderr
     assert row.next_attempt_at is not None

@@ -5,14 +5,12 @@ from the service, the CLI, the API (operate only) and the dashboard."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from dispatcher.config import ENV_PREFIX
 from dispatcher.domain.tenancy import own_jobs
 from dispatcher.domain.times import utcnow
 from dispatcher.errors import InvalidOptionError, NotFoundError
@@ -128,13 +126,7 @@ def test_another_keys_job_is_as_if_missing(
 def test_cli_settle(service: Dispatcher, simulator: GatewaySimulator, tmp_path: Path) -> None:
     job = unknown_job(service, simulator, number(1))
     # The CLI on the same database as the service.
-    env = DispatcherEnv(
-        {
-            ENV_PREFIX + "DATABASE_URL": service.db.url,
-            ENV_PREFIX + "DATA_DIR": str(tmp_path / "data"),
-            ENV_PREFIX + "SETTINGS_FILE": os.devnull,
-        }
-    )
+    env = DispatcherEnv.on_database(service.db.url, tmp_path / "data")
     done = run_cli(
         env,
         tmp_path,
@@ -183,13 +175,7 @@ def test_the_unknown_alerts_count_falls_when_settled_or_acknowledged_and_rises_o
     unknown_job(service, simulator, number(3))
     assert unacknowledged(service) == 1
 
-    env = DispatcherEnv(
-        {
-            ENV_PREFIX + "DATABASE_URL": service.db.url,
-            ENV_PREFIX + "DATA_DIR": str(tmp_path / "data"),
-            ENV_PREFIX + "SETTINGS_FILE": os.devnull,
-        }
-    )
+    env = DispatcherEnv.on_database(service.db.url, tmp_path / "data")
     done = run_cli(env, tmp_path, "acknowledge-unknown", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"acknowledged": 1}

@@ -31,6 +31,19 @@ class DispatcherEnv:
 
     variables: dict[str, str]
 
+    @classmethod
+    def on_database(cls, url: str, data_dir: Path, **extra: str) -> DispatcherEnv:
+        """The CLI (or a producer) on the database at ``url``, no settings file from the
+        machine; ``extra`` as in ``with_vars``."""
+        base = cls(
+            {
+                ENV_PREFIX + "DATABASE_URL": url,
+                ENV_PREFIX + "DATA_DIR": str(data_dir),
+                ENV_PREFIX + "SETTINGS_FILE": os.devnull,
+            }
+        )
+        return base.with_vars(**extra)
+
     def with_vars(self, **extra: str) -> DispatcherEnv:
         """A copy with some variables changed (names without the prefix, any case)."""
         changed = {ENV_PREFIX + name.upper(): value for name, value in extra.items()}
