@@ -112,15 +112,15 @@ def test_a_validity_that_ended_is_ignored_for_a_batch_without_expiry(
     assert dry.plan["held_back"]["validity_ended"]["count"] == 1
 
 
+@pytest.mark.services
 def test_a_retry_that_loses_the_race_makes_no_empty_batch(
-    database: Database, simulator: GatewaySimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    pg_db: Database, simulator: GatewaySimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two retries of the same selection at once (a double click, two operators): the
     first holds the recipients it planned until it commits; the second waits for them,
-    rereads them moved, and makes no batch, wakes nobody and names no job."""
-    if database.url.startswith("sqlite"):
-        pytest.skip("the race needs concurrent transactions (PostgreSQL)")
-    service = make_service(database, simulator, tmp_path, max_attempts=1)
+    rereads them moved, and makes no batch, wakes nobody and names no job. PostgreSQL
+    only: SQLite runs one writer at a time, so the two cannot overlap there."""
+    service = make_service(pg_db, simulator, tmp_path, max_attempts=1)
     try:
         simulator.configure(number_rules={number(1): "GATEWAY_ERROR*1"})
         job = service.enqueue(number(1), "double click").job_id
