@@ -30,7 +30,7 @@ from dispatcher.domain.times import utcnow
 from dispatcher.gateway.client import GatewayClient, Submission
 from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
-from dispatcher.persistence.store.heartbeats import host_consuming, lanes_served
+from dispatcher.persistence.store.heartbeats import health, lanes_served
 from dispatcher.service import rollup as rollups
 from dispatcher.service import views
 from dispatcher.service.claim import Claim, claim_lanes, worker_name
@@ -377,12 +377,13 @@ class Dispatcher:
         """Whether a worker on ``hostname`` is alive, and consuming from the broker, by
         its heartbeats (README, "Worker health"): a container's health check."""
         with self.db.transaction() as session:
-            return host_consuming(
+            found = health(
                 session,
-                hostname=hostname,
                 now=utcnow(),
                 interval_s=self.settings.heartbeat_interval_s,
+                hostname=hostname,
             )
+        return found.alive > 0, found.consuming > 0
 
     def check_balance(self) -> float:
         """Ask the gateway for the account's credit balance now, and keep it as the last

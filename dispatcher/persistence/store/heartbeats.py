@@ -32,19 +32,23 @@ def update_heartbeat(session: Session, name: str, values: dict[str, Any]) -> Non
     )
 
 
-def health(session: Session, *, now: dt.datetime, interval_s: float) -> WorkerHealth:
-    """Count workers by health as of ``now`` (the table holds one row per worker name)."""
+def health(
+    session: Session, *, now: dt.datetime, interval_s: float, hostname: str | None = None
+) -> WorkerHealth:
+    """Count workers by health as of ``now`` (the table holds one row per worker name);
+    with ``hostname``, only that host's (a container's health check)."""
     fresh = fresh_after(now, interval_s)
     running = WorkerHeartbeat.state == RUNNING
     alive = running & (WorkerHeartbeat.seen_at >= fresh)
-    row = session.execute(
-        select(
-            func.count().filter(alive),
-            func.count().filter(alive & (WorkerHeartbeat.consumed_at >= fresh)),
-            func.count().filter(WorkerHeartbeat.state == STOPPED),
-            func.count().filter(running & (WorkerHeartbeat.seen_at < fresh)),
-        )
-    ).one()
+    query = select(
+        func.count().filter(alive),
+        func.count().filter(alive & (WorkerHeartbeat.consumed_at >= fresh)),
+        func.count().filter(WorkerHeartbeat.state == STOPPED),
+        func.count().filter(running & (WorkerHeartbeat.seen_at < fresh)),
+    )
+    if hostname is not None:
+        query = query.where(WorkerHeartbeat.hostname == hostname[:255])
+    row = session.execute(query).one()
     return WorkerHealth(alive=row[0], consuming=row[1], stopped=row[2], stale=row[3])
 
 
@@ -67,26 +71,6 @@ def workers(session: Session) -> list[dict[str, Any]]:
         }
         for w in rows
     ]
-
-
-def host_consuming(
-    session: Session, *, hostname: str, now: dt.datetime, interval_s: float
-) -> tuple[bool, bool]:
-    """Whether a running worker on ``hostname`` was seen lately, and whether one has also
-    consumed its heartbeat task from the broker lately (``WorkerHealth``'s terms)."""
-    fresh = fresh_after(now, interval_s)
-    alive = (
-        (WorkerHeartbeat.hostname == hostname[:255])
-        & (WorkerHeartbeat.state == RUNNING)
-        & (WorkerHeartbeat.seen_at >= fresh)
-    )
-    row = session.execute(
-        select(
-            func.count().filter(alive),
-            func.count().filter(alive & (WorkerHeartbeat.consumed_at >= fresh)),
-        )
-    ).one()
-    return row[0] > 0, row[1] > 0
 
 
 def lanes_served(
