@@ -74,10 +74,11 @@ def send(
         reference=reference,
     )
     result = service.enqueue_request(request, actor="python")
-    if result.batches and runtime.unserved_lane(request.priority):
+    if result.batches and runtime.unserved_lane_news(request.priority):
         warnings.warn(
             f"job {result.job_id} is queued in the {request.priority} lane, which no live "
-            "worker consumes: it waits until one does (`dispatcher state` lists them)",
+            "worker consumes: it and the lane's later jobs wait until one does (`dispatcher "
+            "state` lists them; this warning comes at most once a minute per lane)",
             NoWorkerWarning,
             stacklevel=2,
         )

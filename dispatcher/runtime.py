@@ -126,21 +126,30 @@ def producer() -> Dispatcher:
 
 LANE_CHECK_S = 60.0
 """How long ``send()`` trusts its last look at which lanes have a consuming worker."""
-_lanes_seen: tuple[float, dict[str, dict[str, int]]] | None = None
+# (when looked, consuming workers per lane, lanes already warned about since then)
+_lanes_seen: tuple[float, dict[str, dict[str, int]], set[str]] | None = None
 
 
-def unserved_lane(priority: str) -> bool:
-    """Whether no live worker consumes ``priority``'s lane, as the workers' heartbeats
-    said at most ``LANE_CHECK_S`` ago (one read a minute, not one per send)."""
+def unserved_lane_news(priority: str) -> bool:
+    """Whether to warn that no live worker consumes ``priority``'s lane: true once per
+    lane per look at the workers' heartbeats, and a look at most every
+    ``LANE_CHECK_S`` (one read a minute, not one per send; one warning a minute, not
+    one per job, for a producer sending thousands while its workers are away)."""
     global _lanes_seen
     now = time.monotonic()
     with _lock:
         seen = _lanes_seen
     if seen is None or now - seen[0] > LANE_CHECK_S:
-        seen = (now, service().lanes_served())
+        fresh = (now, service().lanes_served(), set[str]())
         with _lock:
-            _lanes_seen = seen
-    return seen[1].get(priority, {}).get("consuming", 0) == 0
+            _lanes_seen = seen = fresh
+    if seen[1].get(priority, {}).get("consuming", 0) > 0:
+        return False
+    with _lock:
+        if priority in seen[2]:
+            return False
+        seen[2].add(priority)
+    return True
 
 
 def reset() -> None:

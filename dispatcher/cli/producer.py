@@ -86,7 +86,7 @@ def send(
         reference=reference,
     )
     result = service.enqueue_request(request, actor="cli")
-    if result.batches and runtime.unserved_lane(request.priority):
+    if result.batches and runtime.unserved_lane_news(request.priority):
         # On stderr: a script reading the id from stdout still gets only the id.
         click.echo(
             f"warning: no live worker consumes the {request.priority} lane; the job waits "

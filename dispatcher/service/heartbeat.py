@@ -22,31 +22,37 @@ class Heartbeats:
     def __init__(self, database: Database, name: str) -> None:
         self.db = database
         self.name = name
+        # The row started() wrote, to write again if it goes missing.
+        self._row: dict[str, Any] | None = None
 
     def started(
         self, *, hostname: str, pid: int, queues: str, now: dt.datetime | None = None
     ) -> None:
         """The worker is ready: a fresh row (a restart under the same name replaces it)."""
         now = now or utcnow()
+        self._row = {
+            "name": self.name,
+            "hostname": hostname[:255],
+            "pid": pid,
+            "queues": queues[:200],
+            "started_at": now,
+            "seen_at": now,
+            "consumed_at": None,
+            "batches": 0,
+            "state": RUNNING,
+        }
         with self.db.transaction() as session:
-            upsert_heartbeat(
-                session,
-                {
-                    "name": self.name,
-                    "hostname": hostname[:255],
-                    "pid": pid,
-                    "queues": queues[:200],
-                    "started_at": now,
-                    "seen_at": now,
-                    "consumed_at": None,
-                    "batches": 0,
-                    "state": RUNNING,
-                },
-            )
+            upsert_heartbeat(session, self._row)
 
     def beat(self, *, batches: int, now: dt.datetime | None = None) -> None:
-        """The process runs and reaches the database."""
-        self._update(seen_at=now or utcnow(), batches=batches, state=RUNNING)
+        """The process runs and reaches the database. A row gone missing (the table
+        emptied, a database restored from a backup older than the worker) is written
+        again: a running worker must not stay invisible to ``dispatcher state``, the
+        health check and the NoWorkerConsuming alert until it restarts."""
+        values = {"seen_at": now or utcnow(), "batches": batches, "state": RUNNING}
+        with self.db.transaction() as session:
+            if not update_heartbeat(session, self.name, values) and self._row is not None:
+                upsert_heartbeat(session, self._row | values)
 
     def consumed(self, *, now: dt.datetime | None = None) -> None:
         """A heartbeat task came through the broker to this worker."""

@@ -93,12 +93,13 @@ def _produce(jobs: list[Job]) -> tuple[float, float, int]:
 
 
 def truncate_ours(database_url: str) -> None:
-    """Empty the dispatcher's tables (public schema) between runs."""
+    """Empty the dispatcher's tables (public schema) between runs; the running
+    workers' heartbeat rows stay, as they would in a deployment."""
     database = Database(database_url, pool_size=1)
     with database.engine.begin() as conn:
         names = conn.exec_driver_sql(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-            "AND tablename <> 'alembic_version'"
+            "AND tablename NOT IN ('alembic_version', 'worker_heartbeats')"
         ).scalars()
         conn.exec_driver_sql(
             "TRUNCATE " + ", ".join(f'"{n}"' for n in names) + " RESTART IDENTITY CASCADE"

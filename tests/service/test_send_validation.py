@@ -466,10 +466,20 @@ def test_the_recipient_cap_applies_to_send_as_to_every_producer_path(
 def test_send_warns_when_no_live_worker_consumes_the_jobs_lane(
     public_send: CountingWaker, db: Database
 ) -> None:
-    """A warning, not an error: the job is queued and waits for a worker (issue 16, item 4)."""
-    with pytest.warns(NoWorkerWarning, match="no live worker consumes"):
+    """A warning, not an error: the job is queued and waits for a worker (issue 16, item 4).
+    Once per lane per look at the heartbeats, not once per job: a producer sending
+    thousands while its workers are away gets one line, not thousands."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         job_id = dispatcher.send(GOOD_TO, "hi", priority="high")
+        later = [dispatcher.send(GOOD_TO, f"again {i}", priority="high") for i in range(3)]
+        dispatcher.send(GOOD_TO, "another lane", priority="bulk")
+    assert all(issubclass(w.category, NoWorkerWarning) for w in caught)
+    assert all("no live worker consumes" in str(w.message) for w in caught)
     assert [r.number for r in recipients_of(db, job_id)] == [number(1), number(2)]
+    assert all(len(recipients_of(db, j)) == 2 for j in later)
+    lanes = [str(w.message).split(" lane")[0].rsplit(" ", 1)[-1] for w in caught]
+    assert lanes == ["high", "bulk"]
 
     # A worker consuming the high lane, seen now: no warning once send() looks again.
     now = utcnow()

@@ -22,14 +22,15 @@ def upsert_heartbeat(session: Session, values: dict[str, Any]) -> None:
     session.execute(dialect.upsert(session, WorkerHeartbeat, values, key=("name",)))
 
 
-def update_heartbeat(session: Session, name: str, values: dict[str, Any]) -> None:
-    """Set some columns of worker ``name``'s row."""
-    session.execute(
+def update_heartbeat(session: Session, name: str, values: dict[str, Any]) -> bool:
+    """Set some columns of worker ``name``'s row; False when it has no row."""
+    result = session.execute(
         update(WorkerHeartbeat)
         .where(WorkerHeartbeat.name == name)
         .values(**values)
         .execution_options(synchronize_session=False)
     )
+    return bool(getattr(result, "rowcount", 0))
 
 
 def health(
