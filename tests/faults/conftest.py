@@ -25,7 +25,7 @@ from dispatcher.persistence import migrate
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import Attempt
 from faults.invariants import Outcome, check_fault_invariants
-from faults.services import PrivatePostgres, PrivateRedis, ServiceError
+from ops.soak.services import PrivatePostgres, PrivateRedis, ServiceError
 from support.pipeline import Pipeline
 from support.reads import send_requests
 from support.services import truncate_all

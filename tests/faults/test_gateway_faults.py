@@ -25,7 +25,7 @@ from dispatcher.domain.statuses import AttemptOutcome, BatchStatus, RecipientSta
 from dispatcher.gateway.simulator import GatewaySimulator, SimulatorConfig
 from dispatcher.persistence.models import Recipient
 from faults.conftest import FaultPipeline
-from faults.services import closed_port
+from ops.soak.services import closed_port
 from support.numbers import number
 from support.polling import wait_until
 from support.reads import attempts_of, batches_of, recipients_of

@@ -1,9 +1,10 @@
-"""Private PostgreSQL and Redis servers that a test may kill, restart and flush.
+"""Private PostgreSQL and Redis servers that a test or the soak may kill, restart
+and flush.
 
-The fault tests never touch the machine's shared services (5432, 6379): each
-session starts its own servers on spare ports, in a temporary directory, and
-stops them at the end. A missing binary is a failure with a message saying
-what to install, never a skip.
+The fault tests and ``ops.soak`` never touch the machine's shared services (5432,
+6379): each starts its own servers on spare ports, in a temporary directory, and
+stops them at the end. A missing binary is an error with a message saying what to
+install, never a skip.
 
 PostgreSQL refuses to run as root, so when the tests run as root its commands
 run as the ``postgres`` OS user (``runuser``), in a directory owned by it.
@@ -109,14 +110,16 @@ class PrivatePostgres:
     root: Path
     bindir: Path
     port: int = 0
+    host: str = "127.0.0.1"
     _runuser: str | None = None
 
     @classmethod
-    def create(cls) -> PrivatePostgres:
-        """initdb a new cluster (trust authentication) and start it."""
+    def create(cls, host: str = "127.0.0.1") -> PrivatePostgres:
+        """initdb a new cluster (trust authentication) and start it, listening on
+        ``host`` (another address than loopback for the soak's several hosts)."""
         bindir = pg_bindir()
         root = Path(tempfile.mkdtemp(prefix="dispatcher-faults-pg-"))
-        server = cls(root=root, bindir=bindir, port=spare_port())
+        server = cls(root=root, bindir=bindir, port=spare_port(), host=host)
         if os.geteuid() == 0:
             try:
                 user = pwd.getpwnam(PG_OS_USER)
@@ -147,6 +150,10 @@ class PrivatePostgres:
                 "UTF8",
                 "--no-sync",
             )
+            if host != "127.0.0.1":
+                # initdb trusts loopback only; the soak's other hosts share a subnet.
+                with (server.data_dir / "pg_hba.conf").open("a") as hba:
+                    hba.write("host all all samenet trust\n")
             server.start()
             with server.admin() as conn:
                 conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
@@ -168,7 +175,7 @@ class PrivatePostgres:
     @property
     def url(self) -> str:
         """The SQLAlchemy URL of the test database."""
-        return f"postgresql+psycopg://{PG_SUPERUSER}@127.0.0.1:{self.port}/{PG_DATABASE}"
+        return f"postgresql+psycopg://{PG_SUPERUSER}@{self.host}:{self.port}/{PG_DATABASE}"
 
     def _command(self, program: str, *args: str) -> list[str]:
         command = [str(self.bindir / program), *args]
@@ -202,7 +209,7 @@ class PrivatePostgres:
         """Start the server and wait until it accepts connections."""
         options = " ".join(
             [
-                "-c listen_addresses=127.0.0.1",
+                f"-c listen_addresses={self.host}",
                 f"-p {self.port}",
                 f"-k {self.root}",
                 "-c max_connections=200",
@@ -265,7 +272,7 @@ class PrivatePostgres:
     def admin(self, *, connect_timeout: int = 5) -> psycopg.Connection[tuple[object, ...]]:
         """An autocommit connection to the ``postgres`` database."""
         return psycopg.connect(
-            host="127.0.0.1",
+            host=self.host,
             port=self.port,
             user=PG_SUPERUSER,
             dbname="postgres",
@@ -294,15 +301,16 @@ class PrivateRedis:
 
     root: Path
     port: int = 0
+    host: str = "127.0.0.1"
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     _logs: list[Path] = field(default_factory=list)
 
     @classmethod
-    def create(cls) -> PrivateRedis:
-        """Start a new server."""
+    def create(cls, host: str = "127.0.0.1") -> PrivateRedis:
+        """Start a new server listening on ``host``."""
         redis_server_binary()
-        server = cls(root=Path(tempfile.mkdtemp(prefix="dispatcher-faults-redis-")))
+        server = cls(root=Path(tempfile.mkdtemp(prefix="dispatcher-faults-redis-")), host=host)
         server.port = spare_port()
         try:
             server.start()
@@ -314,11 +322,11 @@ class PrivateRedis:
     @property
     def url(self) -> str:
         """The broker URL (database 0: the server is ours alone)."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def client(self) -> redis.Redis:
         """A client connection."""
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=2)
+        return redis.Redis(host=self.host, port=self.port, socket_connect_timeout=2)
 
     def start(self) -> None:
         """Start the server on its port and wait until it answers PING."""
@@ -333,7 +341,10 @@ class PrivateRedis:
                     "--port",
                     str(self.port),
                     "--bind",
-                    "127.0.0.1",
+                    self.host,
+                    # No password: protected mode would refuse the soak's other hosts.
+                    "--protected-mode",
+                    "no" if self.host != "127.0.0.1" else "yes",
                     "--save",
                     "",
                     "--appendonly",

@@ -1,0 +1,2 @@
+"""The chaos soak: the whole stack under load and random faults, and the guarantees
+checked from the outside afterwards (``python -m ops.soak``; docs/soak.md)."""
