@@ -21,6 +21,8 @@ from typing import Protocol
 
 import redis
 
+from dispatcher.domain.throttle import Every
+
 log = logging.getLogger(__name__)
 
 REDIS_KEY_PREFIX = "dispatcher:ratelimit:"
@@ -107,7 +109,7 @@ class RedisTokenBucket:
         self.rate_per_s = rate_per_s
         self.burst = burst
         self._script = client.register_script(_BUCKET_SCRIPT)
-        self._last_outage_log = -math.inf
+        self._outage_log = Every(OUTAGE_LOG_INTERVAL_S)
 
     def acquire(self, key: str) -> float:
         """Take a token from ``key``'s bucket in Redis; 0 (let through) if Redis is away."""
@@ -116,9 +118,7 @@ class RedisTokenBucket:
                 keys=[REDIS_KEY_PREFIX + key], args=[self.rate_per_s, self.burst]
             )
         except redis.RedisError as exc:
-            now = time.monotonic()
-            if now - self._last_outage_log >= OUTAGE_LOG_INTERVAL_S:
-                self._last_outage_log = now
+            if self._outage_log.due():
                 log.warning(
                     "rate limit not applied: Redis unavailable (%s); requests pass unlimited",
                     type(exc).__name__,

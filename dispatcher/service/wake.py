@@ -14,11 +14,16 @@ from typing import Protocol
 from dispatcher.config import Settings
 from dispatcher.domain.lanes import Priority
 from dispatcher.domain.statuses import BreakerState
+from dispatcher.domain.throttle import Every
 from dispatcher.domain.times import utcnow
 from dispatcher.persistence import store
 from dispatcher.persistence.db import Database
 
 log = logging.getLogger(__name__)
+
+FAILURE_LOG_INTERVAL_S = 60.0
+"""At most one warning this often while wake-ups fail (a broker away): every send()
+meets the same outage, and the log should say so once, not once per job."""
 
 
 class Waker(Protocol):
@@ -43,6 +48,7 @@ class Wakes:
         self.settings = settings
         self.db = db
         self.waker = waker
+        self._failure_log = Every(FAILURE_LOG_INTERVAL_S)
 
     def after_commit(self, batches: int, lane: Priority) -> None:
         """Wake workers for a job just committed, counting wake-ups already waiting.
@@ -92,10 +98,16 @@ class Wakes:
             return
         try:
             self.waker(count, lane)
-        except Exception:
+        except Exception as exc:
             # The job is committed; the sweeper will wake a worker for it. Failing
             # the producer here would invite a resubmission and a double send.
-            log.warning("could not wake a worker; the sweeper will pick the work up", exc_info=True)
+            log.debug("could not wake a worker", exc_info=True)
+            if self._failure_log.due():
+                log.warning(
+                    "could not wake a worker (%s); the sweeper will pick the work up "
+                    "(said at most once a minute; the traceback at debug level)",
+                    type(exc).__name__,
+                )
 
     def due(self) -> int:
         """Wake workers for due work nobody is on, without flooding the broker.
