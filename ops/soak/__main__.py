@@ -29,11 +29,13 @@ from dispatcher.persistence.models import Recipient
 from ops.soak import check, faults, hosts, report
 from ops.soak.load import Load, Rates
 from ops.soak.services import ServiceError
-from ops.soak.stack import SUBMITTING_TIMEOUT_S, Stack, StackError
+from ops.soak.stack import HEARTBEAT_INTERVAL_S, SUBMITTING_TIMEOUT_S, Stack, StackError
 
 log = logging.getLogger("ops.soak")
 DRAIN_S = SUBMITTING_TIMEOUT_S + 120.0
 """Longest wait after the load for every recipient to end (scheduled ones included)."""
+REJOIN_S = 60.0
+"""Longest wait, after the drain, for every running worker to show alive and consuming."""
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +98,17 @@ def drain(db: Database, timeout_s: float) -> float:
     return round(time.monotonic() - started, 1)
 
 
+def rejoin(db: Database, nodes: list[str], timeout_s: float) -> float:
+    """Wait until every worker in ``nodes`` shows alive and consuming (or ``timeout_s``);
+    the seconds it took."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        if not check.absent_workers(db, nodes, now=time.time(), interval_s=HEARTBEAT_INTERVAL_S):
+            break
+        time.sleep(0.5)
+    return round(time.monotonic() - started, 1)
+
+
 def run(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], check.Checked]:
     """Start the stack, load it, fire the faults, drain, check; stop the stack."""
     rates = Rates().scaled(args.rate)
@@ -132,6 +145,8 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], check.
         db = Database(stack.pg.url if stack.pg else "", pool_size=2)
         try:
             drain_s = drain(db, DRAIN_S)
+            nodes = [w.node for w in stack.live_workers()]
+            rejoin_s = rejoin(db, nodes, REJOIN_S)
             checked = check.check(
                 db,
                 ledger=stack.ledger(),
@@ -142,6 +157,8 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], check.
                 ),
                 submitting_timeout_s=SUBMITTING_TIMEOUT_S,
                 now=time.time(),
+                workers=nodes,
+                heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
             )
             figures = report.figures(db, injector.fired, started, ended)
         finally:
@@ -164,6 +181,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], check.
         "given_up": dict(load.refused_requests),
         "retried_requests": dict(load.retries),
         "drain_s": drain_s,
+        "rejoin_s": rejoin_s,
         "figures": figures,
         "by_status": dict(checked.by_status),
         "by_code": dict(checked.by_code),

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 
 from dispatcher.domain.statuses import FINAL_STATUSES, AttemptOutcome, BatchStatus, RecipientStatus
+from dispatcher.domain.workers import fresh_after
 from dispatcher.persistence.db import Database
 from dispatcher.persistence.models import (
     Attempt,
@@ -26,6 +27,7 @@ from dispatcher.persistence.models import (
     Job,
     Recipient,
     StatusEvent,
+    WorkerHeartbeat,
 )
 from ops.soak.faults import UNKNOWN_CAPABLE, Fired
 from ops.soak.load import Acknowledged
@@ -114,8 +116,12 @@ def check(
     gateway_requests: int,
     submitting_timeout_s: float,
     now: float,
+    workers: Sequence[str] = (),
+    heartbeat_interval_s: float = 2.0,
 ) -> Checked:
-    """Hold the drained run to every invariant."""
+    """Hold the drained run to every invariant; ``workers`` are the node names of the
+    worker processes still running."""
+    absent = absent_workers(db, workers, now=now, interval_s=heartbeat_interval_s)
     with db.transaction() as session:
         rows = [
             _Row(
@@ -179,6 +185,13 @@ def check(
         _accepted_ids_stored(ledger, rows, by_key),
         _calls_audited(gateway_requests, attempts),
         _refused_never_sent(rows),
+        Invariant(
+            "workers_rejoined",
+            "every running worker is seen and consuming again after the faults it lived through",
+            checked=len(workers),
+            broken=len(absent),
+            examples=[f"{name} is not both seen and consuming" for name in absent[:EXAMPLES]],
+        ),
     ]
     return Checked(
         invariants,
@@ -187,6 +200,25 @@ def check(
         len(attempts),
         len(ledger),
     )
+
+
+def absent_workers(
+    db: Database, workers: Sequence[str], *, now: float, interval_s: float
+) -> list[str]:
+    """The ``workers`` whose heartbeats do not show them both alive and consuming from
+    the broker as of ``now`` (docs/operating.md, "Workers where they matter")."""
+    fresh = fresh_after(dt.datetime.fromtimestamp(now, dt.UTC), interval_s)
+    with db.transaction() as session:
+        seen = {
+            name
+            for name, seen_at, consumed_at in session.execute(
+                select(WorkerHeartbeat.name, WorkerHeartbeat.seen_at, WorkerHeartbeat.consumed_at)
+            )
+            if consumed_at is not None
+            and epoch(seen_at) >= fresh.timestamp()
+            and epoch(consumed_at) >= fresh.timestamp()
+        }
+    return [name for name in workers if name not in seen]
 
 
 def _waiting_reason(control: DispatchControl | None) -> str | None:

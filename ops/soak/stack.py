@@ -52,6 +52,7 @@ SETTINGS = {
 # The simulator refuses these numbers (INVALID_NUMBER): never retried, never sent.
 REFUSED = tuple(f"4477009999{i:02d}" for i in range(50))
 SUBMITTING_TIMEOUT_S = float(SETTINGS["SUBMITTING_TIMEOUT_S"])
+HEARTBEAT_INTERVAL_S = float(SETTINGS["HEARTBEAT_INTERVAL_S"])
 READ_TIMEOUT_S = float(SETTINGS["GATEWAY_READ_TIMEOUT_S"])
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -69,6 +70,8 @@ class Child:
     process: subprocess.Popen[bytes]
     log_path: Path
     host: str = "local"
+    node: str = ""
+    """A worker's Celery node name (its heartbeat row's name)."""
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of its log."""
@@ -227,8 +230,9 @@ class Stack:
         self.started_workers += 1
         name = f"worker-{self.started_workers}"
         argv = [sys.executable, "-m", "dispatcher", "worker", "--loglevel", "INFO"]
-        argv += ["-n", f"soak-{self.started_workers}-{os.getpid()}@{host}"]
-        child = self._spawn(name, host, argv)
+        node = f"soak-{self.started_workers}-{os.getpid()}@{host}"
+        child = self._spawn(name, host, [*argv, "-n", node])
+        child.node = node
         self.workers.append(child)
         return child
 

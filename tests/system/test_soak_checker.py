@@ -26,10 +26,11 @@ from dispatcher.persistence.models import (
     Recipient,
     StatusEvent,
 )
+from dispatcher.persistence.store.heartbeats import upsert_heartbeat
 from ops.soak.check import Checked, check
 from ops.soak.faults import Fired
 from ops.soak.load import Acknowledged
-from ops.soak.stack import REFUSED, SUBMITTING_TIMEOUT_S
+from ops.soak.stack import HEARTBEAT_INTERVAL_S, REFUSED, SUBMITTING_TIMEOUT_S
 
 NOW = utcnow()
 SENT, LOST, REFUSED_NUMBER = "447700900001", "447700900002", REFUSED[0]
@@ -43,6 +44,7 @@ class Run:
     acknowledged: list[Acknowledged] = field(default_factory=list)
     fired: list[Fired] = field(default_factory=list)
     gateway_requests: int = 3
+    workers: list[str] = field(default_factory=list)
 
     def check(self, db: Database) -> Checked:
         return check(
@@ -53,6 +55,7 @@ class Run:
             gateway_requests=self.gateway_requests,
             submitting_timeout_s=SUBMITTING_TIMEOUT_S,
             now=NOW.timestamp(),
+            workers=self.workers,
         )
 
 
@@ -220,3 +223,32 @@ def test_an_operators_retry_of_an_unknown_may_send_it_again(database: Database, 
             )
         )
     assert "accepted_once" not in _broken(run.check(database))
+
+
+def test_a_worker_that_did_not_rejoin_is_named(database: Database, run: Run) -> None:
+    """After a partition from the broker heals, its worker must consume again."""
+
+    def beat(name: str, consumed_ago_s: float) -> None:
+        with database.transaction() as session:
+            upsert_heartbeat(
+                session,
+                {
+                    "name": name,
+                    "hostname": "soak-w1",
+                    "pid": 1,
+                    "queues": "dispatch.normal",
+                    "started_at": NOW,
+                    "seen_at": NOW,
+                    "consumed_at": NOW - dt.timedelta(seconds=consumed_ago_s),
+                    "batches": 0,
+                    "state": "running",
+                },
+            )
+
+    beat("back@soak-w1", 0.0)
+    beat("cut@soak-w2", 10 * HEARTBEAT_INTERVAL_S)
+    run.workers = ["back@soak-w1"]
+    assert run.check(database).holds
+    run.workers = ["back@soak-w1", "cut@soak-w2", "never@soak-w1"]
+    checked = run.check(database)
+    assert _broken(checked) == {"workers_rejoined": 2}
