@@ -167,6 +167,7 @@ def check(
         control = session.get(DispatchControl, 1)
         waiting_reason = _waiting_reason(control)
 
+    made_unknown = _made_unknown(unknown_events)
     by_key: dict[tuple[str, str], list[_Row]] = defaultdict(list)
     for row in rows:
         by_key[(row.number, row.text)].append(row)
@@ -181,7 +182,8 @@ def check(
             broken=len(stale),
             examples=[f"batch {b} claimed at {c}" for b, c in stale[:EXAMPLES]],
         ),
-        _unknown_explained(rows, unknown_events, attempts, fired, now),
+        _unknown_explained(rows, made_unknown, attempts, fired, now),
+        _unknown_not_resubmitted(rows, made_unknown, attempts),
         _accepted_ids_stored(ledger, rows, by_key),
         _calls_audited(gateway_requests, attempts),
         _refused_never_sent(rows),
@@ -280,9 +282,18 @@ def _final_or_waiting(rows: Sequence[_Row], waiting_reason: str | None) -> Invar
     return invariant
 
 
+def _made_unknown(unknown_events: Sequence[Any]) -> dict[int, int]:
+    """Per recipient, the last attempt that made it ``unknown``."""
+    made: dict[int, int] = {}
+    for recipient_id, attempt_id in unknown_events:
+        if attempt_id is not None:
+            made[recipient_id] = max(made.get(recipient_id, 0), attempt_id)
+    return made
+
+
 def _unknown_explained(
     rows: Sequence[_Row],
-    unknown_events: Sequence[Any],
+    made_unknown: Mapping[int, int],
     attempts: Mapping[int, Attempt],
     fired: Sequence[Fired],
     now: float,
@@ -291,10 +302,6 @@ def _unknown_explained(
         "unknown_explained",
         "every unknown recipient's call ran during a fault that could have sent it",
     )
-    made_unknown: dict[int, int] = {}
-    for recipient_id, attempt_id in unknown_events:
-        if attempt_id is not None:
-            made_unknown[recipient_id] = max(made_unknown.get(recipient_id, 0), attempt_id)
     windows = [
         (f.kind, f.began - BEFORE_FAULT_S, (f.ended or now) + AFTER_FAULT_S)
         for f in fired
@@ -314,6 +321,28 @@ def _unknown_explained(
                 f"recipient {row.id}: attempt {attempt.id} at {attempt.started_at} "
                 "ran during no fault that could leave it unknown"
             )
+    return invariant
+
+
+def _unknown_not_resubmitted(
+    rows: Sequence[_Row], made_unknown: Mapping[int, int], attempts: Mapping[int, Attempt]
+) -> Invariant:
+    invariant = Invariant(
+        "unknown_not_resubmitted",
+        "no unknown recipient was submitted again after the call that made it unknown",
+    )
+    submitted: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for attempt in attempts.values():
+        for number in attempt.numbers.split(","):
+            submitted[(attempt.job_id, number)].append(attempt.id)
+    for row in rows:
+        if row.status != RecipientStatus.UNKNOWN:
+            continue
+        invariant.checked += 1
+        last = made_unknown.get(row.id, 0)
+        later = [a for a in submitted[(row.job_id, row.number)] if a > last]
+        if later:
+            invariant.breaks(f"unknown recipient {row.id} submitted again by attempts {later}")
     return invariant
 
 

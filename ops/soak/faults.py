@@ -151,26 +151,24 @@ class Injector:
 # --- the faults ----------------------------------------------------------------------------
 
 
-def _worker_kill(stack: Stack, down_s: float, rng: random.Random, _: Injector) -> str:
-    victims = stack.live_workers()
-    if not victims:
-        return "no live worker"
-    victim = rng.choice(victims)
-    victim.kill()
-    time.sleep(min(down_s, 2.0))
-    stack.start_worker(victim.host)
-    return f"SIGKILL {victim.name}"
+def _worker_lost(graceful: bool) -> Action:
+    """A random live worker killed (SIGKILL) or stopped warm (SIGTERM), and a new one
+    started on its host, as a supervisor would."""
 
+    def fault(stack: Stack, down_s: float, rng: random.Random, _: Injector) -> str:
+        victims = stack.live_workers()
+        if not victims:
+            return "no live worker"
+        victim = rng.choice(victims)
+        if graceful:
+            victim.stop()
+        else:
+            victim.kill()
+        time.sleep(min(down_s, 2.0))
+        stack.start_worker(victim.host)
+        return f"{'SIGTERM' if graceful else 'SIGKILL'} {victim.name}"
 
-def _worker_stop(stack: Stack, down_s: float, rng: random.Random, _: Injector) -> str:
-    victims = stack.live_workers()
-    if not victims:
-        return "no live worker"
-    victim = rng.choice(victims)
-    victim.stop()
-    time.sleep(min(down_s, 2.0))
-    stack.start_worker(victim.host)
-    return f"SIGTERM {victim.name}"
+    return fault
 
 
 def _redis_restart(stack: Stack, down_s: float, _rng: random.Random, _: Injector) -> str:
@@ -228,8 +226,8 @@ def _knobs(values: dict[str, object], normal: dict[str, object], what: str) -> C
 
 
 ACTIONS: dict[str, Action] = {
-    "worker_kill": _worker_kill,
-    "worker_stop": _worker_stop,
+    "worker_kill": _worker_lost(graceful=False),
+    "worker_stop": _worker_lost(graceful=True),
     "redis_restart": _redis_restart,
     "postgres_restart": _postgres_restart,
     "gateway_down": _gateway_down,

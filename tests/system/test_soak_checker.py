@@ -1,5 +1,5 @@
 """The soak's checker (``ops.soak.check``) on runs made by hand: a run that kept every
-guarantee holds, and each kind of breach breaks exactly the invariant written for it.
+guarantee holds, and each kind of breach breaks the invariant written for it.
 
 The rows are written straight into a migrated database, as the pipeline would have
 left them; the soak itself (tests/system/test_soak.py) shows the checker on a real
@@ -165,10 +165,28 @@ BREACHES: dict[str, Callable[[Database, Run], None]] = {
     "unknown_explained": lambda db, run: run.fired.clear(),
     "accepted_ids_stored": lambda db, run: _set_recipient(db, SENT, gateway_message_id="M7"),
     "calls_audited": lambda db, run: setattr(run, "gateway_requests", 4),
+    "unknown_not_resubmitted": lambda db, run: _resubmit_lost(db),
     "refused_never_sent": lambda db, run: _set_recipient(
         db, REFUSED_NUMBER, stored_status="sent", error_code=None
     ),
 }
+
+
+def _resubmit_lost(database: Database) -> None:
+    """A later attempt carrying the unknown recipient: an automatic resend."""
+    with database.transaction() as session:
+        [lost] = session.query(Recipient).filter(Recipient.number == LOST).all()
+        session.add(
+            Attempt(
+                batch_id=lost.batch_id,
+                job_id=lost.job_id,
+                attempt_no=2,
+                numbers=f"{SENT},{LOST}",
+                started_at=NOW,
+                finished_at=NOW,
+                outcome="transient",
+            )
+        )
 
 
 def _stale_batch(database: Database) -> None:
