@@ -2,8 +2,8 @@
 
 Latency is from a job's enqueue (its ``send_at`` when scheduled) to its recipient's
 accepted reply being recorded. "Between faults" keeps the recipients enqueued while
-no fault was under way or recovering (``RECOVERY_S`` after each ended), which is
-what the system does on a good minute of a bad day.
+no fault was under way, about to strike (``LEAD_S``) or recovering (``RECOVERY_S``
+after each ended): what the system does on a good minute of a bad day.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from ops.soak.check import Checked, epoch
 from ops.soak.faults import Fired
 
 RECOVERY_S = 20.0
+LEAD_S = 10.0
+"""A job enqueued this long before a fault may still be waiting when it strikes."""
 
 
 def _quantile(values: Sequence[float], q: float) -> float | None:
@@ -38,7 +40,7 @@ def figures(db: Database, fired: Sequence[Fired], started: float, ended: float) 
             .join(Job, Job.id == Recipient.job_id)
             .where(Recipient.status == RecipientStatus.SENT)
         ).all()
-    spans = [(f.began, (f.ended or ended) + RECOVERY_S) for f in fired]
+    spans = [(f.began - LEAD_S, (f.ended or ended) + RECOVERY_S) for f in fired]
     latencies: list[float] = []
     quiet: list[float] = []
     last = started
