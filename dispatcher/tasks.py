@@ -28,6 +28,7 @@ from dispatcher.celery_app import (
     TASK_HEARTBEAT,
     TASK_SWEEP,
     TASK_WEBHOOKS,
+    ignore_answered_warnings,
     send_heartbeat,
 )
 from dispatcher.domain.workers import STALE_AFTER_BEATS
@@ -129,6 +130,11 @@ def _after_fork(**_: Any) -> None:
 
 _sweeper_stop = threading.Event()
 _loop: DispatchLoop | None = None
+
+
+@worker_ready.connect
+def _quiet_answered_warnings(**_: Any) -> None:
+    ignore_answered_warnings()
 
 
 @worker_ready.connect

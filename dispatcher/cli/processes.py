@@ -65,9 +65,15 @@ def worker(
     ]
     if hostname:
         argv.append(f"--hostname={hostname}")
+    # Workers never talk to each other: the database is the queue and each worker's
+    # health is its own heartbeat row (docs/operating.md). Celery's gossip (every
+    # worker reading every other's events) and mingle (a start-up exchange) only cost
+    # broker traffic and CPU, and gossip logs an error on each reconnect after a
+    # broker restart (seen by the soak, docs/soak.md).
+    argv += ["--without-gossip", "--without-mingle"]
     if settings.effective_broker_url.startswith("filesystem://"):
-        # The file broker has no broadcast channel for these worker-to-worker chats.
-        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+        # The file broker has no broadcast channel for event heartbeats either.
+        argv.append("--without-heartbeat")
     app.worker_main(argv=argv)
 
 

@@ -99,6 +99,11 @@ def test_redis_restarted_and_flushed_under_paused_workers_then_resumed_without_a
     faults.wait_for(*job_ids, timeout_s=30)
 
     assert all(w.process.poll() is None for w in workers), "a worker died with the broker"
+    # Reconnecting is routine, not an error or a warning an operator must read
+    # (docs/soak.md): no gossip to restart, no deprecation to be told of each time.
+    for worker in workers:
+        assert " ERROR celery.bootsteps" not in worker.log(), worker.log_tail()
+        assert "CPendingDeprecationWarning" not in worker.log(), worker.log_tail()
     assert {(b.status, b.attempts) for b in batches_of(faults.db)} == {(BatchStatus.DONE, 1)}
     assert faults.send_requests() == 4
     outcome = faults.check(allow_unknown=False)
