@@ -20,6 +20,7 @@ from dispatcher.celery_app import CeleryWaker, make_celery
 from dispatcher.config import Settings, get_settings, load_settings
 from dispatcher.domain import redaction
 from dispatcher.domain.lanes import Priority
+from dispatcher.domain.throttle import Every
 from dispatcher.service.dispatcher import Dispatcher, Waker
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,10 @@ def after_fork() -> None:
         _service.db.after_fork()
 
 
+FAILURE_LOG_INTERVAL_S = 60.0
+"""At most one logged failure of each kind this often in ``sweep_forever``."""
+
+
 def sweep_forever(
     interval_s: float, stop: threading.Event, *, tick: Callable[[], None] | None = None
 ) -> None:
@@ -184,19 +189,29 @@ def sweep_forever(
     and ``tick`` (a worker's heartbeat), each guarded so one failing spares the others.
     """
     next_rollup = time.monotonic()
+    # While the database is away each round fails the same way: one traceback a
+    # minute per kind says so (the rest at debug level), not two a second.
+    told = {kind: Every(FAILURE_LOG_INTERVAL_S) for kind in ("sweep", "rollup", "heartbeat")}
+
+    def failed(kind: str, level: int, message: str, *args: object) -> None:
+        if told[kind].due():
+            log.log(level, message + " (said at most once a minute)", *args, exc_info=True)
+        else:
+            log.debug(message, *args, exc_info=True)
+
     while not stop.wait(interval_s * random.uniform(0.8, 1.2)):
         try:
             service().sweep()
         except Exception:
-            log.exception("sweep failed; trying again in %.0f s", interval_s)
+            failed("sweep", logging.ERROR, "sweep failed; trying again every %g s", interval_s)
         if time.monotonic() >= next_rollup:
             next_rollup = time.monotonic() + settings().rollup_interval_s
             try:
                 service().rollup()
             except Exception:
-                log.exception("rollup failed; the dashboard's figures are getting stale")
+                failed("rollup", logging.ERROR, "rollup failed; the dashboard's figures are stale")
         if tick is not None:
             try:
                 tick()
             except Exception:
-                log.warning("heartbeat failed", exc_info=True)
+                failed("heartbeat", logging.WARNING, "heartbeat failed")
