@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 ECHO_MASK_MIN_LENGTH = 8
 
 USER_AGENT = "sms-dispatcher"
+FAILOVER_HOLD_S = 30.0
+"""After the primary refused a connection, try the backup first for this long. A
+refused connection sent nothing, so the order changes who is asked, never what is
+sent; the primary is asked first again once the hold is over."""
 # Replies are a line per recipient; what comes past this many bytes is not read
 # (the complete lines before it still count: see ``submit``).
 MAX_REPLY_BYTES = 64 * 1024
@@ -191,6 +195,7 @@ class GatewayClient:
         self._session.mount("http://", self._adapter)
         self._lock = threading.Lock()
         self._last_used = time.monotonic()
+        self._backup_first_until = 0.0
 
     def close(self) -> None:
         """Close pooled connections."""
@@ -207,8 +212,12 @@ class GatewayClient:
 
     @property
     def hosts(self) -> list[str]:
-        """Base URLs in the order they are tried."""
-        return [u for u in (self.config.url, self.config.backup_url) if u]
+        """Base URLs in the order they are tried: the primary first, but the backup for
+        ``FAILOVER_HOLD_S`` after the primary refused a connection."""
+        hosts = [u for u in (self.config.url, self.config.backup_url) if u]
+        if len(hosts) > 1 and time.monotonic() < self._backup_first_until:
+            hosts.reverse()
+        return hosts
 
     def _evict_idle_connections(self) -> None:
         # A server closes keep-alive connections it has not seen for a while; reusing
@@ -286,7 +295,7 @@ class GatewayClient:
                 response = self._post(base_url, path, form)
             except GatewayConnectError as exc:
                 # Nothing reached this host, so the next one may be tried safely.
-                log.warning("gateway %s unreachable: %s", host, exc)
+                self._unreachable(base_url, host, exc)
                 error = exc
                 continue
             except GatewayError as exc:
@@ -294,6 +303,26 @@ class GatewayClient:
             return host, response, None, tried, (time.perf_counter() - started) * 1000
         assert error is not None
         return tried[-1], None, error, tried, (time.perf_counter() - started) * 1000
+
+    def _unreachable(self, base_url: str, host: str, exc: GatewayConnectError) -> None:
+        """Note a host that refused: a primary with a backup goes second for a while, so
+        an outage of the primary costs one connection attempt and one warning per
+        ``FAILOVER_HOLD_S``, not one per submission (docs/soak.md)."""
+        if base_url != self.config.url or not self.config.backup_url:
+            log.warning("gateway %s unreachable: %s", host, exc)
+            return
+        with self._lock:
+            holding = time.monotonic() < self._backup_first_until
+            self._backup_first_until = time.monotonic() + FAILOVER_HOLD_S
+        if holding:
+            log.debug("gateway %s unreachable: %s", host, exc)
+        else:
+            log.warning(
+                "gateway %s unreachable: %s; the backup goes first for %g s",
+                host,
+                exc,
+                FAILOVER_HOLD_S,
+            )
 
     def submit(self, numbers: Sequence[str], message: Message) -> Submission:
         """Send one submission (at most 100 numbers) and classify what came back."""

@@ -47,6 +47,7 @@ from dispatcher.errors import (
     PermanentGatewayError,
     TransientGatewayError,
 )
+from dispatcher.gateway import client as client_module
 from dispatcher.gateway.client import MAX_REPLY_BYTES, GatewayClient, Message, Submission
 from dispatcher.gateway.config import GatewayConfig
 from dispatcher.gateway.protocol import BALANCE_PATH, CODE_UNREADABLE_REPLY, SEND_PATH, Outcome
@@ -943,6 +944,45 @@ def test_primary_refusing_fails_over_to_the_backup(
     assert re.search(
         rf"gateway {re.escape(PRIMARY_HOST)}:\d+ unreachable", captured_logs.filtered.getvalue()
     )
+
+
+def test_a_refusing_primary_goes_second_for_a_while(
+    sim: GatewaySimulator,
+    make_client: MakeClient,
+    captured_logs: CapturedLogs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A primary outage costs one connection attempt and one warning per hold, not
+    one per submission (found by the soak, docs/soak.md); then the primary is asked
+    first again."""
+    monkeypatch.setattr(client_module, "FAILOVER_HOLD_S", 0.5)
+    client = make_client(dead_url(PRIMARY_HOST), sim.base_url)
+
+    first = send(client, NUMBER_A)
+    held = [send(client, number) for number in (NUMBER_B, NUMBER_C)]
+
+    assert host_names(first) == [PRIMARY_HOST, BACKUP_HOST]
+    assert [host_names(s) for s in held] == [[BACKUP_HOST], [BACKUP_HOST]]
+    assert ledger_numbers(sim) == [NUMBER_A, NUMBER_B, NUMBER_C]
+    warned = re.findall(r"WARNING gateway \S+ unreachable", captured_logs.filtered.getvalue())
+    assert len(warned) == 1
+
+    time.sleep(0.6)
+    after = send(client, NUMBER_A, text="again")
+    assert host_names(after) == [PRIMARY_HOST, BACKUP_HOST]
+    warned = re.findall(r"WARNING gateway \S+ unreachable", captured_logs.filtered.getvalue())
+    assert len(warned) == 2
+
+
+def test_without_a_backup_every_refusal_is_told(
+    make_client: MakeClient, captured_logs: CapturedLogs
+) -> None:
+    """No backup to prefer: each refused submission is its own warning."""
+    client = make_client(dead_url(PRIMARY_HOST))
+    for _ in range(3):
+        assert outcomes_of(send(client, NUMBER_A)) == [Outcome.TRANSIENT]
+    warned = re.findall(r"WARNING gateway \S+ unreachable", captured_logs.filtered.getvalue())
+    assert len(warned) == 3
 
 
 def test_primary_refusing_fails_over_for_balance_too(
