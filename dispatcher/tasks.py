@@ -100,6 +100,9 @@ class _WorkerBeat:
         self.heartbeats.started(
             hostname=socket.gethostname(), pid=os.getpid(), queues=",".join(sorted(queues))
         )
+        # The first heartbeat task now, not an interval later: until one is consumed
+        # the worker reads as not consuming (send() warns, the health check fails).
+        self.tick()
 
     def tick(self) -> None:
         """Every heartbeat interval: write ``seen_at`` and send the heartbeat task."""

@@ -164,6 +164,20 @@ def test_each_worker_proves_it_consumes_from_redis(pipeline: Pipeline) -> None:
 
 
 @pytest.mark.services
+def test_a_worker_shows_consuming_as_soon_as_it_is_ready(pipeline: Pipeline) -> None:
+    """Its first heartbeat goes at start, not an interval later: a producer sending
+    right after a deploy is not told that no worker consumes its lane (the soak's
+    first send() was), and a health check passes as soon as the worker can work."""
+    started = utcnow()
+    pipeline.start_workers(1, heartbeat_interval_s="60", sweep_interval_s="30")
+    rows = wait_until(
+        lambda: _consumed(pipeline.db), 10, message="the first heartbeat, sent at start"
+    )
+    assert rows[0].consumed_at is not None
+    assert (rows[0].consumed_at - started).total_seconds() < 30
+
+
+@pytest.mark.services
 def test_a_worker_that_stops_consuming_is_flagged(pg_db: Database) -> None:
     now = utcnow()
     with pg_db.transaction() as session:
