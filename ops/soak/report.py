@@ -20,8 +20,8 @@ from dispatcher.persistence.models import Job, Recipient
 from ops.soak.check import Checked, epoch
 from ops.soak.faults import Fired
 
-RECOVERY_S = 20.0
-LEAD_S = 10.0
+RECOVERY_S = 10.0
+LEAD_S = 5.0
 """A job enqueued this long before a fault may still be waiting when it strikes."""
 
 
