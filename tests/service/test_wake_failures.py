@@ -14,6 +14,7 @@ from dispatcher.config import Settings
 from dispatcher.domain.lanes import Priority
 from dispatcher.persistence.db import Database
 from dispatcher.service.wake import Wakes
+from support.logs import has_traceback
 
 
 class BrokerAway:
@@ -42,6 +43,6 @@ def test_wake_up_failures_warn_once_without_a_traceback(
     assert len(warnings) == 1
     assert "ConnectionError" in warnings[0].getMessage()
     assert "sweeper" in warnings[0].getMessage()
-    assert warnings[0].exc_info is None
-    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and r.exc_info]
+    assert not has_traceback(warnings[0])
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG and has_traceback(r)]
     assert len(debug) == 50
